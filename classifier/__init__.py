@@ -1,0 +1,62 @@
+"""Serve retrained image classifiers: load(conf_path) builds the model class that conf.json names."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .conf import Conf, ConfError, JsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader, read_conf
+from .formats import ModelError
+from .images import ImageError, Limits
+from .labels import LabelsError
+from .model import AiUcloudModel, RetrainedClassificationModel, TFAiUcloudModel
+
+__all__ = ["load", "AiUcloudModel", "TFAiUcloudModel", "RetrainedClassificationModel", "JsonConfLoader",
+           "TFJsonConfLoader", "RetrainJsonConfLoader", "Conf", "read_conf", "ConfError", "ModelError",
+           "LabelsError", "ImageError", "Limits"]
+
+# A conf.json beside the package, used when the current folder has none (e.g. `python -m classifier` elsewhere).
+DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf.json"
+
+
+def load(conf_path: str | os.PathLike = "conf.json") -> Any:
+    """Reads conf.json, imports its main_file, and returns main_class(conf): a loaded, ready model."""
+    conf = read_conf(conf_path)
+    exec_conf = JsonConfLoader(conf)
+    module = _import_main_file(exec_conf.get_main_file(), conf.path)
+    model_class = getattr(module, exec_conf.get_main_class(), None)
+    if not isinstance(model_class, type):
+        raise ConfError(f"{conf.path}: key http_server.exec.main_class: module {module.__name__} has no "
+                        f"class {exec_conf.get_main_class()!r}")
+    return model_class(conf)
+
+
+def _import_main_file(name: str, conf_path: Path) -> ModuleType:
+    """main_file is a module in the conf's own folder (main_file.py there) or an installed, importable module.
+
+    Nothing else is searched: a conf cannot pull code from an arbitrary path, so whoever can write the conf's
+    folder or the Python environment decides what runs, as in UAI.
+    """
+    local = conf_path.parent / f"{name.replace('.', os.sep)}.py"
+    if local.is_file():
+        loaded = sys.modules.get(name)
+        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == local.resolve():
+            return loaded
+        # Two confs may each have a my_model.py: the second one gets a name of its own.
+        module_name = name if loaded is None else f"{name}__{abs(hash(str(local.resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, local)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name and not name.startswith(f"{exc.name}."):
+            raise  # the module exists but one of its own imports is missing: show that, not a conf error
+        raise ConfError(f"{conf_path}: key http_server.exec.main_file: no module {name!r} "
+                        f"(looked for {local} and for an installed module)") from None

@@ -1,0 +1,50 @@
+"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json]."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import DEFAULT_CONF, load
+    from .conf import ConfError
+    from .formats import ModelError
+    from .labels import LabelsError
+
+    parser = argparse.ArgumentParser(prog="python -m classifier", description="Classify images with the model "
+                                     "that conf.json names; print the top-k labels of each.")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--conf", type=Path, default=None,
+                        help="conf.json to load (default: ./conf.json, else the project's own)")
+    parser.add_argument("--top-k", type=int, default=None, help="how many labels per image (default: conf's top_k)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object {path: result} instead")
+    args = parser.parse_args(argv)
+
+    conf = args.conf or (Path("conf.json") if Path("conf.json").is_file() else DEFAULT_CONF)
+    try:
+        model = load(conf)
+    except (ConfError, ModelError, LabelsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.top_k:
+        model.top_k = args.top_k
+    results = model.execute(args.images, batch_size=len(args.images))
+
+    failed = sum(isinstance(result, dict) for result in results)
+    if args.json:
+        print(json.dumps({str(path): result for path, result in zip(args.images, results)}, indent=2))
+    else:
+        for path, result in zip(args.images, results):
+            if isinstance(result, dict):
+                print(f"{path}: error: {result['error']}", file=sys.stderr)
+                continue
+            print(f"{path}")
+            for label, probability in result:
+                print(f"  {probability:7.2%}  {label}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

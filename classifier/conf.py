@@ -1,0 +1,142 @@
+"""conf.json: read the UAI-format configuration with loader classes named as in UAI Inference."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .images import ALLOWED_FORMATS, Limits
+
+_MISSING = object()
+
+
+class ConfError(ValueError):
+    """A conf file that is missing, unreadable, or lacks a key; the message names the key and the file."""
+
+
+class Conf(dict):
+    """The parsed conf.json, a plain dict as UAI passes it, that also remembers the file it came from."""
+
+    def __init__(self, data: dict, path: str | os.PathLike | None = None):
+        super().__init__(data)
+        self.path = Path(path).resolve() if path else None
+
+
+def read_conf(path: str | os.PathLike = "conf.json") -> Conf:
+    """Reads conf.json. Relative paths inside it are later resolved against its folder, not the cwd."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfError(f"the conf file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfError(f"the conf file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfError(f"the conf file {path} must hold a JSON object")
+    return Conf(data, path)
+
+
+class JsonConfLoader:
+    """The http_server.exec section: which class serves (main_class) and the module that holds it (main_file)."""
+
+    def __init__(self, conf: Conf | dict | str | os.PathLike):
+        if not isinstance(conf, dict):
+            conf = read_conf(conf)
+        self.conf = conf
+        self.path: Path | None = getattr(conf, "path", None)
+        self._load()
+
+    def _load(self) -> None:
+        self.main_class = self._str("http_server", "exec", "main_class")
+        self.main_file = self._str("http_server", "exec", "main_file")
+
+    def get_main_class(self) -> str:
+        return self.main_class
+
+    def get_main_file(self) -> str:
+        return self.main_file
+
+    # Typed access. Every error names the dotted key and the file, e.g. "http_server.tensorflow.input_width".
+    def _value(self, *keys: str, default: Any = _MISSING) -> Any:
+        node: Any = self.conf
+        for depth, key in enumerate(keys):
+            if not isinstance(node, dict):
+                raise self._error(keys[:depth], "must be a JSON object")
+            if key not in node:
+                if default is not _MISSING:
+                    return default
+                raise self._error(keys[:depth + 1], "is missing")
+            node = node[key]
+        return node
+
+    def _str(self, *keys: str, default: Any = _MISSING) -> Any:
+        value = self._value(*keys, default=default)
+        if value is not default and (not isinstance(value, str) or not value.strip()):
+            raise self._error(keys, f"must be a non-empty string, not {value!r}")
+        return value
+
+    def _int(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> Any:
+        """A number or a numeric string ("224" as UAI writes it), parsed with int(), never eval."""
+        value = self._value(*keys, default=default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self._error(keys, f"must be an integer or a numeric string, not {value!r}")
+        try:
+            number = int(value.strip()) if isinstance(value, str) else int(value)
+        except ValueError:
+            raise self._error(keys, f"must be an integer or a numeric string, not {value!r}") from None
+        if number != value and not isinstance(value, str) or number < minimum:
+            raise self._error(keys, f"must be a whole number ≥ {minimum}, not {value!r}")
+        return number
+
+    def _error(self, keys: tuple[str, ...], problem: str) -> ConfError:
+        where = f"{self.path}: " if self.path else "conf: "
+        return ConfError(f"{where}key {'.'.join(keys) or '(top level)'} {problem}")
+
+
+class TFJsonConfLoader(JsonConfLoader):
+    """Adds http_server.tensorflow.model_dir, resolved against the conf file's folder when relative."""
+
+    def _load(self) -> None:
+        super()._load()
+        model_dir = Path(self._str("http_server", "tensorflow", "model_dir"))
+        if not model_dir.is_absolute() and self.path:
+            model_dir = self.path.parent / model_dir
+        self.model_dir = os.path.normpath(model_dir)
+
+    def get_model_dir(self) -> str:
+        return self.model_dir
+
+
+class RetrainJsonConfLoader(TFJsonConfLoader):
+    """Adds the input size and the optional keys of a retrain.py classifier (see README's conf table)."""
+
+    def _load(self) -> None:
+        super()._load()
+        tf_keys = ("http_server", "tensorflow")
+        self.input_width = self._int(*tf_keys, "input_width")
+        self.input_height = self._int(*tf_keys, "input_height")
+        self.top_k = self._int(*tf_keys, "top_k", default=5)
+        self.input_tensor = self._str(*tf_keys, "input_tensor", default=None)
+        self.output_tensor = self._str(*tf_keys, "output_tensor", default=None)
+        self.labels_file = self._str(*tf_keys, "labels_file", default=None)
+        limit_keys = ("http_server", "limits")
+        formats = self._value(*limit_keys, "formats", default=list(ALLOWED_FORMATS))
+        if not isinstance(formats, list) or not all(f in ALLOWED_FORMATS for f in formats) or not formats:
+            raise self._error(limit_keys + ("formats",), f"must be a non-empty list drawn from {list(ALLOWED_FORMATS)}")
+        self.limits = Limits(max_bytes=self._int(*limit_keys, "max_bytes", default=Limits.max_bytes),
+                             max_pixels=self._int(*limit_keys, "max_pixels", default=Limits.max_pixels),
+                             formats=tuple(formats))
+
+    def get_input_width(self) -> int:
+        return self.input_width
+
+    def get_input_height(self) -> int:
+        return self.input_height
+
+    def get_top_k(self) -> int:
+        return self.top_k
+
+    def get_limits(self) -> Limits:
+        return self.limits

@@ -1,0 +1,199 @@
+"""Model formats: detect what model_dir holds and load it as one callable, images [N,H,W,3] → probabilities [N,C]."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+FROZEN_GRAPH = "frozen graph"
+SAVED_MODEL = "SavedModel"
+KERAS = "Keras"
+
+# retrain.py's tensor names, and what UAI code feeds and fetches.
+DEFAULT_INPUT = "Placeholder"
+DEFAULT_OUTPUT = "final_result"
+
+
+class ModelError(ValueError):
+    """A model_dir that holds no loadable model, or a model whose inputs and outputs cannot be identified."""
+
+
+@dataclass
+class Runtime:
+    """A loaded model: call it with a float32 batch in [0, 1] to get one probability row per image."""
+
+    format: str
+    path: Path
+    predict: Callable[[np.ndarray], np.ndarray]
+    input_size: tuple[int, int] | None  # (width, height) when the model fixes it, else None
+    num_classes: int = 0
+    applies_softmax: bool = False  # True when the model outputs logits and softmax is applied here
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.predict(batch)
+        if self.applies_softmax:
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+
+def load(model_dir: str | Path, size: tuple[int, int], input_tensor: str | None = None,
+         output_tensor: str | None = None) -> Runtime:
+    """Loads the model in model_dir, whatever its format, and probes it once at size=(width, height)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model_dir {model_dir} does not exist or is not a folder")
+    loader, path = detect(model_dir)
+    runtime = loader(path, input_tensor, output_tensor)
+    if runtime.input_size and runtime.input_size != size:
+        raise ModelError(f"{path} takes {runtime.input_size[0]}×{runtime.input_size[1]} images but conf.json says "
+                         f"input_width×input_height = {size[0]}×{size[1]}")
+    _probe(runtime, size)
+    return runtime
+
+
+def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
+    """The format from the folder's contents: a SavedModel, a single .keras file, or a frozen GraphDef (.pb)."""
+    if (model_dir / "saved_model.pb").is_file():
+        return load_saved_model, model_dir
+    keras_files = sorted(model_dir.glob("*.keras"))
+    if len(keras_files) == 1:
+        return load_keras, keras_files[0]
+    graphs = sorted(model_dir.glob("*.pb"))
+    preferred = model_dir / "frozen_inference_graph.pb"
+    if preferred in graphs:
+        return load_frozen_graph, preferred
+    if len(graphs) == 1:
+        return load_frozen_graph, graphs[0]
+    found = ", ".join(p.name for p in sorted(model_dir.iterdir())) or "nothing"
+    raise ModelError(f"no model found in {model_dir} (found: {found}); expected frozen_inference_graph.pb, "
+                     "a SavedModel (saved_model.pb + variables/) or one .keras file")
+
+
+def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
+    """A TF1 frozen GraphDef, run as a pruned TF2 concrete function (no Session, no per-call graph building)."""
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(path.read_bytes())
+    except Exception as exc:
+        raise ModelError(f"{path} is not a TensorFlow GraphDef: {exc}") from None
+    input_name, output_name = _graph_io(graph_def, path, input_tensor, output_tensor)
+
+    def import_graph():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_graph, [])
+    try:
+        graph_input = wrapped.graph.get_tensor_by_name(input_name + ":0")
+        graph_output = wrapped.graph.get_tensor_by_name(output_name + ":0")
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    function = wrapped.prune(graph_input, graph_output)
+    shape = graph_input.shape
+    return Runtime(format=FROZEN_GRAPH, path=path, predict=lambda batch: function(tf.constant(batch)).numpy(),
+                   input_size=_static_size(shape))
+
+
+def _graph_io(graph_def, path: Path, input_tensor: str | None, output_tensor: str | None) -> tuple[str, str]:
+    """The input and output op names: as conf.json names them, else retrain.py's, else the only candidates."""
+    nodes = {node.name: node for node in graph_def.node}
+
+    def op_name(name: str) -> str:
+        return name.split(":")[0]
+
+    def pick(kind: str, wanted: str | None, default: str, candidates: list[str]) -> str:
+        if wanted:
+            if op_name(wanted) not in nodes:
+                raise ModelError(f"{path} has no op named {op_name(wanted)!r} (conf key {kind}_tensor)")
+            return op_name(wanted)
+        if default in nodes:
+            return default
+        if len(candidates) == 1:
+            log.info("%s: no %r op; using the only candidate %s %r", path.name, default, kind, candidates[0])
+            return candidates[0]
+        raise ModelError(f"{path} has no {default!r} op and {len(candidates)} candidate {kind}s "
+                         f"({', '.join(candidates[:8]) or 'none'}); name it with conf key {kind}_tensor")
+
+    float_4d_placeholders = [
+        n.name for n in graph_def.node if n.op == "Placeholder" and n.attr["dtype"].type == tf.float32.as_datatype_enum
+        and (not n.attr["shape"].shape.dim or len(n.attr["shape"].shape.dim) == 4)]
+    softmaxes = [n.name for n in graph_def.node if n.op == "Softmax"]
+    return (pick("input", input_tensor, DEFAULT_INPUT, float_4d_placeholders),
+            pick("output", output_tensor, DEFAULT_OUTPUT, softmaxes))
+
+
+def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
+    """A TF2 SavedModel's serving_default signature (a single image input; the named or single output)."""
+    try:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+    except KeyError:
+        raise ModelError(f"the SavedModel {path} has no serving_default signature") from None
+    except Exception as exc:
+        raise ModelError(f"cannot load the SavedModel {path}: {exc}") from None
+    inputs = signature.structured_input_signature[1]
+    input_key = _only(input_tensor, sorted(inputs), path, "input")
+    output_key = _only(output_tensor, sorted(signature.structured_outputs), path, "output")
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return signature(**{input_key: tf.constant(batch)})[output_key].numpy()
+
+    predict.keep_alive = loaded  # the signature only holds weak references to the variables
+    return Runtime(format=SAVED_MODEL, path=path, predict=predict, input_size=_static_size(inputs[input_key].shape))
+
+
+def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
+    """A Keras 3 .keras file, called through one compiled tf.function (model.predict costs ~60 ms per call)."""
+    import keras  # imported here: only this format needs it
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load the Keras model {path}: {exc}") from None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"the Keras model {path} must have one input and one output")
+    shape = model.inputs[0].shape
+    function = tf.function(lambda x: model(x, training=False),
+                           input_signature=[tf.TensorSpec([None, *shape[1:]], tf.float32)])
+    return Runtime(format=KERAS, path=path, predict=lambda batch: function(tf.constant(batch)).numpy(),
+                   input_size=_static_size(shape))
+
+
+def _only(wanted: str | None, keys: list[str], path: Path, kind: str) -> str:
+    if wanted:
+        if wanted not in keys:
+            raise ModelError(f"{path} has no {kind} named {wanted!r}; it has {keys} (conf key {kind}_tensor)")
+        return wanted
+    if len(keys) != 1:
+        raise ModelError(f"{path} has {len(keys)} {kind}s {keys}; name the one to use with conf key {kind}_tensor")
+    return keys[0]
+
+
+def _static_size(shape) -> tuple[int, int] | None:
+    dims = tf.TensorShape(shape)
+    if dims.rank != 4:
+        return None
+    height, width = dims[1], dims[2]
+    return (width, height) if width and height else None
+
+
+def _probe(runtime: Runtime, size: tuple[int, int]) -> None:
+    """One inference on a grey image: learns the class count, warms the graph up, checks the output's shape."""
+    width, height = size
+    try:
+        out = np.asarray(runtime.predict(np.full((1, height, width, 3), 0.5, np.float32)))
+    except Exception as exc:
+        raise ModelError(f"{runtime.path} fails on a {width}×{height} RGB image: {exc}") from None
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ModelError(f"{runtime.path} outputs shape {out.shape}; expected [batch, classes]")
+    runtime.num_classes = out.shape[1]
+    is_distribution = out.min() >= 0 and abs(float(out.sum()) - 1.0) < 1e-3
+    if not is_distribution:
+        log.warning("%s outputs logits, not probabilities: softmax is applied to its output", runtime.path)
+        runtime.applies_softmax = True

@@ -1,0 +1,148 @@
+"""Image input: any accepted item → RGB Pillow image → float32 tensor in [0, 1], within the input limits."""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Formats a request may carry. Pillow can open more (EPS, PSD, ICO, …); those are refused with 415, because
+# every extra decoder is attack surface on a public server and none of them is a photo format users send.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one input may be. The defaults admit any real photo and refuse decompression bombs."""
+
+    max_bytes: int = 20 * 1024 * 1024  # 20 MiB of encoded data
+    max_pixels: int = 50_000_000  # width × height; a 50-megapixel photo decodes to ~150 MB of RGB
+    formats: tuple[str, ...] = ALLOWED_FORMATS
+
+
+class ImageError(ValueError):
+    """An input that cannot be classified; the message says why, in words a user can act on."""
+
+
+class EmptyImage(ImageError):
+    """The input holds no data."""
+
+
+class CorruptImage(ImageError):
+    """The data is not an image, or an image that is truncated or damaged."""
+
+
+class ImageTooLarge(ImageError):
+    """The encoded size or the pixel count is over the limit."""
+
+
+class UnsupportedFormat(ImageError):
+    """An image in a format outside the allowed list."""
+
+
+def decode(item: Any, limits: Limits = Limits()) -> Image.Image:
+    """Turns bytes, a file-like object, a path, an object with `.body`, a PIL image or a numpy array into RGB."""
+    item = getattr(item, "body", item)  # UAI request objects carry the raw bytes in .body
+    if isinstance(item, Image.Image):
+        return _to_rgb(_check_pixels(item, limits))
+    if isinstance(item, np.ndarray):
+        return _to_rgb(_check_pixels(_from_array(item), limits))
+    return _to_rgb(_open(_read_bytes(item, limits), limits))
+
+
+def to_tensor(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Resizes the whole image (no crop) to size=(width, height), bilinear, and scales to float32 [0, 1]."""
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    tensor = np.asarray(image, dtype=np.float32)
+    tensor *= 1.0 / 255.0
+    return tensor
+
+
+def _read_bytes(item: Any, limits: Limits) -> bytes:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+    elif isinstance(item, (str, os.PathLike)):
+        try:
+            with open(item, "rb") as f:
+                data = f.read(limits.max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(f"cannot read {item}: {exc.strerror}") from None
+    elif hasattr(item, "read"):
+        data = item.read(limits.max_bytes + 1)  # one byte over the limit is enough to know it is too large
+    else:
+        raise ImageError(f"cannot read an image from a {type(item).__name__}")
+    if not data:
+        raise EmptyImage("the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"the image is larger than the limit of {limits.max_bytes} bytes")
+    return data
+
+
+def _open(data: bytes, limits: Limits) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data), formats=limits.formats)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
+    except Exception:
+        raise _unrecognised(data, limits) from None
+    _check_pixels(image, limits)  # from the header, before a single pixel is decoded
+    try:
+        image.load()  # first frame only, for GIF, TIFF and animated WebP
+        return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error… on damaged data
+        raise CorruptImage(f"the {image.format} image is truncated or damaged ({exc})") from None
+
+
+def _unrecognised(data: bytes, limits: Limits) -> ImageError:
+    """Names the format of data that none of the allowed decoders accepted: 415 if it is an image, else 400."""
+    try:
+        other = Image.open(io.BytesIO(data)).format  # header only: other formats are identified, never decoded
+    except Exception:
+        other = "SVG" if b"<svg" in data[:1024].lower() else None
+    if other:
+        allowed = ", ".join(limits.formats)
+        return UnsupportedFormat(f"{other} images are not supported; send one of {allowed}")
+    return CorruptImage("the data is not a recognised image")
+
+
+def _check_pixels(image: Image.Image, limits: Limits) -> Image.Image:
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(f"the image is {width}×{height} pixels, over the limit of {limits.max_pixels} pixels")
+    if width == 0 or height == 0:
+        raise CorruptImage(f"the image has no pixels ({width}×{height})")
+    return image
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageError(f"an image array must be H×W, H×W×3 or H×W×4, not {array.shape}")
+    if array.dtype != np.uint8:
+        # Floats are taken as [0, 1], the convention of the model's own input.
+        array = np.clip(np.nan_to_num(array.astype(np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Every Pillow mode to RGB; transparency is composited on white, 16- and 32-bit data scaled, not clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # Pillow's own I→RGB conversion clips at 255, which turns a 16-bit photo white.
+        array = np.asarray(image, dtype=np.float32) / 257.0
+        return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,111 @@
+"""The UAI model lifecycle (AiUcloudModel → TFAiUcloudModel) and RetrainedClassificationModel, which serves one."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import formats, images, labels
+from .conf import RetrainJsonConfLoader, TFJsonConfLoader
+
+
+class AiUcloudModel:
+    """UAI Inference's contract: __init__(conf) parses the conf and loads the model; execute() serves a batch."""
+
+    def __init__(self, conf: dict | None = None, model_type: str = "tensorflow"):
+        self.conf = conf
+        self.model_type = model_type
+
+    def load_model(self) -> Any:
+        raise NotImplementedError
+
+    def execute(self, data: Sequence[Any], batch_size: int) -> list:
+        """One result per item of data, in order. UAI passes batch_size = len(data)."""
+        raise NotImplementedError
+
+
+class TFAiUcloudModel(AiUcloudModel):
+    """As in UAI: self.output for state shared between load_model and execute, self.model_dir from the conf."""
+
+    def __init__(self, conf: dict | None = None, model_type: str = "tensorflow"):
+        super().__init__(conf, model_type)
+        self.output: dict = {}
+        self._parse_conf(conf)
+        self.model = self.load_model()
+
+    def _parse_conf(self, conf: dict) -> None:
+        self.model_dir = TFJsonConfLoader(conf).get_model_dir()
+
+
+class RetrainedClassificationModel(TFAiUcloudModel):
+    """A classifier in retrain.py's convention: image in, top-k [label, probability] pairs out.
+
+    Serving is three replaceable steps, as in Hugging Face pipelines:
+    preprocess(item) → tensor, forward(batch of tensors) → probabilities, postprocess(probabilities) → pairs.
+    execute() chains them for UAI callers; the HTTP server and the UI call them separately so that decoding
+    runs in parallel threads while the model sees whole batches.
+    """
+
+    def _parse_conf(self, conf: dict) -> None:
+        loader = RetrainJsonConfLoader(conf)
+        self.model_dir = loader.get_model_dir()
+        self.input_width = loader.get_input_width()
+        self.input_height = loader.get_input_height()
+        self.top_k = loader.get_top_k()
+        self.limits = loader.get_limits()
+        self._tensor_names = (loader.input_tensor, loader.output_tensor)
+        self._labels_file = loader.labels_file
+
+    def load_model(self) -> formats.Runtime:
+        self.runtime = formats.load(self.model_dir, self.input_size, *self._tensor_names)
+        self.labels_path = labels.find_labels_file(self.model_dir, self._labels_file)
+        self.labels = labels.read_labels(self.labels_path)
+        if len(self.labels) != self.runtime.num_classes:
+            raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
+                                     f"{self.model_dir} outputs {self.runtime.num_classes} classes")
+        return self.runtime
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.input_width, self.input_height)
+
+    def describe(self) -> str:
+        """One line for logs and the UI: format, number of labels, input size."""
+        return (f"{self.runtime.format} · {len(self.labels)} labels · "
+                f"{self.input_width}×{self.input_height} input")
+
+    # The three steps.
+    def preprocess(self, item: Any) -> np.ndarray:
+        """Any accepted input → float32 [H, W, 3] in [0, 1]. Raises images.ImageError with a clear message."""
+        return images.to_tensor(images.decode(item, self.limits), self.input_size)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [N, H, W, 3] → probabilities [N, classes], in one model call."""
+        return self.runtime(batch)
+
+    def postprocess(self, probabilities: np.ndarray, top_k: int | None = None) -> list[list]:
+        """One probability row → the top-k [label, probability] pairs, most probable first."""
+        return labels.top_k(probabilities, self.labels, top_k or self.top_k)
+
+    def execute(self, data: Sequence[Any], batch_size: int | None = None) -> list:
+        """UAI's entry point: one result per item, in order.
+
+        Items may be bytes, file-like objects, paths, PIL images, numpy arrays or objects with `.body`.
+        A result is a list of top-k [label, probability] pairs, or {"error": message} for an item that is not a
+        usable image (the others are still classified). batch_size is the most images sent to the model in one
+        call: UAI passes len(data), so the whole request batch runs at once; longer data runs in chunks.
+        """
+        results: list[Any] = [None] * len(data)
+        good: list[tuple[int, np.ndarray]] = []
+        for index, item in enumerate(data):
+            try:
+                good.append((index, self.preprocess(item)))
+            except images.ImageError as exc:
+                results[index] = {"error": str(exc)}
+        chunk = max(1, batch_size or len(good) or 1)
+        for start in range(0, len(good), chunk):
+            part = good[start:start + chunk]
+            probabilities = self.forward(np.stack([tensor for _, tensor in part]))
+            for (index, _), row in zip(part, probabilities):
+                results[index] = self.postprocess(row)
+        return results

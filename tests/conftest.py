@@ -1,0 +1,84 @@
+"""Shared fixtures: the project's paths, the real photos, the default model loaded once, tiny test models."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT.parent / "shared" / "photos"
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
+COFFEE_LABELS = {"espresso", "cup", "coffee mug"}
+COLOURS = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import classifier
+
+    return classifier.load(ROOT / "conf.json")
+
+
+def write_conf(folder: Path, model_dir: str = "model", size: int = 8, main_file: str = "retrain_inference",
+               main_class: str = "RetrainedClassificationModel", **tensorflow_keys) -> Path:
+    """A conf.json in UAI's format. main_file defaults to the project's module, importable from ROOT."""
+    conf = {"http_server": {"exec": {"main_class": main_class, "main_file": main_file},
+                            "tensorflow": {"model_dir": model_dir, "input_width": str(size),
+                                           "input_height": str(size), **tensorflow_keys}}}
+    path = folder / "conf.json"
+    path.write_text(json.dumps(conf))
+    return path
+
+
+def colour_logits(images):
+    """The tiny test models' whole computation: the mean of each channel, ×20, is the logit of that colour."""
+    import tensorflow as tf
+
+    return tf.reduce_mean(images, axis=[1, 2]) * 20.0
+
+
+def write_colour_graph(folder: Path, input_name: str = "Placeholder", output_name: str = "final_result",
+                       size: int = 8, extra_placeholder: bool = False) -> Path:
+    """A frozen GraphDef with retrain.py's conventions: float [None, H, W, 3] in [0, 1] → Softmax, 3 classes."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name=input_name)
+        if extra_placeholder:
+            tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="another_input")
+        tf.nn.softmax(colour_logits(images), name=output_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "frozen_inference_graph.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    (folder / "label_map.txt").write_text("\n".join(COLOURS) + "\n")
+    return path
+
+
+def solid(colour: str, size=(32, 24)):
+    from PIL import Image
+
+    return Image.new("RGB", size, {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}[colour])
+
+
+def encode(image, fmt: str = "PNG", **kwargs) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo_bytes() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in PHOTOS.iterdir() if p.suffix in (".png", ".jpg", ".jpeg")}
+
+
+def as_array(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
