@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .batching import BatchingConf
 from .images import ALLOWED_FORMATS, Limits
 
 _MISSING = object()
@@ -49,6 +50,15 @@ class JsonConfLoader:
     def _load(self) -> None:
         self.main_class = self._str("http_server", "exec", "main_class")
         self.main_file = self._str("http_server", "exec", "main_file")
+
+    def get_batching(self) -> BatchingConf:
+        """http_server.batching: how the server groups requests into model calls (README's conf table)."""
+        keys = ("http_server", "batching")
+        return BatchingConf(
+            max_batch_size=self._int(*keys, "max_batch_size", default=BatchingConf.max_batch_size),
+            max_batch_wait_ms=self._int(*keys, "max_batch_wait_ms", default=BatchingConf.max_batch_wait_ms,
+                                        minimum=0),
+            max_queue=self._int(*keys, "max_queue", default=BatchingConf.max_queue))
 
     def get_main_class(self) -> str:
         return self.main_class

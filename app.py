@@ -1,0 +1,118 @@
+"""One server for the classifier: the Gradio page at /, POST|PUT /service, /healthz, /readyz. Run: python app.py."""
+from __future__ import annotations
+
+import os
+
+# Gradio reports usage to its servers unless told not to; an offline server must not phone home.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import gradio as gr
+import uvicorn
+from gradio import networking
+
+import classifier
+from classifier.batching import Batcher
+from classifier.service import Health, create_app
+from classifier.ui import build_demo
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
+log = logging.getLogger("app")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--conf", type=Path, default=Path(os.environ.get("UAI_SERVICE_CONFIG", ROOT / "conf.json")),
+                        help="conf.json to serve (default: $UAI_SERVICE_CONFIG, else the project's conf.json)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, as the UAI service)")
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    parser.add_argument("--auth", default=os.environ.get("CLASSIFIER_AUTH"), metavar="USER:PASS",
+                        help="require this login for the page, its API and /service (default: $CLASSIFIER_AUTH)")
+    parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
+    parser.add_argument("--flagging-dir", type=Path, default=ROOT / "flagged",
+                        help="where the Flag button saves photos and their labels (default: ./flagged)")
+    # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
+    return parser.parse_known_args(argv)[0]
+
+
+def load_model(conf: Path):
+    """The model conf.json names; a broken conf or model stops start-up with a clear message and exit code 2."""
+    try:
+        return classifier.load(conf)
+    except (classifier.ConfError, classifier.ModelError, classifier.LabelsError) as exc:
+        sys.exit(f"error: cannot start: {exc}")
+
+
+def open_share_link(port: int) -> None:
+    """Gradio's share tunnel to this server. Without internet it fails fast; the server keeps serving locally."""
+    try:
+        url = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+        print(f"* Public share link: {url}", flush=True)
+    except Exception as exc:
+        print(f"* Could not open a share link ({exc.__class__.__name__}: {exc}). Is there internet access? "
+              f"The app is still serving locally.", flush=True)
+
+
+args = parse_args(sys.argv[1:])
+credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
+if args.auth and not credentials:
+    sys.exit("error: --auth must be USER:PASS")
+model = load_model(args.conf)
+if args.top_k:
+    model.top_k = args.top_k
+conf_loader = classifier.JsonConfLoader(model.conf)
+limits = getattr(model, "limits", None) or classifier.Limits()
+batcher = Batcher(model, conf_loader.get_batching())
+health = Health()
+demo = build_demo(model, batcher, EXAMPLES, args.flagging_dir)
+demo.queue(max_size=batcher.conf.max_queue)
+
+
+@asynccontextmanager
+async def lifespan(_app):
+    async def warm_up() -> None:
+        try:  # one request through the whole path (decode, batcher, model) before /readyz says yes
+            await batcher.classify(EXAMPLES[0].read_bytes())
+            health.ready = True
+        except Exception as exc:
+            health.reason = f"warm-up failed: {exc}"
+            log.exception("warm-up failed")
+
+    task = asyncio.create_task(warm_up())
+    if args.share:
+        threading.Thread(target=open_share_link, args=(args.port,), daemon=True).start()
+    yield
+    task.cancel()
+    await batcher.close()
+
+
+app = create_app(batcher, limits, health, credentials, lifespan=lifespan)
+# Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
+app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=limits.max_bytes)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    describe = model.describe() if hasattr(model, "describe") else type(model).__name__
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"* Model: {describe} (from {getattr(model, 'model_dir', args.conf)})", flush=True)
+    print(f"* Page:    http://{shown}:{args.port}/", flush=True)
+    print(f"* Service: curl -T photo.jpg http://{shown}:{args.port}/service", flush=True)
+    if args.share and not credentials:
+        print("* Warning: --share without --auth puts this server on the internet for anyone with the link.",
+              flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

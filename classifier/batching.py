@@ -1,0 +1,141 @@
+"""The dynamic batcher: concurrent requests from /service and the UI share model calls, within bounds."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+from .images import ImageError, Limits, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingConf:
+    """conf.json's http_server.batching section."""
+
+    max_batch_size: int = 16  # images in one model call
+    max_batch_wait_ms: float = 5.0  # how long a batch may wait for requests that are still being decoded
+    max_queue: int = 256  # requests admitted at once (decoding or waiting); past it: Overloaded → 503
+
+
+class Overloaded(RuntimeError):
+    """Too many requests are already admitted; the client should retry later."""
+
+
+class Batcher:
+    """Decodes each request in a thread pool, then runs the waiting requests together in one model call.
+
+    A lone request on an idle server runs at once. A batch waits (at most max_batch_wait_ms) only while other
+    requests are still being decoded, that is, when more work is known to be on its way.
+    """
+
+    def __init__(self, model: Any, conf: BatchingConf = BatchingConf(), decode_threads: int | None = None):
+        self.conf = conf
+        self.prepare, self.run_batch = pipeline_steps(model)
+        self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
+        # One model call at a time: a TensorFlow call already uses every core.
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._decoding = 0  # admitted requests not yet in the queue
+        self.batch_sizes: list[int] = []  # a record of recent batch sizes, for tests and the benchmark
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet answered by the model."""
+        return self._decoding + (self._queue.qsize() if self._queue else 0)
+
+    async def classify(self, item: Any) -> Any:
+        """One request's result. Raises images.ImageError for a bad image, Overloaded when full."""
+        if self.pending >= self.conf.max_queue:
+            raise Overloaded(f"the server is busy ({self.pending} requests waiting); retry shortly")
+        loop = asyncio.get_running_loop()
+        self._decoding += 1
+        try:
+            prepared = await loop.run_in_executor(self._decoder, self.prepare, item)
+        finally:
+            self._decoding -= 1
+        future = loop.create_future()
+        self._start()
+        self._queue.put_nowait((prepared, future))
+        return await future
+
+    def _start(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._queue = self._queue or asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.conf.max_batch_wait_ms / 1000
+            while len(batch) < self.conf.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if self._decoding == 0 or remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
+            await self._answer(batch)
+
+    async def _answer(self, batch: list) -> None:
+        loop = asyncio.get_running_loop()
+        items = [item for item, _ in batch]
+        try:
+            results = await loop.run_in_executor(self._model_thread, self.run_batch, items)
+        except Exception as exc:
+            if len(batch) > 1:  # one bad input must not spoil its batch: answer each alone
+                for entry in batch:
+                    await self._answer([entry])
+                return
+            log.exception("model call failed")
+            results = [exc]
+        for (_, future), result in zip(batch, results):
+            if future.done():  # the client went away
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            elif isinstance(result, dict) and "error" in result:
+                future.set_exception(ImageError(result["error"]))
+            else:
+                future.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+
+
+def pipeline_steps(model: Any) -> tuple[Callable[[Any], Any], Callable[[list], list]]:
+    """How to prepare one request and run a batch of them, for the model class that conf.json loaded.
+
+    A RetrainedClassificationModel (or anything with its three steps) decodes in parallel threads and runs
+    decoded tensors as one batch. A UAI-style class with only execute() gets the request objects UAI gave it
+    (`.body` holds the bytes), batched as UAI's server batched them.
+    """
+    if all(callable(getattr(model, step, None)) for step in ("preprocess", "forward", "postprocess")):
+        def run_tensors(tensors: list[np.ndarray]) -> list:
+            return [model.postprocess(row) for row in model.forward(np.stack(tensors))]
+        return model.preprocess, run_tensors
+
+    limits = getattr(model, "limits", None) or Limits()
+
+    def as_request(body: bytes) -> SimpleNamespace:
+        decode(body, limits)  # a bad image gets its clear 4xx here, before it can fail the user's execute()
+        return SimpleNamespace(body=body)
+
+    return as_request, lambda requests: model.execute(requests, len(requests))

@@ -1,0 +1,150 @@
+"""The plain HTTP API: POST|PUT /service, /healthz, /readyz, with JSON errors and the status that fits each."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from .batching import Batcher, Overloaded
+from .images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 32  # files in one multipart request
+RETRY_AFTER_SECONDS = 1
+
+_STATUS = [(ImageTooLarge, 413), (UnsupportedFormat, 415), (EmptyImage, 400), (CorruptImage, 400),
+           (ImageError, 400), (Overloaded, 503)]
+
+
+def error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def error_for(exc: Exception, subject: str = "") -> JSONResponse:
+    """The JSON error response for an exception from decoding or the batcher; never a stack trace."""
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
+            return error(status, f"{subject}: {exc}" if subject else str(exc), **extra)
+    log.error("unexpected error while classifying", exc_info=exc)
+    return error(500, "internal error while classifying the image; the server log has the details")
+
+
+class Health:
+    """Liveness and readiness: ready once the model is loaded and one warm-up request has gone through."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.reason = "warming up"
+
+
+def basic_auth_ok(request: Request, credentials: tuple[str, str] | None) -> bool:
+    if credentials is None:
+        return True
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+    except Exception:
+        return False
+    return secrets.compare_digest(user, credentials[0]) & secrets.compare_digest(password, credentials[1])
+
+
+def create_router(batcher: Batcher, limits: Limits, health: Health,
+                  credentials: tuple[str, str] | None = None) -> APIRouter:
+    router = APIRouter()
+
+    @router.api_route("/service", methods=["POST", "PUT"])
+    async def service(request: Request) -> Any:
+        """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
+        if not basic_auth_ok(request, credentials):
+            return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await _multipart(request)
+        body = await _read_body(request, limits.max_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            return await batcher.classify(body)
+        except Exception as exc:
+            return error_for(exc)
+
+    async def _multipart(request: Request) -> Any:
+        too_large = _over_length(request, MAX_FILES * limits.max_bytes)
+        if too_large:
+            return too_large
+        try:
+            form = await request.form(max_files=MAX_FILES, max_part_size=limits.max_bytes)
+        except Exception as exc:  # malformed multipart, too many files, an oversized field
+            return error(400, f"could not read the multipart body: {exc}")
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            return error(400, "the multipart body holds no files; send each image as a file field")
+        for upload in files:
+            if upload.size is not None and upload.size > limits.max_bytes:
+                return error(413, f"{upload.filename}: the image is larger than the limit of {limits.max_bytes} bytes")
+        bodies = [await upload.read() for upload in files]
+        await form.close()
+        results = await asyncio.gather(*(batcher.classify(body) for body in bodies), return_exceptions=True)
+        for number, (upload, result) in enumerate(zip(files, results), 1):
+            if isinstance(result, Exception):  # the first bad file decides the status; its name is in the message
+                return error_for(result, subject=upload.filename or f"file {number}")
+        return results
+
+    @router.api_route("/service", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"], include_in_schema=False)
+    async def wrong_method(request: Request) -> JSONResponse:
+        return error(405, f"{request.method} is not allowed: send the image with POST or PUT",
+                     Allow="POST, PUT")
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        """The process is up and answering."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """The model is loaded and warmed up: send traffic."""
+        if not health.ready:
+            return error(503, f"not ready: {health.reason}", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return JSONResponse({"status": "ready"})
+
+    return router
+
+
+def _over_length(request: Request, limit: int) -> JSONResponse | None:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        return error(413, f"the request body is larger than the limit of {limit} bytes")
+    return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """The body, read as it streams in and refused as soon as it passes the limit (no unbounded buffering)."""
+    too_large = _over_length(request, limit)
+    if too_large:
+        return too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return error(413, f"the image is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    if size == 0:
+        return error(400, "the request body is empty: send the image bytes as the body")
+    return b"".join(chunks)
+
+
+def create_app(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
+               **fastapi_kwargs: Any) -> FastAPI:
+    """The FastAPI app with the HTTP API; app.py mounts the Gradio UI at / after these routes."""
+    app = FastAPI(title="Image classifier", **fastapi_kwargs)
+    app.include_router(create_router(batcher, limits, health, credentials))
+    return app

@@ -1,0 +1,79 @@
+"""The dynamic batcher: same results as unbatched, order kept, bad inputs isolated, bounded, UAI classes too."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from classifier.batching import Batcher, BatchingConf, Overloaded
+from classifier.images import ImageError
+
+NAMES = ["chelsea.png", "coffee.jpeg", "motorcycle_left.png", "rocket.jpg", "astronaut.png", "cat.jpeg"]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def classify_all(batcher: Batcher, items: list) -> list:
+    try:
+        return await asyncio.gather(*(batcher.classify(item) for item in items), return_exceptions=True)
+    finally:
+        await batcher.close()
+
+
+def test_concurrent_requests_share_batches_and_match_unbatched(default_model, photo_bytes):
+    items = [photo_bytes[n] for n in NAMES] * 3
+    batcher = Batcher(default_model, BatchingConf(max_batch_size=8, max_batch_wait_ms=50))
+    batched = run(classify_all(batcher, items))
+    assert max(batcher.batch_sizes) > 1 and sum(batcher.batch_sizes) == len(items)
+    assert max(batcher.batch_sizes) <= 8
+    for item, result in zip(items, batched):
+        [alone] = default_model.execute([item], 1)
+        assert [label for label, _ in result] == [label for label, _ in alone]
+        assert np.allclose([p for _, p in result], [p for _, p in alone], atol=1e-5)
+
+
+def test_a_bad_image_does_not_spoil_its_batch(default_model, photo_bytes):
+    items = [photo_bytes["cat.jpeg"], b"not an image", photo_bytes["coffee.jpeg"], b"", photo_bytes["chelsea.png"]]
+    results = run(classify_all(Batcher(default_model), items))
+    assert isinstance(results[1], ImageError) and isinstance(results[3], ImageError)
+    assert [r[0][0] for r in (results[0], results[2], results[4])] == [
+        default_model.execute([items[i]], 1)[0][0][0] for i in (0, 2, 4)]
+
+
+def test_a_lone_request_runs_at_once(default_model, photo_bytes):
+    batcher = Batcher(default_model, BatchingConf(max_batch_wait_ms=60_000))
+    started = time.monotonic()
+    [result] = run(classify_all(batcher, [photo_bytes["cat.jpeg"]]))
+    assert time.monotonic() - started < 30  # it did not sit out the 60 s window: nothing else was coming
+    assert batcher.batch_sizes == [1] and result[0][0] == "Egyptian cat"
+
+
+def test_past_the_queue_bound_requests_are_refused(default_model, photo_bytes):
+    results = run(classify_all(Batcher(default_model, BatchingConf(max_queue=3)), [photo_bytes["cat.jpeg"]] * 8))
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(refused) == 5 and "retry" in str(refused[0])
+    assert all(r[0][0] == "Egyptian cat" for r in results if not isinstance(r, Exception))
+
+
+class ExecuteOnly:
+    """A UAI-style class: only execute(data, batch_size), reading data[i].body."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def execute(self, data, batch_size):
+        self.calls.append(batch_size)
+        return self.model.execute([d.body for d in data], batch_size)
+
+
+def test_uai_execute_only_classes_are_batched_too(default_model, photo_bytes):
+    uai = ExecuteOnly(default_model)
+    items = [photo_bytes[n] for n in NAMES] + [b"junk"]
+    results = run(classify_all(Batcher(uai, BatchingConf(max_batch_size=4, max_batch_wait_ms=50)), items))
+    assert isinstance(results[-1], ImageError)  # refused before it reaches the user's execute()
+    assert sum(uai.calls) == len(NAMES) and max(uai.calls) > 1
+    assert [r[0][0] for r in results[:-1]] == [default_model.execute([i], 1)[0][0][0] for i in items[:-1]]
