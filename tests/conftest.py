@@ -126,6 +126,7 @@ class Server:
                 self.process.wait(30)
             except Exception:
                 self.process.kill()
+        Path(self.log.name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

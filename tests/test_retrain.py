@@ -1,0 +1,192 @@
+"""Retraining: real photos (Debian's tuxpaint-stamps-default) → a servable checkpoint; bad data; the cache."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import classifier
+from classifier import retrain
+from conftest import PHOTOS, ROOT, encode
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+TUXPAINT_CLASSES = {"mammals": "animals/mammals", "birds": "animals/birds", "fruit": "food/fruit",
+                    "flowers": "plants/flowers"}
+
+
+@pytest.fixture(scope="module")
+def tuxpaint_dir(tmp_path_factory) -> Path:
+    if not STAMPS.is_dir():
+        pytest.fail("Debian's tuxpaint-stamps-default is not installed: apt-get install -y tuxpaint-stamps-default")
+    folder = tmp_path_factory.mktemp("tuxpaint")
+    for name, source in TUXPAINT_CLASSES.items():
+        (folder / name).symlink_to(STAMPS / source)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tuxpaint_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    options = retrain.Options(image_dir=tuxpaint_dir, output_dir=out / "model", bottleneck_dir=out / "bottlenecks")
+    return options, retrain.retrain(options)
+
+
+def test_retrain_on_real_photos_is_accurate_and_servable(trained):
+    options, summary = trained
+    assert summary.classes == {"birds": 38, "flowers": 25, "fruit": 41, "mammals": 67}
+    assert sum(summary.split.values()) == 171 and summary.split["testing"] > 10
+    assert summary.test_accuracy >= 0.90, retrain.format_summary(summary)
+
+    out = options.output_dir
+    assert {p.name for p in out.iterdir()} == {"frozen_inference_graph.pb", "label_map.txt", "label_map.pbtxt",
+                                               "saved_model", "report", "conf.json"}
+    assert (out / "label_map.txt").read_text() == "birds\nflowers\nfruit\nmammals\n"
+    report = out / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == summary.test_accuracy and set(metrics["per_class"]) == set(summary.classes)
+    assert all({"precision", "recall"} <= set(c) for c in metrics["per_class"].values())
+    for picture in ("confusion_matrix.png", "training_curve.png"):
+        assert Image.open(report / picture).size[0] > 300
+    assert len(json.loads((report / "misclassified.json").read_text())) == round(
+        (1 - summary.test_accuracy) * summary.split["testing"])
+
+    model = classifier.load(out / "conf.json")  # pointed at the new folder, nothing else changed
+    assert model.runtime.format == "frozen graph" and model.labels == ["birds", "flowers", "fruit", "mammals"]
+    assert model.execute([PHOTOS / "chelsea.png"], 1)[0][0][0] == "mammals"
+
+
+def test_frozen_graph_follows_retrain_conventions(trained):
+    import tensorflow as tf
+
+    options, _ = trained
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((options.output_dir / "frozen_inference_graph.pb").read_bytes())
+    nodes = {n.name: n for n in graph_def.node}
+    assert nodes["Placeholder"].op == "Placeholder" and nodes["final_result"].op == "Softmax"
+    assert [d.size for d in nodes["Placeholder"].attr["shape"].shape.dim] == [-1, 224, 224, 3]
+
+
+def test_saved_model_gives_the_same_answers(trained, tmp_path):
+    options, _ = trained
+    frozen = classifier.load(options.output_dir / "conf.json")
+    conf = json.loads((options.output_dir / "conf.json").read_text())
+    conf["http_server"]["tensorflow"]["model_dir"] = str(options.output_dir / "saved_model")
+    (tmp_path / "conf.json").write_text(json.dumps(conf))
+    saved = classifier.load(tmp_path / "conf.json")
+    assert saved.runtime.format == "SavedModel"
+    photos = [PHOTOS / "chelsea.png", PHOTOS / "coffee.png", PHOTOS / "rocket.jpg"]
+    for a, b in zip(frozen.execute(photos, 3), saved.execute(photos, 3)):
+        assert a[0][0] == b[0][0] and a[0][1] == pytest.approx(b[0][1], abs=1e-5)
+
+
+def test_a_rerun_reuses_the_bottleneck_cache(trained, tmp_path):
+    options, first = trained
+    again = retrain.retrain(retrain.Options(image_dir=options.image_dir, output_dir=tmp_path / "again",
+                                            bottleneck_dir=options.bottleneck_dir, how_many_training_steps=50))
+    assert (again.bottlenecks_computed, again.bottlenecks_cached) == (0, 171)
+    assert first.bottlenecks_computed == 171
+
+
+# Small data sets made here.
+def noisy(colour: tuple[int, int, int], seed: int, size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def make_dataset(folder: Path, classes: dict[str, tuple[int, int, int]], count: int = 12) -> Path:
+    for name, colour in classes.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            noisy(colour, hash((name, i)) % 2**32).save(folder / name / f"{name}_{i}.png")
+    return folder
+
+
+def small_options(tmp_path: Path, image_dir: Path, **kwargs) -> retrain.Options:
+    kwargs.setdefault("how_many_training_steps", 200)
+    return retrain.Options(image_dir=image_dir, output_dir=tmp_path / "out", bottleneck_dir=tmp_path / "cache",
+                           **kwargs)
+
+
+def test_bad_files_are_skipped_or_ignored(tmp_path, capsys):
+    data = make_dataset(tmp_path / "photos", {"Red Apples": (220, 30, 30), "blue_sky!": (30, 30, 220)})
+    (data / "Red Apples" / "broken.jpg").write_bytes(encode(noisy((200, 0, 0), 1), "JPEG")[:300])
+    (data / "Red Apples" / "notes.txt").write_text("not an image, not a photo suffix: ignored")
+    (data / "blue_sky!" / "fake.png").write_text("a text file named .png")
+    summary = retrain.retrain(small_options(tmp_path, data))
+    # retrain.py's order (sorted folder names, so "R" before "b") and label normalisation
+    assert summary.classes == {"red apples": 12, "blue sky ": 12} and list(summary.classes)[0] == "red apples"
+    assert sorted(Path(s["file"]).name for s in summary.skipped) == ["broken.jpg", "fake.png"]
+    assert "warning: skipping" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "out" / "report" / "metrics.json").read_text())
+    assert len(metrics["skipped"]) == 2
+
+
+def test_a_class_too_small_is_an_error_naming_it(tmp_path):
+    data = make_dataset(tmp_path / "photos", {"big": (200, 0, 0), "small": (0, 0, 200)})
+    for extra in list((data / "small").iterdir())[4:]:
+        extra.unlink()
+    with pytest.raises(retrain.RetrainError, match=r"class 'small' has 4 images; at least 10 are needed"):
+        retrain.retrain(small_options(tmp_path, data))
+    assert not (tmp_path / "out").exists()
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path):
+    data = make_dataset(tmp_path / "photos", {"only": (200, 0, 0)})
+    (data / "empty").mkdir()
+    with pytest.raises(retrain.RetrainError, match="has 1 class folder.*at least 2"):
+        retrain.retrain(small_options(tmp_path, data))
+
+
+def test_changed_file_is_recomputed_and_split_is_stable(tmp_path):
+    data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    first = retrain.retrain(small_options(tmp_path, data))
+    noisy((0, 0, 255), 99).save(data / "blue" / "blue_0.png")
+    second = retrain.retrain(small_options(tmp_path, data))
+    assert (second.bottlenecks_computed, second.bottlenecks_cached) == (1, 23)
+    assert first.bottlenecks_computed == 24
+    names = [f"photo_{i}.jpg" for i in range(200)]
+    assert [retrain.split_of(n, 10, 10) for n in names] == [retrain.split_of(n, 10, 10) for n in names]
+    assert retrain.split_of("cat_nohash_1.jpg", 10, 10) == retrain.split_of("cat_nohash_2.jpg", 10, 10)
+
+
+def test_distortions_add_cached_copies(tmp_path):
+    data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    options = small_options(tmp_path, data, flip_left_right=True, random_crop=10, random_brightness=10,
+                            distorted_copies=2)
+    summary = retrain.retrain(options)
+    assert summary.bottlenecks_computed == 24 + 2 * summary.split["training"]
+    assert retrain.retrain(options).bottlenecks_computed == 0
+
+
+def test_interrupted_run_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    retrain.retrain(small_options(tmp_path, data))
+    before = (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes()
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain, "write_report", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        retrain.retrain(small_options(tmp_path, data, how_many_training_steps=7))
+    assert (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "photos"]  # no half-written folder
+
+
+def test_command_line(tmp_path):
+    data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    run = subprocess.run([sys.executable, "-m", "classifier.retrain", "--image_dir", str(data), "--output_dir",
+                          str(tmp_path / "model"), "--bottleneck_dir", str(tmp_path / "cache"), "--epochs", "5"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "Trained on 24 photos in 2 classes (blue 12, red 12)" in run.stdout
+    assert "Test accuracy:" in run.stdout and "Serve it: python app.py --conf" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "classifier.retrain", "--image_dir", str(tmp_path / "nope"),
+                          "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 2 and "error: --image_dir" in run.stderr and "Traceback" not in run.stderr
