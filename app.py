@@ -26,6 +26,7 @@ from classifier.ui import build_demo
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
+MAX_ZIP_BYTES = 500 * 1024 * 1024
 log = logging.getLogger("app")
 
 
@@ -41,6 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
     parser.add_argument("--flagging-dir", type=Path, default=ROOT / "flagged",
                         help="where the Flag button saves photos and their labels (default: ./flagged)")
+    parser.add_argument("--train-dir", type=Path, default=ROOT / "trained",
+                        help="where the Train tab writes new models (default: ./trained)")
+    parser.add_argument("--no-train", action="store_true", help="turn the Train tab off (for public demos)")
     # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
     return parser.parse_known_args(argv)[0]
 
@@ -51,6 +55,15 @@ def load_model(conf: Path):
         return classifier.load(conf)
     except (classifier.ConfError, classifier.ModelError, classifier.LabelsError) as exc:
         sys.exit(f"error: cannot start: {exc}")
+
+
+def serve_checkpoint(conf: Path) -> str:
+    """Loads the model conf names and swaps it in: new requests use it, requests in flight finish on the old."""
+    new_model = classifier.load(conf)
+    batcher.swap(new_model)
+    describe = new_model.describe() if hasattr(new_model, "describe") else type(new_model).__name__
+    log.info("now serving %s from %s", describe, conf)
+    return f"Now serving **{describe}** from `{conf.parent}`, on this page, its API and /service."
 
 
 def open_share_link(port: int) -> None:
@@ -74,7 +87,9 @@ conf_loader = classifier.JsonConfLoader(model.conf)
 limits = getattr(model, "limits", None) or classifier.Limits()
 batcher = Batcher(model, conf_loader.get_batching())
 health = Health()
-demo = build_demo(model, batcher, EXAMPLES, args.flagging_dir)
+training_off = ("--no-train was given" if args.no_train else
+                "the app is shared without --auth" if args.share and not credentials else None)
+demo = build_demo(model, batcher, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint, training_off)
 demo.queue(max_size=batcher.conf.max_queue)
 
 
@@ -97,8 +112,10 @@ async def lifespan(_app):
 
 
 app = create_app(batcher, limits, health, credentials, lifespan=lifespan)
-# Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
-app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=limits.max_bytes)
+# Gradio is mounted last: a mount at "/" takes every path that no route above has claimed. Its upload limit is
+# the image limit, unless the Train tab is on: then it must admit a .zip of photos.
+upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
+app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit)
 
 
 def main() -> None:

@@ -38,33 +38,40 @@ class Batcher:
 
     def __init__(self, model: Any, conf: BatchingConf = BatchingConf(), decode_threads: int | None = None):
         self.conf = conf
-        self.prepare, self.run_batch = pipeline_steps(model)
+        self.model = model
+        self._steps = pipeline_steps(model)
         self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
         # One model call at a time: a TensorFlow call already uses every core.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._queue: asyncio.Queue | None = None
+        self._held: tuple | None = None  # a request prepared for another model than the batch before it
         self._worker: asyncio.Task | None = None
         self._decoding = 0  # admitted requests not yet in the queue
         self.batch_sizes: list[int] = []  # a record of recent batch sizes, for tests and the benchmark
 
+    def swap(self, model: Any) -> None:
+        """Serve another model from now on. Requests already decoded for the old one still run on the old one."""
+        self.model, self._steps = model, pipeline_steps(model)
+
     @property
     def pending(self) -> int:
         """Requests admitted and not yet answered by the model."""
-        return self._decoding + (self._queue.qsize() if self._queue else 0)
+        return self._decoding + (self._queue.qsize() if self._queue else 0) + (self._held is not None)
 
     async def classify(self, item: Any) -> Any:
         """One request's result. Raises images.ImageError for a bad image, Overloaded when full."""
         if self.pending >= self.conf.max_queue:
             raise Overloaded(f"the server is busy ({self.pending} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
+        steps = self._steps
         self._decoding += 1
         try:
-            prepared = await loop.run_in_executor(self._decoder, self.prepare, item)
+            prepared = await loop.run_in_executor(self._decoder, steps[0], item)
         finally:
             self._decoding -= 1
         future = loop.create_future()
         self._start()
-        self._queue.put_nowait((prepared, future))
+        self._queue.put_nowait((prepared, future, steps))
         return await future
 
     def _start(self) -> None:
@@ -75,27 +82,33 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [self._held or await self._queue.get()]
+            self._held = None
             deadline = loop.time() + self.conf.max_batch_wait_ms / 1000
             while len(batch) < self.conf.max_batch_size:
                 if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if self._decoding == 0 or remaining <= 0:
+                    entry = self._queue.get_nowait()
+                else:
+                    remaining = deadline - loop.time()
+                    if self._decoding == 0 or remaining <= 0:
+                        break
+                    try:
+                        entry = await asyncio.wait_for(self._queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                if entry[2] is not batch[0][2]:  # decoded for another model (a swap happened): next batch
+                    self._held = entry
                     break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
+                batch.append(entry)
             self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
             await self._answer(batch)
 
     async def _answer(self, batch: list) -> None:
         loop = asyncio.get_running_loop()
-        items = [item for item, _ in batch]
+        items = [item for item, _, _ in batch]
+        run_batch = batch[0][2][1]
         try:
-            results = await loop.run_in_executor(self._model_thread, self.run_batch, items)
+            results = await loop.run_in_executor(self._model_thread, run_batch, items)
         except Exception as exc:
             if len(batch) > 1:  # one bad input must not spoil its batch: answer each alone
                 for entry in batch:
@@ -103,7 +116,7 @@ class Batcher:
                 return
             log.exception("model call failed")
             results = [exc]
-        for (_, future), result in zip(batch, results):
+        for (_, future, _), result in zip(batch, results):
             if future.done():  # the client went away
                 continue
             if isinstance(result, Exception):

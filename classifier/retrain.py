@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def list_images(image_dir: Path) -> dict[str, list[Path]]:
     """{label: image files}, classes sorted by folder name. Files without an image suffix are ignored."""
     if not Path(image_dir).is_dir():
         raise RetrainError(f"--image_dir {image_dir} is not a folder")
-    folders = sorted(p for p in Path(image_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in Path(image_dir).iterdir() if p.is_dir() and not _is_hidden(p))
     classes: dict[str, list[Path]] = {}
     for folder in folders:
         label = normalise_label(folder.name)
@@ -128,6 +129,38 @@ def list_images(image_dir: Path) -> dict[str, list[Path]]:
         raise RetrainError(f"{image_dir} has {len(classes)} class folder(s) with images; at least 2 are needed "
                            "(one subfolder of photos per class)")
     return classes
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name == "__MACOSX"  # macOS zips add __MACOSX/ resource forks
+
+
+def extract_zip(zip_path: Path, destination: Path, max_bytes: int = 2 * 1024 ** 3,
+                max_files: int = 50_000) -> Path:
+    """Unpacks an uploaded .zip of class folders and returns the folder that holds them.
+
+    Refuses members that would land outside destination, and archives that unpack to more than max_bytes or
+    max_files. A zip holding one top folder (as "Compress folder" makes) is looked into.
+    """
+    destination = Path(destination).resolve()
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = archive.infolist()
+            if len(members) > max_files or sum(m.file_size for m in members) > max_bytes:
+                raise RetrainError(f"the zip unpacks to more than {max_files} files or {max_bytes} bytes")
+            for member in members:
+                if not (destination / member.filename).resolve().is_relative_to(destination):
+                    raise RetrainError(f"the zip holds an unsafe path: {member.filename!r}")
+            archive.extractall(destination)
+    except zipfile.BadZipFile as exc:
+        raise RetrainError(f"not a readable .zip file: {exc}") from None
+    root = destination
+    while True:
+        entries = [p for p in root.iterdir() if not _is_hidden(p)]
+        if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
+            root = entries[0]
+        else:
+            return root
 
 
 def images_needed(options: Options) -> int:

@@ -1,15 +1,37 @@
-"""The Gradio page: drop a photo, see the top-k labels; examples, webcam, clipboard, flagging, and the /classify API."""
+"""The Gradio page: a Classify tab (drop a photo, see the top-k labels; the /classify API) and a Train tab."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
+from PIL import Image
 
+from . import retrain
 from .batching import Batcher
 
 
-def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir: Path) -> gr.Blocks:
+def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir: Path, train_dir: Path,
+               serve_checkpoint: Callable[[Path], str], training_off: str | None = None) -> gr.Blocks:
+    """training_off: why the Train tab is disabled (None: enabled)."""
+    describe = model.describe() if hasattr(model, "describe") else type(model).__name__
+    with gr.Blocks(title="Image classifier") as demo:
+        with gr.Tab("Classify"):
+            # An Interface made inside a Blocks context renders there, like any component.
+            classify_tab(batcher, examples, flagging_dir, describe, getattr(model, "top_k", 5))
+        with gr.Tab("Train"):
+            if training_off:
+                gr.Markdown(f"Training is turned off: {training_off}.")
+            else:
+                train_tab(train_dir, serve_checkpoint)
+    return demo
+
+
+def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, describe: str,
+                 top_k: int) -> gr.Interface:
     async def classify(image_path: str | None) -> dict[str, float]:
         if not image_path:
             raise gr.Error("Add a photo first: drop one on the box, paste it, or take one with the webcam.")
@@ -19,14 +41,13 @@ def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir:
             raise gr.Error(str(exc)) from None
         return {label: probability for label, probability in pairs}
 
-    describe = model.describe() if hasattr(model, "describe") else type(model).__name__
     return gr.Interface(
         fn=classify,
         # image_mode=None and filepath: Gradio hands over the uploaded file untouched, so the page decodes
         # exactly as /service does (same formats, limits, EXIF handling and error messages).
         inputs=gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                         label="Photo"),
-        outputs=gr.Label(num_top_classes=getattr(model, "top_k", 5), label="Top labels"),
+        outputs=gr.Label(num_top_classes=top_k, label="Top labels"),
         examples=[[str(path)] for path in examples],
         title="Image classifier",
         description=f"Drop a photo to classify it. **Model:** {describe}.",
@@ -35,3 +56,51 @@ def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir:
         api_name="classify",
         concurrency_limit=batcher.conf.max_batch_size,  # enough requests in flight to fill a batch
     )
+
+
+def train_tab(train_dir: Path, serve_checkpoint: Callable[[Path], str]) -> None:
+    gr.Markdown("Upload a **.zip with one folder of photos per class** (folder name = label). A new last layer "
+                "is trained on the embedded EfficientNet-Lite0's features; then serve the new model from here.")
+    with gr.Row():
+        with gr.Column():
+            photos = gr.File(label="Photos (.zip of class folders)", file_types=[".zip"])
+            steps = gr.Slider(100, 8000, value=4000, step=100, label="Training steps")
+            train_button = gr.Button("Train", variant="primary")
+        with gr.Column():
+            report = gr.Markdown()
+            with gr.Row():
+                matrix = gr.Image(label="Confusion matrix (test photos)", type="pil", interactive=False)
+                curve = gr.Image(label="Training curve", type="pil", interactive=False)
+            serve_button = gr.Button("Serve this model", interactive=False)
+            served = gr.Markdown()
+    checkpoint = gr.State()
+
+    def train(zip_path: str | None, how_many_steps: float, progress=gr.Progress(track_tqdm=True)):
+        if not zip_path:
+            raise gr.Error("Upload a .zip of class folders first.")
+        train_dir.mkdir(parents=True, exist_ok=True)
+        upload = Path(tempfile.mkdtemp(prefix=".upload-", dir=train_dir))
+        output = train_dir / time.strftime("model-%Y%m%d-%H%M%S")
+        try:
+            image_dir = retrain.extract_zip(Path(zip_path), upload)
+            summary = retrain.retrain(retrain.Options(image_dir=image_dir, output_dir=output,
+                                                      how_many_training_steps=int(how_many_steps)))
+        except retrain.RetrainError as exc:
+            raise gr.Error(str(exc)) from None
+        finally:
+            shutil.rmtree(upload, ignore_errors=True)
+        text = "```\n" + retrain.format_summary(summary) + "\n```"
+        return (text, Image.open(output / "report" / "confusion_matrix.png"),
+                Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
+
+    def serve(output: str | None) -> str:
+        if not output:
+            raise gr.Error("Train a model first.")
+        try:
+            return serve_checkpoint(Path(output) / "conf.json")
+        except Exception as exc:
+            raise gr.Error(f"could not load the new model: {exc}") from None
+
+    train_button.click(train, [photos, steps], [report, matrix, curve, checkpoint, serve_button],
+                       api_name="train", concurrency_limit=1)
+    serve_button.click(serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)
