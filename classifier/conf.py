@@ -131,6 +131,9 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.input_tensor = self._str(*tf_keys, "input_tensor", default=None)
         self.output_tensor = self._str(*tf_keys, "output_tensor", default=None)
         self.labels_file = self._str(*tf_keys, "labels_file", default=None)
+        self.runtime = self._str(*tf_keys, "runtime", default="auto")
+        if self.runtime not in ("auto", "tensorflow"):
+            raise self._error(tf_keys + ("runtime",), f"must be \"auto\" or \"tensorflow\", not {self.runtime!r}")
         limit_keys = ("http_server", "limits")
         formats = self._value(*limit_keys, "formats", default=list(ALLOWED_FORMATS))
         if not isinstance(formats, list) or not all(f in ALLOWED_FORMATS for f in formats) or not formats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -30,10 +30,17 @@ class Runtime:
 
     format: str
     path: Path
-    predict: Callable[[np.ndarray], np.ndarray]
+    function: Any  # a TensorFlow ConcreteFunction, float32 [N, H, W, 3] → [N, classes]
     input_size: tuple[int, int] | None  # (width, height) when the model fixes it, else None
+    keep: Any = None  # what the function needs alive: a SavedModel's variables, a Keras model
     num_classes: int = 0
     applies_softmax: bool = False  # True when the model outputs logits and softmax is applied here
+    engine: str = "TensorFlow"  # what runs it: TensorFlow, or LiteRT once litert.accelerate has converted it
+    predict: Callable[[np.ndarray], np.ndarray] = None  # the raw model call; the TF function unless replaced
+
+    def __post_init__(self) -> None:
+        if self.predict is None:
+            self.predict = lambda batch: self.function(tf.constant(batch)).numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.predict(batch)
@@ -94,10 +101,8 @@ def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor
         graph_output = wrapped.graph.get_tensor_by_name(output_name + ":0")
     except (KeyError, ValueError) as exc:
         raise ModelError(f"{path}: {exc}") from None
-    function = wrapped.prune(graph_input, graph_output)
-    shape = graph_input.shape
-    return Runtime(format=FROZEN_GRAPH, path=path, predict=lambda batch: function(tf.constant(batch)).numpy(),
-                   input_size=_static_size(shape))
+    return Runtime(format=FROZEN_GRAPH, path=path, function=wrapped.prune(graph_input, graph_output),
+                   input_size=_static_size(graph_input.shape), keep=wrapped)
 
 
 def _graph_io(graph_def, path: Path, input_tensor: str | None, output_tensor: str | None) -> tuple[str, str]:
@@ -140,12 +145,12 @@ def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor:
     inputs = signature.structured_input_signature[1]
     input_key = _only(input_tensor, sorted(inputs), path, "input")
     output_key = _only(output_tensor, sorted(signature.structured_outputs), path, "output")
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return signature(**{input_key: tf.constant(batch)})[output_key].numpy()
-
-    predict.keep_alive = loaded  # the signature only holds weak references to the variables
-    return Runtime(format=SAVED_MODEL, path=path, predict=predict, input_size=_static_size(inputs[input_key].shape))
+    shape = inputs[input_key].shape
+    # One tensor in, one tensor out, as for the other formats (and as LiteRT's converter wants it).
+    function = tf.function(lambda images: signature(**{input_key: images})[output_key]).get_concrete_function(
+        tf.TensorSpec([None, *shape[1:]], tf.float32))
+    # keep: the signature holds only weak references to the SavedModel's variables.
+    return Runtime(format=SAVED_MODEL, path=path, function=function, input_size=_static_size(shape), keep=loaded)
 
 
 def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
@@ -159,10 +164,9 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"the Keras model {path} must have one input and one output")
     shape = model.inputs[0].shape
-    function = tf.function(lambda x: model(x, training=False),
-                           input_signature=[tf.TensorSpec([None, *shape[1:]], tf.float32)])
-    return Runtime(format=KERAS, path=path, predict=lambda batch: function(tf.constant(batch)).numpy(),
-                   input_size=_static_size(shape))
+    function = tf.function(lambda images: model(images, training=False)).get_concrete_function(
+        tf.TensorSpec([None, *shape[1:]], tf.float32))
+    return Runtime(format=KERAS, path=path, function=function, input_size=_static_size(shape), keep=model)
 
 
 def _only(wanted: str | None, keys: list[str], path: Path, kind: str) -> str:

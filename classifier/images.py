@@ -43,14 +43,19 @@ class UnsupportedFormat(ImageError):
     """An image in a format outside the allowed list."""
 
 
-def decode(item: Any, limits: Limits = Limits()) -> Image.Image:
-    """Turns bytes, a file-like object, a path, an object with `.body`, a PIL image or a numpy array into RGB."""
+def decode(item: Any, limits: Limits = Limits(), size_hint: tuple[int, int] | None = None) -> Image.Image:
+    """Turns bytes, a file-like object, a path, an object with `.body`, a PIL image or a numpy array into RGB.
+
+    size_hint: the size the image will be resized to. A JPEG at least four times larger is then decoded at a
+    reduced scale (libjpeg's DCT scaling, Pillow's draft mode), never below twice the hint: much faster, and
+    the bilinear resize that follows gives nearly the same tensor.
+    """
     item = getattr(item, "body", item)  # UAI request objects carry the raw bytes in .body
     if isinstance(item, Image.Image):
         return _to_rgb(_check_pixels(item, limits))
     if isinstance(item, np.ndarray):
         return _to_rgb(_check_pixels(_from_array(item), limits))
-    return _to_rgb(_open(_read_bytes(item, limits), limits))
+    return _to_rgb(_open(_read_bytes(item, limits), limits, size_hint))
 
 
 def to_tensor(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -82,7 +87,7 @@ def _read_bytes(item: Any, limits: Limits) -> bytes:
     return data
 
 
-def _open(data: bytes, limits: Limits) -> Image.Image:
+def _open(data: bytes, limits: Limits, size_hint: tuple[int, int] | None = None) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=limits.formats)
     except Image.DecompressionBombError as exc:
@@ -90,6 +95,9 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     except Exception:
         raise _unrecognised(data, limits) from None
     _check_pixels(image, limits)  # from the header, before a single pixel is decoded
+    if size_hint and image.format == "JPEG":
+        side = 2 * max(size_hint)  # square: EXIF rotation may still swap width and height
+        image.draft("RGB", (side, side))
     try:
         image.load()  # first frame only, for GIF, TIFF and animated WebP
         return ImageOps.exif_transpose(image)

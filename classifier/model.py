@@ -1,12 +1,16 @@
 """The UAI model lifecycle (AiUcloudModel → TFAiUcloudModel) and RetrainedClassificationModel, which serves one."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import formats, images, labels
+from . import formats, images, labels, litert
 from .conf import RetrainJsonConfLoader, TFJsonConfLoader
+
+# Photos shipped with the project: LiteRT must agree with TensorFlow on them before it serves.
+CHECK_PHOTOS = Path(__file__).resolve().parent.parent / "examples"
 
 
 class AiUcloudModel:
@@ -55,9 +59,12 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         self.limits = loader.get_limits()
         self._tensor_names = (loader.input_tensor, loader.output_tensor)
         self._labels_file = loader.labels_file
+        self._engine = loader.runtime
 
     def load_model(self) -> formats.Runtime:
         self.runtime = formats.load(self.model_dir, self.input_size, *self._tensor_names)
+        if self._engine == "auto":
+            self.runtime = litert.accelerate(self.runtime, self._check_batch())
         self.labels_path = labels.find_labels_file(self.model_dir, self._labels_file)
         self.labels = labels.read_labels(self.labels_path)
         if len(self.labels) != self.runtime.num_classes:
@@ -70,14 +77,20 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         return (self.input_width, self.input_height)
 
     def describe(self) -> str:
-        """One line for logs and the UI: format, number of labels, input size."""
+        """One line for logs and the UI: format, number of labels, input size, engine."""
         return (f"{self.runtime.format} · {len(self.labels)} labels · "
-                f"{self.input_width}×{self.input_height} input")
+                f"{self.input_width}×{self.input_height} input · {self.runtime.engine}")
+
+    def _check_batch(self) -> np.ndarray:
+        """The project's example photos and one random image, as the model sees them."""
+        photos = sorted(p for p in CHECK_PHOTOS.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        noise = np.random.default_rng(0).random((self.input_height, self.input_width, 3), dtype=np.float32)
+        return np.stack([self.preprocess(photo) for photo in photos] + [noise])
 
     # The three steps.
     def preprocess(self, item: Any) -> np.ndarray:
         """Any accepted input → float32 [H, W, 3] in [0, 1]. Raises images.ImageError with a clear message."""
-        return images.to_tensor(images.decode(item, self.limits), self.input_size)
+        return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, H, W, 3] → probabilities [N, classes], in one model call."""

@@ -132,3 +132,14 @@ def test_arrays():
     assert tuple(np.asarray(decode(np.ones((4, 5, 3), np.float32)))[0, 0]) == (255, 255, 255)
     with pytest.raises(ImageError, match="H×W, H×W×3 or H×W×4"):
         decode(np.zeros((4, 5, 7), np.uint8))
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result(default_model):
+    big = decode(PHOTOS / "chelsea.png").resize((3608, 2400), Image.Resampling.BICUBIC)
+    data = encode(big, "JPEG", quality=92)
+    reduced = decode(data, size_hint=(224, 224))
+    assert reduced.size == (902, 600)  # 1/4 scale: the smallest that stays ≥ 448 on each side
+    assert decode(data).size == (3608, 2400)
+    fast, full = (to_tensor(image, (224, 224)) for image in (reduced, decode(data)))
+    assert np.abs(fast - full).mean() < 0.01
+    assert default_model.execute([data], 1)[0][0][0] == default_model.execute([big], 1)[0][0][0]
