@@ -12,6 +12,7 @@ import logging
 import secrets
 import sys
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import uvicorn
 from gradio import networking
 
 import classifier
+from classifier import metrics
 from classifier.batching import Batcher
+from classifier.reload import Reloader
 from classifier.service import Health, create_app
 from classifier.ui import build_demo
 
@@ -50,19 +53,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load_model(conf: Path):
-    """The model conf.json names; a broken conf or model stops start-up with a clear message and exit code 2."""
+    """The model conf.json names; a broken conf or model stops start-up with a clear message and exit code 1."""
+    started = time.monotonic()
     try:
-        return classifier.load(conf)
+        loaded = classifier.load(conf)
     except (classifier.ConfError, classifier.ModelError, classifier.LabelsError) as exc:
         sys.exit(f"error: cannot start: {exc}")
+    metrics.describe_model(loaded, time.monotonic() - started)
+    return loaded
 
 
 def serve_checkpoint(conf: Path) -> str:
-    """Loads the model conf names and swaps it in: new requests use it, requests in flight finish on the old."""
-    new_model = classifier.load(conf)
-    batcher.swap(new_model)
+    """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one."""
+    new_model = reloader.switch_to(conf, "Train tab")
     describe = new_model.describe() if hasattr(new_model, "describe") else type(new_model).__name__
-    log.info("now serving %s from %s", describe, conf)
     return f"Now serving **{describe}** from `{conf.parent}`, on this page, its API and /service."
 
 
@@ -76,6 +80,8 @@ def open_share_link(port: int) -> None:
               f"The app is still serving locally.", flush=True)
 
 
+# force: TensorFlow (absl) has already put a handler on the root logger, which would swallow our INFO lines.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 args = parse_args(sys.argv[1:])
 credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
 if args.auth and not credentials:
@@ -86,6 +92,8 @@ if args.top_k:
 conf_loader = classifier.JsonConfLoader(model.conf)
 limits = getattr(model, "limits", None) or classifier.Limits()
 batcher = Batcher(model, conf_loader.get_batching())
+metrics.QUEUE_DEPTH.set_function(lambda: batcher.pending)
+reloader = Reloader(args.conf, batcher, EXAMPLES[0])
 health = Health()
 training_off = ("--no-train was given" if args.no_train else
                 "the app is shared without --auth" if args.share and not credentials else None)
@@ -106,12 +114,17 @@ async def lifespan(_app):
     task = asyncio.create_task(warm_up())
     if args.share:
         threading.Thread(target=open_share_link, args=(args.port,), daemon=True).start()
+    reloader.reload_on_sighup()
+    stop_polling = threading.Event()
+    if poll_seconds := conf_loader.get_reload_poll_seconds():
+        threading.Thread(target=reloader.poll, args=(poll_seconds, stop_polling), daemon=True).start()
     yield
+    stop_polling.set()
     task.cancel()
     await batcher.close()
 
 
-app = create_app(batcher, limits, health, credentials, lifespan=lifespan)
+app = create_app(batcher, limits, health, credentials, reloader, lifespan=lifespan)
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed. Its upload limit is
 # the image limit, unless the Train tab is on: then it must admit a .zip of photos.
 upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
@@ -119,7 +132,6 @@ app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=u
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     describe = model.describe() if hasattr(model, "describe") else type(model).__name__
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     print(f"* Model: {describe} (from {getattr(model, 'model_dir', args.conf)})", flush=True)

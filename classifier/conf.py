@@ -60,6 +60,10 @@ class JsonConfLoader:
                                         minimum=0),
             max_queue=self._int(*keys, "max_queue", default=BatchingConf.max_queue))
 
+    def get_reload_poll_seconds(self) -> int:
+        """http_server.reload.poll_seconds: how often to look for a new version folder (0: never)."""
+        return self._int("http_server", "reload", "poll_seconds", default=0, minimum=0)
+
     def get_main_class(self) -> str:
         return self.main_class
 

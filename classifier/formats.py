@@ -65,6 +65,17 @@ def load(model_dir: str | Path, size: tuple[int, int], input_tensor: str | None 
     return runtime
 
 
+def latest_version(model_dir: Path) -> tuple[Path, int | None]:
+    """TensorFlow Serving's layout: numbered version folders (1/, 2/, …) in model_dir, the highest one served.
+    A model_dir without them is served as it is (version None)."""
+    versions = [p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()] \
+        if Path(model_dir).is_dir() else []
+    if not versions:
+        return Path(model_dir), None
+    newest = max(versions, key=lambda p: int(p.name))
+    return newest, int(newest.name)
+
+
 def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
     """The format from the folder's contents: a SavedModel, a single .keras file, or a frozen GraphDef (.pb)."""
     if (model_dir / "saved_model.pb").is_file():

@@ -100,7 +100,8 @@ def _open(data: bytes, limits: Limits, size_hint: tuple[int, int] | None = None)
         image.draft("RGB", (side, side))
     try:
         image.load()  # first frame only, for GIF, TIFF and animated WebP
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the (usual) upright photo
+        return image
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image has too many pixels ({exc})") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error… on damaged data

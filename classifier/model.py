@@ -62,14 +62,20 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         self._engine = loader.runtime
 
     def load_model(self) -> formats.Runtime:
-        self.runtime = formats.load(self.model_dir, self.input_size, *self._tensor_names)
+        self.model_path, self.version = formats.latest_version(Path(self.model_dir))
+        self.runtime = formats.load(self.model_path, self.input_size, *self._tensor_names)
         if self._engine == "auto":
             self.runtime = litert.accelerate(self.runtime, self._check_batch())
-        self.labels_path = labels.find_labels_file(self.model_dir, self._labels_file)
+        try:  # a version folder's own labels, else labels shared by all versions in model_dir
+            self.labels_path = labels.find_labels_file(self.model_path, self._labels_file)
+        except labels.LabelsError:
+            if self.model_path == Path(self.model_dir):
+                raise
+            self.labels_path = labels.find_labels_file(Path(self.model_dir), self._labels_file)
         self.labels = labels.read_labels(self.labels_path)
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
-                                     f"{self.model_dir} outputs {self.runtime.num_classes} classes")
+                                     f"{self.model_path} outputs {self.runtime.num_classes} classes")
         return self.runtime
 
     @property
@@ -77,8 +83,9 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         return (self.input_width, self.input_height)
 
     def describe(self) -> str:
-        """One line for logs and the UI: format, number of labels, input size, engine."""
-        return (f"{self.runtime.format} · {len(self.labels)} labels · "
+        """One line for logs and the UI: format, number of labels, input size, engine (and version)."""
+        version = f"version {self.version} · " if self.version is not None else ""
+        return (f"{version}{self.runtime.format} · {len(self.labels)} labels · "
                 f"{self.input_width}×{self.input_height} input · {self.runtime.engine}")
 
     def _check_batch(self) -> np.ndarray:

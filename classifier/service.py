@@ -8,9 +8,12 @@ import secrets
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
+from . import metrics
 from .batching import Batcher, Overloaded
 from .images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
 
@@ -58,15 +61,20 @@ def basic_auth_ok(request: Request, credentials: tuple[str, str] | None) -> bool
     return secrets.compare_digest(user, credentials[0]) & secrets.compare_digest(password, credentials[1])
 
 
-def create_router(batcher: Batcher, limits: Limits, health: Health,
-                  credentials: tuple[str, str] | None = None) -> APIRouter:
+def create_router(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
+                  reloader: Any = None) -> APIRouter:
     router = APIRouter()
+
+    def unauthorised(request: Request) -> JSONResponse | None:
+        if basic_auth_ok(request, credentials):
+            return None
+        return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
 
     @router.api_route("/service", methods=["POST", "PUT"])
     async def service(request: Request) -> Any:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
-        if not basic_auth_ok(request, credentials):
-            return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+        if refused := unauthorised(request):
+            return refused
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             return await _multipart(request)
         body = await _read_body(request, limits.max_bytes)
@@ -103,6 +111,25 @@ def create_router(batcher: Batcher, limits: Limits, health: Health,
     async def wrong_method(request: Request) -> JSONResponse:
         return error(405, f"{request.method} is not allowed: send the image with POST or PUT",
                      Allow="POST, PUT")
+
+    @router.post("/admin/reload")
+    async def admin_reload(request: Request) -> JSONResponse:
+        """Loads the conf's model again (the highest version folder), beside the serving one, and swaps it in."""
+        if refused := unauthorised(request):
+            return refused
+        if reloader is None:
+            return error(404, "reloading is not available")
+        try:
+            model = await run_in_threadpool(reloader.reload, "POST /admin/reload")
+        except Exception as exc:
+            return error(409, f"the new model was refused, the previous one still serves: {exc}")
+        return JSONResponse({"status": "reloaded", "model": model.describe() if hasattr(model, "describe") else
+                             type(model).__name__, "version": getattr(model, "version", None)})
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus' text format (scraped without auth, like the probes)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/healthz")
     async def healthz() -> dict:
@@ -143,8 +170,9 @@ async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
 
 
 def create_app(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
-               **fastapi_kwargs: Any) -> FastAPI:
-    """The FastAPI app with the HTTP API; app.py mounts the Gradio UI at / after these routes."""
+               reloader: Any = None, **fastapi_kwargs: Any) -> FastAPI:
+    """The FastAPI app with the HTTP API and /metrics; app.py mounts the Gradio UI at / after these routes."""
     app = FastAPI(title="Image classifier", **fastapi_kwargs)
-    app.include_router(create_router(batcher, limits, health, credentials))
+    app.include_router(create_router(batcher, limits, health, credentials, reloader))
+    app.add_middleware(metrics.MetricsMiddleware)
     return app

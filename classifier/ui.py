@@ -1,6 +1,7 @@
 """The Gradio page: a Classify tab (drop a photo, see the top-k labels; the /classify API) and a Train tab."""
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 import time
@@ -12,6 +13,25 @@ from PIL import Image
 
 from . import retrain
 from .batching import Batcher
+
+
+class Photo(gr.Image):
+    """gr.Image that hands the uploaded file over as it came, undecoded (a Gradio "template component").
+
+    Plain gr.Image opens every upload with Pillow first, so a bad file fails with Gradio's message; this way
+    the page and its API go through the same decoding, limits and error messages as /service.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.path:
+            return payload.path
+        if payload.url and payload.url.startswith("data:") and "," in payload.url:  # base64 from API callers
+            return base64.b64decode(payload.url.split(",", 1)[1])
+        raise gr.Error("no image file was received")
 
 
 def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir: Path, train_dir: Path,
@@ -32,21 +52,18 @@ def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir:
 
 def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, describe: str,
                  top_k: int) -> gr.Interface:
-    async def classify(image_path: str | None) -> dict[str, float]:
-        if not image_path:
+    async def classify(image: str | bytes | None) -> dict[str, float]:
+        if not image:
             raise gr.Error("Add a photo first: drop one on the box, paste it, or take one with the webcam.")
         try:
-            pairs = await batcher.classify(Path(image_path).read_bytes())
+            pairs = await batcher.classify(image if isinstance(image, bytes) else Path(image).read_bytes())
         except Exception as exc:  # the same clear message /service sends
             raise gr.Error(str(exc)) from None
         return {label: probability for label, probability in pairs}
 
     return gr.Interface(
         fn=classify,
-        # image_mode=None and filepath: Gradio hands over the uploaded file untouched, so the page decodes
-        # exactly as /service does (same formats, limits, EXIF handling and error messages).
-        inputs=gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
-                        label="Photo"),
+        inputs=Photo(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Photo"),
         outputs=gr.Label(num_top_classes=top_k, label="Top labels"),
         examples=[[str(path)] for path in examples],
         title="Image classifier",

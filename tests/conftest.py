@@ -85,48 +85,7 @@ def as_array(image) -> np.ndarray:
 
 
 # A real server: `python app.py` on a free loopback port.
-class Server:
-    def __init__(self, *args: str, env: dict | None = None, wait_ready: bool = True):
-        import socket
-        import subprocess
-        import sys
-        import tempfile
-        import time
-        import urllib.request
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port), *args],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 120
-        path = "/readyz" if wait_ready else "/healthz"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + path, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"app.py did not become ready in 120 s:\n{self.output()}")
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except Exception:
-                self.process.kill()
-        Path(self.log.name).unlink(missing_ok=True)
+from bench.server import ServerProcess as Server  # noqa: E402  (one implementation, shared with the benchmark)
 
 
 @pytest.fixture(scope="session")

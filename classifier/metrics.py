@@ -1,0 +1,61 @@
+"""Prometheus metrics (prometheus-client): requests, latency, batch sizes, queue depth, the model being served."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
+LATENCY = Histogram("classifier_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by outcome (ok, or the error's kind)",
+                          ["outcome"])
+BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64))
+QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered by the model")
+MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds the serving model took to load and warm up")
+MODEL_INFO = Gauge("classifier_model_info", "The serving model (value 1)",
+                   ["model_dir", "version", "format", "engine", "labels"])
+
+# Our own routes are labelled by path; everything else is Gradio's (the page, its assets and its API).
+OWN_ENDPOINTS = ("/service", "/healthz", "/readyz", "/metrics", "/admin/reload")
+
+
+def endpoint_of(path: str) -> str:
+    return path if path in OWN_ENDPOINTS else "gradio"
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no buffering, so Gradio's event streams pass through untouched)."""
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = endpoint_of(scope["path"])
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_and_record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            REQUESTS.labels(endpoint, str(status["code"])).inc()
+            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def describe_model(model: Any, load_seconds: float) -> None:
+    """Publishes which model serves (one series with value 1; the previous one is removed)."""
+    MODEL_INFO.clear()
+    runtime = getattr(model, "runtime", None)
+    MODEL_INFO.labels(str(getattr(model, "model_dir", "")), str(getattr(model, "version", "") or ""),
+                      getattr(runtime, "format", type(model).__name__), getattr(runtime, "engine", ""),
+                      str(len(getattr(model, "labels", [])))).set(1)
+    MODEL_LOAD_SECONDS.set(load_seconds)
+

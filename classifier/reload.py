@@ -1,0 +1,91 @@
+"""Hot reload: load a model beside the serving one, warm it up, swap it in atomically; refuse a broken one."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import load, metrics
+from .batching import Batcher
+from .formats import latest_version
+
+log = logging.getLogger(__name__)
+
+
+class Reloader:
+    """Owns "which model serves". Every switch (a new version, SIGHUP, /admin/reload, the Train tab) goes here.
+
+    The new model is loaded and warmed up while the old one keeps serving; then the batcher swaps it in, so
+    requests already decoded finish on the old model. A model that fails to load or to classify the warm-up
+    photo is refused with a log line, and the old one keeps serving.
+    """
+
+    def __init__(self, conf_path: Path, batcher: Batcher, warm_up_photo: Path):
+        self.conf_path = Path(conf_path)
+        self.batcher = batcher
+        self.warm_up_photo = warm_up_photo
+        self._lock = threading.Lock()  # one switch at a time
+        self._refused_version: int | None = None  # polling does not retry a refused version every time
+
+    @property
+    def model(self) -> Any:
+        return self.batcher.model
+
+    def switch_to(self, conf_path: Path, reason: str) -> Any:
+        """Loads conf_path's model, checks it, swaps it in; raises (and keeps the old model) if it is broken."""
+        with self._lock:
+            started = time.monotonic()
+            try:
+                model = load(conf_path)
+                [result] = model.execute([self.warm_up_photo], 1)
+                if isinstance(result, dict):
+                    raise ValueError(f"the warm-up photo fails: {result['error']}")
+            except Exception as exc:
+                log.error("refused the model of %s (%s): %s; still serving %s", conf_path, reason, exc,
+                          _describe(self.model))
+                raise
+            self.batcher.swap(model)
+            self.conf_path = Path(conf_path)
+            metrics.describe_model(model, time.monotonic() - started)
+            log.info("now serving %s (%s, loaded in %.1f s)", _describe(model), reason, time.monotonic() - started)
+            return model
+
+    def reload(self, reason: str) -> Any:
+        """Loads the conf's model again: the highest version folder, or the changed files."""
+        return self.switch_to(self.conf_path, reason)
+
+    def newer_version_available(self) -> bool:
+        model_dir = getattr(self.model, "model_dir", None)
+        if model_dir is None:
+            return False
+        _, newest = latest_version(Path(model_dir))
+        return newest is not None and newest not in (getattr(self.model, "version", None), self._refused_version)
+
+    def poll(self, seconds: float, stop: threading.Event) -> None:
+        """Checks model_dir every `seconds` for a new version folder (a daemon thread runs this)."""
+        while not stop.wait(seconds):
+            if self.newer_version_available():
+                _, newest = latest_version(Path(self.model.model_dir))
+                try:
+                    self.reload(f"version {newest} appeared")
+                except Exception:
+                    self._refused_version = newest  # logged by switch_to; a higher version is still picked up
+
+    def reload_on_sighup(self) -> None:
+        def handler(signum, frame):
+            threading.Thread(target=self._reload_quietly, args=("SIGHUP",), daemon=True).start()
+
+        signal.signal(signal.SIGHUP, handler)
+
+    def _reload_quietly(self, reason: str) -> None:
+        try:
+            self.reload(reason)
+        except Exception:
+            pass  # logged by switch_to
+
+
+def _describe(model: Any) -> str:
+    return model.describe() if hasattr(model, "describe") else type(model).__name__

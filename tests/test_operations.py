@@ -1,0 +1,154 @@
+"""Operating the server: Prometheus metrics, model versions with hot reload (endpoint, SIGHUP, polling)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import classifier
+from conftest import PHOTOS, ROOT, Server, encode, solid, write_colour_graph, write_conf
+from test_app import curl
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise KeyError(f"{name} {labels} not in the metrics")
+
+
+def test_metrics(server):
+    for _ in range(3):
+        curl("-T", str(PHOTOS / "cat.jpeg"), f"{server.url}/service")
+    curl("--data-binary", "junk", f"{server.url}/service")
+    text = subprocess.run(["curl", "-s", f"{server.url}/metrics"], capture_output=True, text=True).stdout
+    assert metric(text, "classifier_requests_total", endpoint="/service", status="200") >= 3
+    assert metric(text, "classifier_requests_total", endpoint="/service", status="400") >= 1
+    assert metric(text, "classifier_request_seconds_count", endpoint="/service") >= 4
+    assert metric(text, "classifier_images_total", outcome="ok") >= 3
+    assert metric(text, "classifier_images_total", outcome="CorruptImage") >= 1
+    assert metric(text, "classifier_batch_size_count") >= 3
+    assert metric(text, "classifier_queue_depth") == 0
+    assert metric(text, "classifier_model_load_seconds") > 0
+    assert metric(text, "classifier_model_info", format="frozen graph", labels="1000") == 1
+
+
+def versioned(tmp_path: Path, versions: list[int]) -> Path:
+    for version in versions:
+        write_colour_graph(tmp_path / "models" / str(version))
+    return write_conf(tmp_path, model_dir="models")
+
+
+def reverse_labels(folder: Path) -> None:
+    """Makes a version distinguishable: same graph, labels in reverse order."""
+    (folder / "label_map.txt").write_text("blue\ngreen\nred\n")
+
+
+def test_the_highest_version_is_served(tmp_path):
+    conf = versioned(tmp_path, [1, 2, 10])
+    reverse_labels(tmp_path / "models" / "10")
+    model = classifier.load(conf)
+    assert model.version == 10 and model.describe().startswith("version 10 · frozen graph")
+    assert model.execute([encode(solid("red"))], 1)[0][0][0] == "blue"  # version 10's labels
+
+
+def test_labels_shared_by_all_versions(tmp_path):
+    conf = versioned(tmp_path, [1])
+    shutil.move(tmp_path / "models" / "1" / "label_map.txt", tmp_path / "models" / "label_map.txt")
+    assert classifier.load(conf).labels == ["red", "green", "blue"]
+
+
+def red_label(url: str, tmp_path: Path) -> str:
+    red = tmp_path / "red.png"
+    solid("red").save(red)
+    return curl("-T", str(red), f"{url}/service")[1][0][0]
+
+
+@pytest.fixture()
+def versioned_server(tmp_path):
+    conf = versioned(tmp_path, [1])
+    conf_data = json.loads(conf.read_text())
+    conf_data["http_server"]["reload"] = {"poll_seconds": 1}
+    conf.write_text(json.dumps(conf_data))
+    running = Server("--conf", str(conf), "--auth", "ops:pw")
+    yield running, tmp_path
+    running.stop()
+
+
+def wait_for(predicate, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_reload_by_endpoint_sighup_and_polling(versioned_server):
+    running, tmp_path = versioned_server
+    auth = ("-u", "ops:pw")
+    label = lambda: curl(*auth, "-T", str(tmp_path / "red.png"), f"{running.url}/service")[1][0][0]  # noqa: E731
+    solid("red").save(tmp_path / "red.png")
+    assert label() == "red"
+
+    # The endpoint, behind --auth.
+    write_colour_graph(tmp_path / "models" / "2")
+    reverse_labels(tmp_path / "models" / "2")
+    assert curl("-X", "POST", f"{running.url}/admin/reload")[0] == 401
+    status, body, _ = curl(*auth, "-X", "POST", f"{running.url}/admin/reload")
+    assert status == 200 and body["version"] == 2 and label() == "blue"
+
+    # A broken new version is refused; the old one keeps serving.
+    (tmp_path / "models" / "3").mkdir()
+    (tmp_path / "models" / "3" / "frozen_inference_graph.pb").write_bytes(b"broken")
+    status, body, _ = curl(*auth, "-X", "POST", f"{running.url}/admin/reload")
+    assert status == 409 and "refused" in body["error"] and "not a TensorFlow GraphDef" in body["error"]
+    assert label() == "blue"
+    assert "refused the model" in running.output() and "still serving version 2" in running.output()
+
+    # SIGHUP.
+    shutil.rmtree(tmp_path / "models" / "3")
+    write_colour_graph(tmp_path / "models" / "4")
+    running.process.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: label() == "red")
+    assert "now serving version 4" in running.output()
+
+    # Polling (conf: reload.poll_seconds = 1).
+    write_colour_graph(tmp_path / "models" / "5")
+    reverse_labels(tmp_path / "models" / "5")
+    assert wait_for(lambda: label() == "blue")
+    assert "version 5 appeared" in running.output()
+    text = subprocess.run(["curl", "-s", f"{running.url}/metrics"], capture_output=True, text=True).stdout
+    assert metric(text, "classifier_model_info", version="5") == 1
+
+
+def test_requests_in_flight_during_a_reload_all_succeed(versioned_server):
+    import base64
+    import threading
+
+    from bench.load import drive_http
+
+    running, tmp_path = versioned_server
+    results = {}
+    headers = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
+    thread = threading.Thread(target=lambda: results.update(
+        stats=drive_http(running.url, [encode(solid("green"))], 8, 600, keep_bodies=True, headers=headers)))
+    thread.start()
+    time.sleep(0.5)
+    write_colour_graph(tmp_path / "models" / "2")
+    reverse_labels(tmp_path / "models" / "2")
+    assert curl("-u", "ops:pw", "-X", "POST", f"{running.url}/admin/reload")[0] == 200
+    thread.join(120)
+    stats = results["stats"]
+    assert stats.statuses == {200: 600}  # nothing lost or failed across the swap
+    answers = {json.loads(body)[0][0] for _, _, _, body in stats.bodies}
+    assert answers == {"green"}  # green is index 1 in both label orders: every answer is right
