@@ -1,0 +1,64 @@
+"""python -m bench.ray_replicas: /service on Ray Serve with one and with two replicas, side by side in one run.
+
+Starts a local Ray instance on loopback (2 CPUs), deploys classifier.ray_serve with 1 then 2 replicas, and
+drives each like `python -m bench` drives app.py (real JPEGs, concurrency 16). Writes bench/results/ray.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reports usage unless told not to
+
+from bench.load import drive_http
+from bench.server import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(replicas: int, port: int) -> str:
+    import ray
+    from ray import serve
+
+    from classifier.ray_serve import build
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build({"conf": str(ROOT / "conf.json"), "num_replicas": str(replicas)}), blocking=False)
+    return f"http://127.0.0.1:{port}"
+
+
+def main() -> int:
+    import ray
+    from ray import serve
+
+    quick = "--quick" in sys.argv
+    bodies = [p.read_bytes() for p in sorted((ROOT / "examples").glob("*.jp*g"))]
+    port, results = free_port(), {}
+    try:
+        for replicas in (1, 2):
+            url = start(replicas, port)
+            drive_http(url, bodies, 4, 40)  # warm-up, on every replica
+            results[f"replicas_{replicas}"] = drive_http(url, bodies, 16, 100 if quick else 1000).summary()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    out = ROOT / "bench" / "results" / "ray.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for name, s in results.items():
+        print(f"| Ray Serve, {name.split('_')[1]} replica(s) | 16 | {s['img_s']} | {s['p50_ms']} | {s['p90_ms']} | "
+              f"{s['p99_ms']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
