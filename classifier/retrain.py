@@ -163,6 +163,39 @@ def extract_zip(zip_path: Path, destination: Path, max_bytes: int = 2 * 1024 ** 
             return root
 
 
+def read_flagged(flagging_dir: Path) -> list[tuple[Path, str]]:
+    """The photos flagged on the page (Gradio's CSVLogger: dataset*.csv beside the saved images), with the label
+    the model gave each: [(photo, predicted label)], oldest first. Rows whose photo is gone are left out."""
+    import csv
+
+    rows = []
+    for dataset in sorted(Path(flagging_dir).glob("dataset*.csv")):
+        with open(dataset, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                photo, predicted = row.get("Photo") or "", row.get("Top labels") or ""
+                try:
+                    photo = json.loads(photo).get("path", "") if photo.startswith("{") else photo
+                    predicted = json.loads(predicted).get("label", "") if predicted.startswith("{") else predicted
+                except (ValueError, AttributeError):
+                    continue
+                path = Path(photo) if Path(photo).is_absolute() else Path(flagging_dir) / photo
+                if photo and path.is_file():
+                    rows.append((path, predicted or ""))
+    return rows
+
+
+def write_labelled(photos: list[tuple[Path, str]], image_dir: Path) -> None:
+    """Copies (photo, label) pairs into image_dir/<label>/, the layout retrain reads; into the existing class
+    folder when one has the same label (e.g. "Mammals/" for "mammals"). Empty labels are skipped."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    folders = {normalise_label(p.name): p for p in image_dir.iterdir() if p.is_dir()}
+    for number, (photo, label) in enumerate(photos):
+        if label.strip():
+            folder = folders.setdefault(normalise_label(label.strip()), image_dir / label.strip())
+            folder.mkdir(exist_ok=True)
+            shutil.copy(photo, folder / f"flagged_{number}{photo.suffix.lower()}")
+
+
 def images_needed(options: Options) -> int:
     """Per class: enough that each held-out split gets about one image."""
     held_out = [p for p in (options.validation_percentage, options.testing_percentage) if p > 0]

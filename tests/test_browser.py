@@ -70,6 +70,10 @@ def test_drag_and_drop_a_photo_then_flag_it(page, server, flagging_dir):
             break
         page.wait_for_timeout(200)
     assert top in flagged_text()
+    from classifier.retrain import read_flagged  # the Train tab reads what the Flag button wrote
+
+    [(photo, predicted)] = read_flagged(flagging_dir)
+    assert predicted == top and photo.read_bytes() == (PHOTOS / "cat.jpeg").read_bytes()
     assert any(p.suffix in (".jpeg", ".jpg", ".png", ".webp") for p in flagging_dir.rglob("*"))
 
 

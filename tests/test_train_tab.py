@@ -10,9 +10,17 @@ from test_app import curl
 from test_retrain import noisy
 
 
+NO_FLAGGED = {"headers": ["photo", "model said", "label"], "data": []}
+
+
 @pytest.fixture(scope="module")
-def training_server(tmp_path_factory):
-    running = Server("--train-dir", str(tmp_path_factory.mktemp("trained")))
+def flagged_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("flagged")
+
+
+@pytest.fixture(scope="module")
+def training_server(tmp_path_factory, flagged_dir):
+    running = Server("--train-dir", str(tmp_path_factory.mktemp("trained")), "--flagging-dir", str(flagged_dir))
     yield running
     running.stop()
 
@@ -36,7 +44,7 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
 
     client = Client(training_server.url, verbose=False)
     archive = make_zip(tmp_path / "photos.zip", {"Reddish": (210, 40, 40), "bluish": (40, 40, 210)})
-    report, matrix, curve = client.predict(handle_file(str(archive)), 300, api_name="/train")
+    report, matrix, curve = client.predict(handle_file(str(archive)), NO_FLAGGED, 300, api_name="/train")
     assert "Trained on 24 photos in 2 classes (reddish 12, bluish 12)" in report and "Test accuracy" in report
     assert matrix and curve
     served = client.predict(api_name="/serve_trained")
@@ -48,17 +56,52 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
     assert label["label"] == "reddish"
 
 
+def write_flagged(folder, classes: dict[str, tuple[int, int, int]], count: int = 12) -> None:
+    """Flagged photos as the page's Flag button writes them (Gradio's CSVLogger format, seen in
+    test_browser.py): dataset1.csv with the saved photo's path and the Label value as JSON."""
+    import csv
+    import json
+
+    with open(folder / "dataset1.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Photo", "Top labels", "timestamp"])
+        for name, colour in classes.items():
+            for i in range(count):
+                photo = folder / "Photo" / f"{name}{i}" / "photo.png"
+                photo.parent.mkdir(parents=True)
+                photo.write_bytes(encode(noisy(colour, hash((name, i)) % 2**32)))
+                writer.writerow([str(photo), json.dumps({"label": "tabby", "confidences": []}), "2026-11-24"])
+
+
+def test_label_flagged_photos_and_train_on_them(training_server, flagged_dir, tmp_path):
+    from gradio_client import Client
+
+    client = Client(training_server.url, verbose=False)
+    write_flagged(flagged_dir, {"greenish": (40, 210, 40), "purplish": (160, 40, 200)})
+    table = client.predict(api_name="/flagged")
+    assert len(table["data"]) == 24 and all(row[1] == "tabby" for row in table["data"])  # what the model said
+    for row in table["data"]:
+        row[2] = "greenish" if "greenish" in row[0] else "purplish"  # the user types the right label
+    table["data"][0][2] = ""  # and leaves one out
+    report, _, _ = client.predict(None, table, 300, api_name="/train")
+    assert "Trained on 23 photos in 2 classes (greenish 11, purplish 12)" in report
+    client.predict(api_name="/serve_trained")
+    green = tmp_path / "green.png"
+    green.write_bytes(encode(noisy((40, 210, 40), 5)))
+    assert curl("-T", str(green), f"{training_server.url}/service")[1][0][0] == "greenish"
+
+
 def test_bad_zip_gets_a_clear_error(training_server, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(training_server.url, verbose=False)
     archive = make_zip(tmp_path / "small.zip", {"one": (200, 0, 0), "two": (0, 0, 200)}, count=3)
     with pytest.raises(Exception, match="has 3 images; at least 10 are needed"):
-        client.predict(handle_file(str(archive)), 100, api_name="/train")
+        client.predict(handle_file(str(archive)), NO_FLAGGED, 100, api_name="/train")
     not_zip = tmp_path / "photos.zip"
     not_zip.write_text("not a zip")
     with pytest.raises(Exception, match="not a readable .zip"):
-        client.predict(handle_file(str(not_zip)), 100, api_name="/train")
+        client.predict(handle_file(str(not_zip)), NO_FLAGGED, 100, api_name="/train")
 
 
 def test_training_is_off_when_shared_without_auth_or_turned_off():
