@@ -66,8 +66,8 @@ def load_model(conf: Path):
 def serve_checkpoint(conf: Path) -> str:
     """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one."""
     new_model = reloader.switch_to(conf, "Train tab")
-    describe = new_model.describe() if hasattr(new_model, "describe") else type(new_model).__name__
-    return f"Now serving **{describe}** from `{conf.parent}`, on this page, its API and /service."
+    return (f"Now serving **{classifier.describe(new_model)}** from `{conf.parent}`, "
+            "on this page, its API and /service.")
 
 
 def open_share_link(port: int) -> None:
@@ -132,9 +132,8 @@ app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=u
 
 
 def main() -> None:
-    describe = model.describe() if hasattr(model, "describe") else type(model).__name__
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"* Model: {describe} (from {getattr(model, 'model_dir', args.conf)})", flush=True)
+    print(f"* Model: {classifier.describe(model)} (from {getattr(model, 'model_dir', args.conf)})", flush=True)
     print(f"* Page:    http://{shown}:{args.port}/", flush=True)
     print(f"* Service: curl -T photo.jpg http://{shown}:{args.port}/service", flush=True)
     if args.share and not credentials:

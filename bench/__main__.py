@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench.load import drive_gradio, drive_http
+from bench.load import drive_gradio, drive_http, markdown_row
 from bench.server import ROOT, ServerProcess
 
 PHOTOS = ROOT.parent / "shared" / "photos"
@@ -56,7 +56,8 @@ def ceiling(seconds: float) -> dict:
         conf = json.loads((ROOT / "conf.json").read_text())
         conf["http_server"]["tensorflow"].update(model_dir=str(ROOT / "checkpoint_dir"), runtime="tensorflow")
         Path(folder, "conf.json").write_text(json.dumps(conf))
-        engines = {"tensorflow": classifier.load(Path(folder, "conf.json")), "litert": classifier.load(ROOT / "conf.json")}
+        engines = {"tensorflow": classifier.load(Path(folder, "conf.json")),
+                   "litert": classifier.load(ROOT / "conf.json")}
     tensor = engines["litert"].preprocess(JPEGS[0])
     for name, model in engines.items():
         assert name == "tensorflow" or model.runtime.engine.startswith("LiteRT"), model.runtime.engine
@@ -187,16 +188,17 @@ def markdown(r: dict) -> str:
                        ("naive: Keras model.predict per request", {k: v for k, v in r["naive"].items()
                                                                     if k.startswith("c")})):
         for level, s in runs.items():
-            rows.append(f"| {name} | {s['concurrency']} | {s['img_s']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |")
-    u = r["service_unbatched_c1"]
-    rows.append(f"| POST /service, batching off | 1 | {u['img_s']} | {u['p50_ms']} | {u['p90_ms']} | {u['p99_ms']} |")
+            rows.append(markdown_row(name, s))
+    rows.append(markdown_row("POST /service, batching off", r["service_unbatched_c1"]))
     ceiling_rows = ", ".join(f"{k.replace('_b', ' batch ')}: {v}" for k, v in r["ceiling"].items())
     m, t = r["memory"], r["targets"]
     return "\n".join(rows + [
         "", f"Model-only ceiling (images/s on preprocessed tensors): {ceiling_rows}. Best: {r['ceiling_img_s']}.",
-        "Decode + preprocess per photo (ms, median): " + ", ".join(f"{k} {v}" for k, v in r["decode_ms"].items()) + ".",
+        "Decode + preprocess per photo (ms, median): "
+        + ", ".join(f"{k} {v}" for k, v in r["decode_ms"].items()) + ".",
         f"Memory: server RSS {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
-        f"requests (peak {m['rss_peak_mb']} MB; statuses {m['statuses']}). Naive app peak RSS {r['naive']['peak_rss_mb']} MB.",
+        f"requests (peak {m['rss_peak_mb']} MB; statuses {m['statuses']}). "
+        f"Naive app peak RSS {r['naive']['peak_rss_mb']} MB.",
         f"Targets: /service c16 = {t['c16_over_ceiling']:.0%} of the ceiling, {t['c16_over_naive']}× the naive "
         f"baseline; c1 p99/p50 = {t['c1_p99_over_p50']}; c1 p50 with/without batching = "
         f"{t['c1_p50_over_unbatched_p50']}.",

@@ -35,6 +35,12 @@ class Stats:
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())}}
 
 
+def markdown_row(name: str, summary: dict) -> str:
+    """One row of README's tables: | path | concurrency | images/s | p50 ms | p90 ms | p99 ms |."""
+    s = summary
+    return f"| {name} | {s['concurrency']} | {s['img_s']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |"
+
+
 async def _connection(host: str, port: int, path: str, work, bodies: list[bytes], stats: Stats,
                       keep_bodies: bool, deadline: float, extra_headers: bytes) -> None:
     reader, writer = await asyncio.open_connection(host, port)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reports usage unless told not to
 
-from bench.load import drive_http
+from bench.load import drive_http, markdown_row
 from bench.server import ROOT
 
 
@@ -54,9 +54,8 @@ def main() -> int:
     out = ROOT / "bench" / "results" / "ray.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    for name, s in results.items():
-        print(f"| Ray Serve, {name.split('_')[1]} replica(s) | 16 | {s['img_s']} | {s['p50_ms']} | {s['p90_ms']} | "
-              f"{s['p99_ms']} |")
+    for name, summary in results.items():
+        print(markdown_row(f"Ray Serve, {name.split('_')[1]} replica(s)", summary))
     return 0
 
 

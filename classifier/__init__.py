@@ -15,7 +15,7 @@ from .images import ImageError, Limits
 from .labels import LabelsError
 from .model import AiUcloudModel, RetrainedClassificationModel, TFAiUcloudModel
 
-__all__ = ["load", "AiUcloudModel", "TFAiUcloudModel", "RetrainedClassificationModel", "JsonConfLoader",
+__all__ = ["load", "describe", "AiUcloudModel", "TFAiUcloudModel", "RetrainedClassificationModel", "JsonConfLoader",
            "TFJsonConfLoader", "RetrainJsonConfLoader", "Conf", "read_conf", "ConfError", "ModelError",
            "LabelsError", "ImageError", "Limits"]
 
@@ -33,6 +33,12 @@ def load(conf_path: str | os.PathLike = "conf.json") -> Any:
         raise ConfError(f"{conf.path}: key http_server.exec.main_class: module {module.__name__} has no "
                         f"class {exec_conf.get_main_class()!r}")
     return model_class(conf)
+
+
+def describe(model: Any) -> str:
+    """One line naming a loaded model, for logs and pages; a user's UAI-style class without describe() gets its
+    class name."""
+    return model.describe() if hasattr(model, "describe") else type(model).__name__
 
 
 def _import_main_file(name: str, conf_path: Path) -> ModuleType:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import load, metrics
+from . import describe, load, metrics
 from .batching import Batcher
 from .formats import latest_version
 
@@ -45,12 +45,13 @@ class Reloader:
                     raise ValueError(f"the warm-up photo fails: {result['error']}")
             except Exception as exc:
                 log.error("refused the model of %s (%s): %s; still serving %s", conf_path, reason, exc,
-                          _describe(self.model))
+                          describe(self.model))
                 raise
             self.batcher.swap(model)
             self.conf_path = Path(conf_path)
-            metrics.describe_model(model, time.monotonic() - started)
-            log.info("now serving %s (%s, loaded in %.1f s)", _describe(model), reason, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            metrics.describe_model(model, seconds)
+            log.info("now serving %s (%s, loaded in %.1f s)", describe(model), reason, seconds)
             return model
 
     def reload(self, reason: str) -> Any:
@@ -86,6 +87,3 @@ class Reloader:
         except Exception:
             pass  # logged by switch_to
 
-
-def _describe(model: Any) -> str:
-    return model.describe() if hasattr(model, "describe") else type(model).__name__

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
-from . import metrics
+from . import describe, metrics
 from .batching import Batcher, Overloaded
 from .images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
 
@@ -123,8 +123,8 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             model = await run_in_threadpool(reloader.reload, "POST /admin/reload")
         except Exception as exc:
             return error(409, f"the new model was refused, the previous one still serves: {exc}")
-        return JSONResponse({"status": "reloaded", "model": model.describe() if hasattr(model, "describe") else
-                             type(model).__name__, "version": getattr(model, "version", None)})
+        return JSONResponse({"status": "reloaded", "model": describe(model),
+                             "version": getattr(model, "version", None)})
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

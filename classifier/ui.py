@@ -11,7 +11,7 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from . import retrain
+from . import describe, retrain
 from .batching import Batcher
 
 
@@ -37,11 +37,10 @@ class Photo(gr.Image):
 def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir: Path, train_dir: Path,
                serve_checkpoint: Callable[[Path], str], training_off: str | None = None) -> gr.Blocks:
     """training_off: why the Train tab is disabled (None: enabled)."""
-    describe = model.describe() if hasattr(model, "describe") else type(model).__name__
     with gr.Blocks(title="Image classifier") as demo:
         with gr.Tab("Classify"):
             # An Interface made inside a Blocks context renders there, like any component.
-            classify_tab(batcher, examples, flagging_dir, describe, getattr(model, "top_k", 5))
+            classify_tab(batcher, examples, flagging_dir, describe(model), getattr(model, "top_k", 5))
         with gr.Tab("Train"):
             if training_off:
                 gr.Markdown(f"Training is turned off: {training_off}.")
@@ -50,7 +49,7 @@ def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir:
     return demo
 
 
-def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, describe: str,
+def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, model_line: str,
                  top_k: int) -> gr.Interface:
     async def classify(image: str | bytes | None) -> dict[str, float]:
         if not image:
@@ -67,7 +66,7 @@ def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, des
         outputs=gr.Label(num_top_classes=top_k, label="Top labels"),
         examples=[[str(path)] for path in examples],
         title="Image classifier",
-        description=f"Drop a photo to classify it. **Model:** {describe}.",
+        description=f"Drop a photo to classify it. **Model:** {model_line}.",
         flagging_mode="manual",
         flagging_dir=str(flagging_dir),
         api_name="classify",
