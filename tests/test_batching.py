@@ -49,7 +49,7 @@ def test_a_lone_request_runs_at_once(default_model, photo_bytes):
     started = time.monotonic()
     [result] = run(classify_all(batcher, [photo_bytes["cat.jpeg"]]))
     assert time.monotonic() - started < 30  # it did not sit out the 60 s window: nothing else was coming
-    assert batcher.batch_sizes == [1] and result[0][0] == "Egyptian cat"
+    assert list(batcher.batch_sizes) == [1] and result[0][0] == "Egyptian cat"
 
 
 def test_past_the_queue_bound_requests_are_refused(default_model, photo_bytes):
