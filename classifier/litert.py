@@ -90,11 +90,11 @@ def convert(runtime: Runtime) -> bytes:
 
 
 class LiteRTPredictor:
-    """Runs a .tflite model, in the way measured fastest on the 2-core CI machine kind.
+    """Runs a .tflite model in the layout that was fastest on the 2-core CI machine kind when compared.
 
-    A lone image runs on one interpreter that uses every core (lowest latency: 6.3 ms for EfficientNet-Lite0).
-    A batch is spread image by image over one single-threaded interpreter per core, in parallel: 197 img/s,
-    where one interpreter with 2 threads peaked at 170 (batch 4) and fell at larger batches.
+    A lone image runs on one interpreter that uses every core (lowest latency). A batch is spread image by image
+    over one single-threaded interpreter per core, in parallel: in that comparison (EfficientNet-Lite0) 197
+    img/s, where one interpreter with 2 threads peaked at 170 (batch 4) and fell at larger batches.
     """
 
     def __init__(self, model_path: Path, threads: int):
