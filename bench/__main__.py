@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from bench.load import drive_gradio, drive_http, markdown_row
-from bench.server import ROOT, ServerProcess
+from bench.server import ROOT, ServerProcess, conf_variant
 
 PHOTOS = ROOT.parent / "shared" / "photos"
 JPEGS = sorted((ROOT / "examples").glob("*.jp*g"))  # real photos, 35–112 KB, 451×300 to 741×497
@@ -53,10 +53,7 @@ def ceiling(seconds: float) -> dict:
 
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        conf = json.loads((ROOT / "conf.json").read_text())
-        conf["http_server"]["tensorflow"].update(model_dir=str(ROOT / "checkpoint_dir"), runtime="tensorflow")
-        Path(folder, "conf.json").write_text(json.dumps(conf))
-        engines = {"tensorflow": classifier.load(Path(folder, "conf.json")),
+        engines = {"tensorflow": classifier.load(conf_variant(folder, tensorflow={"runtime": "tensorflow"})),
                    "litert": classifier.load(ROOT / "conf.json")}
     tensor = engines["litert"].preprocess(JPEGS[0])
     for name, model in engines.items():
@@ -126,11 +123,8 @@ def main() -> int:
 
     print("c. /service …", file=sys.stderr)
     folder = tempfile.TemporaryDirectory()
-    conf = json.loads((ROOT / "conf.json").read_text())
-    conf["http_server"]["tensorflow"]["model_dir"] = str(ROOT / "checkpoint_dir")
-    conf["http_server"]["batching"] = {"max_batch_size": 1}
-    Path(folder.name, "conf.json").write_text(json.dumps(conf))
-    server, unbatched = ServerProcess(), ServerProcess("--conf", str(Path(folder.name, "conf.json")))
+    unbatched_conf = conf_variant(folder.name, batching={"max_batch_size": 1})
+    server, unbatched = ServerProcess(), ServerProcess("--conf", str(unbatched_conf))
     try:
         # Concurrency 1, with and without batching, in alternating rounds so that drift in this noisy machine's
         # speed hits both alike.

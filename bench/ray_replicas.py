@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import sys
-from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reports usage unless told not to
 

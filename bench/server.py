@@ -1,6 +1,7 @@
 """A server process on a free loopback port, started and stopped by the benchmark and the tests."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,32 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def conf_variant(folder: Path, tensorflow: dict | None = None, **sections: dict) -> Path:
+    """The project's conf.json with its model_dir made absolute, `tensorflow` keys changed and other
+    http_server sections (batching, limits, …) set, written as folder/conf.json."""
+    conf = json.loads((ROOT / "conf.json").read_text())
+    conf["http_server"]["tensorflow"].update(model_dir=str(ROOT / "checkpoint_dir"), **(tensorflow or {}))
+    conf["http_server"].update(sections)
+    path = Path(folder) / "conf.json"
+    path.write_text(json.dumps(conf))
+    return path
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Returns once url answers 200; raises RuntimeError if the process exits or the timeout passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"not ready in {timeout:.0f} s")
 
 
 class ServerProcess:
@@ -26,18 +53,11 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{script.name} exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + ready_path, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"{script.name} was not ready in {timeout:.0f} s:\n{self.output()}")
+        try:
+            wait_until_ready(self.url + ready_path, self.process, timeout)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{script.name}: {exc}:\n{self.output()}") from None
 
     @property
     def pid(self) -> int:

@@ -9,6 +9,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -113,27 +114,29 @@ class LiteRTPredictor:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if len(batch) == 1 or self.threads == 1:
             with self._solo_lock:
-                return np.concatenate([_invoke(self._interpreter(self._solo, self.threads, image[None]), image[None])
+                return np.concatenate([self._prepared(self._solo, self.threads, image[None])(image[None])
                                        for image in batch])
         return np.concatenate(list(self._pool.map(self._run_alone, batch)))
 
     def _run_alone(self, image: np.ndarray) -> np.ndarray:
-        interpreters = getattr(self._local, "interpreters", None)
-        if interpreters is None:
-            interpreters = self._local.interpreters = {}
-        return _invoke(self._interpreter(interpreters, 1, image[None]), image[None])
+        if not hasattr(self._local, "interpreters"):
+            self._local.interpreters = {}
+        return self._prepared(self._local.interpreters, 1, image[None])(image[None])
 
-    def _interpreter(self, cache: dict, n_threads: int, batch: np.ndarray):
-        interpreter = cache.get(batch.shape)
-        if interpreter is None:
+    def _prepared(self, cache: dict, n_threads: int, batch: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """An interpreter sized for batch's shape, as a function; made once per shape and kept in cache."""
+        run = cache.get(batch.shape)
+        if run is None:
             interpreter = self._make(n_threads)
-            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
+            input_index = interpreter.get_input_details()[0]["index"]
+            output_index = interpreter.get_output_details()[0]["index"]  # looked up once, not per call
+            interpreter.resize_tensor_input(input_index, batch.shape)
             interpreter.allocate_tensors()
-            cache[batch.shape] = interpreter
-        return interpreter
 
+            def run(images: np.ndarray) -> np.ndarray:
+                interpreter.set_tensor(input_index, images)
+                interpreter.invoke()
+                return interpreter.get_tensor(output_index).copy()  # the buffer is reused by the next call
 
-def _invoke(interpreter, batch: np.ndarray) -> np.ndarray:
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+            cache[batch.shape] = run
+        return run

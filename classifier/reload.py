@@ -58,18 +58,18 @@ class Reloader:
         """Loads the conf's model again: the highest version folder, or the changed files."""
         return self.switch_to(self.conf_path, reason)
 
-    def newer_version_available(self) -> bool:
+    def newer_version(self) -> int | None:
+        """The highest version folder in model_dir, if it is neither the one serving nor one refused before."""
         model_dir = getattr(self.model, "model_dir", None)
         if model_dir is None:
-            return False
+            return None
         _, newest = latest_version(Path(model_dir))
-        return newest is not None and newest not in (getattr(self.model, "version", None), self._refused_version)
+        return None if newest in (getattr(self.model, "version", None), self._refused_version) else newest
 
     def poll(self, seconds: float, stop: threading.Event) -> None:
         """Checks model_dir every `seconds` for a new version folder (a daemon thread runs this)."""
         while not stop.wait(seconds):
-            if self.newer_version_available():
-                _, newest = latest_version(Path(self.model.model_dir))
+            if (newest := self.newer_version()) is not None:
                 try:
                     self.reload(f"version {newest} appeared")
                 except Exception:

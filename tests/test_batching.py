@@ -5,7 +5,6 @@ import asyncio
 import time
 
 import numpy as np
-import pytest
 
 from classifier.batching import Batcher, BatchingConf, Overloaded
 from classifier.images import ImageError

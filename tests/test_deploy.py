@@ -5,9 +5,8 @@ import json
 import os
 import re
 import subprocess
-import time
-import urllib.request
 
+from bench.server import wait_until_ready
 from conftest import ROOT, encode, solid, write_colour_graph, write_conf
 from test_app import curl
 
@@ -40,15 +39,7 @@ def test_the_exact_cmd_serves_and_honours_uai_service_config(tmp_path):
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "UAI_SERVICE_CONFIG": str(conf)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:8080/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert process.poll() is None, process.stdout.read()
-                time.sleep(0.5)
+        wait_until_ready("http://127.0.0.1:8080/readyz", process, 120)
         red = tmp_path / "red.png"
         red.write_bytes(encode(solid("red")))
         status, result, _ = curl("-T", str(red), "http://127.0.0.1:8080/service")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import classifier
-from conftest import PHOTOS, ROOT, Server, encode, solid, write_colour_graph, write_conf
+from conftest import PHOTOS, Server, encode, solid, write_colour_graph, write_conf
 from test_app import curl
 
 

@@ -6,8 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
-import time
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from bench import hostile, soak
 from bench.load import drive_http
+from bench.server import conf_variant
 from classifier.images import ImageError
 from conftest import CAT_LABELS, PHOTOS, ROOT, Server, write_conf
 from test_app import curl
@@ -75,11 +75,7 @@ def test_short_soak():
 
 
 def test_overload_is_refused_with_503_and_retry_after(tmp_path):
-    conf = json.loads((ROOT / "conf.json").read_text())
-    conf["http_server"]["tensorflow"]["model_dir"] = str(ROOT / "checkpoint_dir")
-    conf["http_server"]["batching"] = {"max_queue": 4}
-    (tmp_path / "conf.json").write_text(json.dumps(conf))
-    running = Server("--conf", str(tmp_path / "conf.json"))
+    running = Server("--conf", str(conf_variant(tmp_path, batching={"max_queue": 4})))
     try:
         photo = (PHOTOS / "chelsea.png").read_bytes()
         stats = drive_http(running.url, [photo], 64, 400, keep_bodies=True)
@@ -155,10 +151,17 @@ def test_gradio_serves_no_other_files(server):
 
 
 def test_upload_names_cannot_traverse(server, tmp_path):
-    status, result, _ = curl("-F", f"file=@{PHOTOS / 'cat.jpeg'};filename=../../../../tmp/owned.jpg",
-                             f"{server.url}/service")
+    hostile_name = "../../../../tmp/owned-by-upload.jpg"
+    # /service reads the file's bytes and never uses its name as a path.
+    status, result, _ = curl("-F", f"file=@{PHOTOS / 'cat.jpeg'};filename={hostile_name}", f"{server.url}/service")
     assert status == 200 and result[0][0][0] in CAT_LABELS
-    assert not Path("/tmp/owned.jpg").exists()
+    # Gradio's upload (the page and its API) keeps the base name only, inside its own cache folder.
+    status, [stored], _ = curl("-F", f"files=@{PHOTOS / 'cat.jpeg'};filename={hostile_name}",
+                               f"{server.url}/gradio_api/upload")
+    stored = Path(stored)
+    assert status == 200 and stored.name == "owned-by-upload.jpg" and ".." not in stored.parts
+    assert stored.resolve().parent.parent == Path(tempfile.gettempdir(), "gradio").resolve()
+    assert not Path(tempfile.gettempdir(), "owned-by-upload.jpg").exists()
 
 
 def test_cors_is_closed_by_default(server):
