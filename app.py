@@ -6,11 +6,17 @@ import os
 # Gradio reports usage to its servers unless told not to; an offline server must not phone home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import sys  # noqa: E402
+
+from classifier import quiet  # noqa: E402
+
+if "--verbose" in sys.argv:  # before the imports below load TensorFlow, which reads its log level once
+    quiet.set_verbose()
+
 import argparse
 import asyncio
 import logging
 import secrets
-import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -21,11 +27,11 @@ import uvicorn
 from gradio import networking
 
 import classifier
-from classifier import metrics
-from classifier.batching import Batcher
-from classifier.reload import Reloader
-from classifier.service import Health, create_app
-from classifier.ui import build_demo
+from classifier.serving import metrics
+from classifier.serving.batching import Batcher
+from classifier.serving.reload import Reloader
+from classifier.serving.service import Health, create_app
+from classifier.serving.ui import build_demo
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
@@ -48,6 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train-dir", type=Path, default=ROOT / "trained",
                         help="where the Train tab writes new models (default: ./trained)")
     parser.add_argument("--no-train", action="store_true", help="turn the Train tab off (for public demos)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's and LiteRT's own start-up lines (or set CLASSIFIER_VERBOSE=1)")
     # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
     return parser.parse_known_args(argv)[0]
 

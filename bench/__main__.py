@@ -1,7 +1,7 @@
 """python -m bench [--quick]: measures, in one run on this machine, the numbers README's Performance table shows.
 
 a. the model-only ceiling: each engine on preprocessed tensors, at several batch sizes;
-b. decode + preprocess per photo of ../shared/photos;
+b. decode + preprocess per photo of tests/photos;
 c. POST /service end to end on a real server (loopback), real JPEGs, concurrency 1, 4, 16, 64
    (and concurrency 1 with batching off, for the no-added-latency check);
 d. Gradio's API through gradio_client, concurrency 1 and 8;
@@ -27,7 +27,7 @@ import numpy as np
 from bench.load import drive_gradio, drive_http, markdown_row
 from bench.server import ROOT, ServerProcess, conf_variant
 
-PHOTOS = ROOT.parent / "shared" / "photos"
+PHOTOS = ROOT / "tests" / "photos"
 JPEGS = sorted((ROOT / "examples").glob("*.jp*g"))  # real photos, 35–112 KB, 451×300 to 741×497
 
 

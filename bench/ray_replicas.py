@@ -1,6 +1,6 @@
 """python -m bench.ray_replicas: /service on Ray Serve with one and with two replicas, side by side in one run.
 
-Starts a local Ray instance on loopback (2 CPUs), deploys classifier.ray_serve with 1 then 2 replicas, and
+Starts a local Ray instance on loopback (2 CPUs), deploys classifier.serving.ray_serve with 1 then 2 replicas, and
 drives each like `python -m bench` drives app.py (real JPEGs, concurrency 16). Writes bench/results/ray.json.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def start(replicas: int, port: int) -> str:
     import ray
     from ray import serve
 
-    from classifier.ray_serve import build
+    from classifier.serving.ray_serve import build
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})

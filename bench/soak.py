@@ -20,7 +20,7 @@ from bench.hostile import make as make_hostile
 from bench.load import drive_http
 from bench.server import ROOT, ServerProcess
 
-PHOTOS = sorted(p for p in (ROOT.parent / "shared" / "photos").iterdir() if p.suffix in (".png", ".jpg", ".jpeg")) \
+PHOTOS = sorted(p for p in (ROOT / "tests" / "photos").iterdir() if p.suffix in (".png", ".jpg", ".jpeg")) \
     + sorted((ROOT / "examples").glob("*.jp*g"))
 
 

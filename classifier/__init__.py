@@ -9,11 +9,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import quiet  # noqa: F401  (first: TensorFlow's log level must be set before anything imports it)
 from .conf import Conf, ConfError, JsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader, read_conf
-from .formats import ModelError
 from .images import ImageError, Limits
 from .labels import LabelsError
-from .model import AiUcloudModel, RetrainedClassificationModel, TFAiUcloudModel
+
+# Imported on first use: they load TensorFlow, which only loading a model needs (`import classifier` stays light,
+# and `python -m classifier --verbose` can still choose TensorFlow's log level before it loads).
+_LAZY = {"ModelError": "formats", "AiUcloudModel": "model", "TFAiUcloudModel": "model",
+         "RetrainedClassificationModel": "model"}
 
 __all__ = ["load", "describe", "AiUcloudModel", "TFAiUcloudModel", "RetrainedClassificationModel", "JsonConfLoader",
            "TFJsonConfLoader", "RetrainJsonConfLoader", "Conf", "read_conf", "ConfError", "ModelError",
@@ -21,6 +25,12 @@ __all__ = ["load", "describe", "AiUcloudModel", "TFAiUcloudModel", "RetrainedCla
 
 # A conf.json beside the package, used when the current folder has none (e.g. `python -m classifier` elsewhere).
 DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf.json"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(conf_path: str | os.PathLike = "conf.json") -> Any:

@@ -8,10 +8,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import DEFAULT_CONF, load
-    from .conf import ConfError
-    from .formats import ModelError
-    from .labels import LabelsError
+    from . import DEFAULT_CONF, ConfError, LabelsError, load, quiet
 
     parser = argparse.ArgumentParser(prog="python -m classifier", description="Classify images with the model "
                                      "that conf.json names; print the top-k labels of each.")
@@ -20,7 +17,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="conf.json to load (default: ./conf.json, else the project's own)")
     parser.add_argument("--top-k", type=int, default=None, help="how many labels per image (default: conf's top_k)")
     parser.add_argument("--json", action="store_true", help="print one JSON object {path: result} instead")
+    parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up log lines")
     args = parser.parse_args(argv)
+    if args.verbose:
+        quiet.set_verbose()  # before TensorFlow loads, with the model
+    from .formats import ModelError
 
     conf = args.conf or (Path("conf.json") if Path("conf.json").is_file() else DEFAULT_CONF)
     try:

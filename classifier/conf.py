@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .batching import BatchingConf
 from .images import ALLOWED_FORMATS, Limits
 
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class BatchingConf:
+    """conf.json's http_server.batching section."""
+
+    max_batch_size: int = 16  # images in one model call
+    max_batch_wait_ms: float = 5.0  # how long a batch may wait for requests that are still being decoded
+    max_queue: int = 256  # requests admitted at once (decoding or waiting); past it: Overloaded → 503
 
 
 class ConfError(ValueError):

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
 
+from .quiet import import_tensorflow
+
+tf = import_tensorflow()
 log = logging.getLogger(__name__)
 
 FROZEN_GRAPH = "frozen graph"

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
 
 from .formats import Runtime
+from .quiet import import_tensorflow, native_stderr_filtered
 
+tf = import_tensorflow()
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max |Δprobability| against TensorFlow for the LiteRT model to be used
@@ -32,7 +33,8 @@ def accelerate(runtime: Runtime, check: np.ndarray) -> Runtime:
     try:
         model_path = converted(runtime)
         lite = LiteRTPredictor(model_path, threads())
-        delta = float(np.abs(lite(check) - runtime.predict(check)).max())
+        with native_stderr_filtered():  # LiteRT's first interpreter announces XNNPACK
+            delta = float(np.abs(lite(check) - runtime.predict(check)).max())
     except Exception as exc:  # a model LiteRT cannot convert or run is served by TensorFlow, as before
         log.warning("%s: LiteRT conversion failed (%s: %s); serving with TensorFlow", runtime.path,
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from classifier.batching import Batcher, BatchingConf, Overloaded
+from classifier.serving.batching import Batcher, BatchingConf, Overloaded
 from classifier.images import ImageError
 
 NAMES = ["chelsea.png", "coffee.jpeg", "motorcycle_left.png", "rocket.jpg", "astronaut.png", "cat.jpeg"]

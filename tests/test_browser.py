@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CAT_LABELS, COFFEE_LABELS, PHOTOS, ROOT
+from conftest import CAT_LABELS, COFFEE_LABELS, PHOTOS, ROOT, require_debian_package
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
@@ -19,8 +19,7 @@ TOP_LABEL = 'h2[data-testid="label-output-value"]'
 
 @pytest.fixture(scope="module")
 def page(server):
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
+    require_debian_package(CHROMIUM, "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

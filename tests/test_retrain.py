@@ -12,7 +12,7 @@ from PIL import Image
 
 import classifier
 from classifier import retrain
-from conftest import PHOTOS, ROOT, encode
+from conftest import PHOTOS, ROOT, encode, require_debian_package
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 TUXPAINT_CLASSES = {"mammals": "animals/mammals", "birds": "animals/birds", "fruit": "food/fruit",
@@ -21,8 +21,7 @@ TUXPAINT_CLASSES = {"mammals": "animals/mammals", "birds": "animals/birds", "fru
 
 @pytest.fixture(scope="module")
 def tuxpaint_dir(tmp_path_factory) -> Path:
-    if not STAMPS.is_dir():
-        pytest.fail("Debian's tuxpaint-stamps-default is not installed: apt-get install -y tuxpaint-stamps-default")
+    require_debian_package(STAMPS, "tuxpaint-stamps-default")
     folder = tmp_path_factory.mktemp("tuxpaint")
     for name, source in TUXPAINT_CLASSES.items():
         (folder / name).symlink_to(STAMPS / source)
@@ -172,7 +171,7 @@ def test_interrupted_run_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(retrain, "write_report", interrupt)
+    monkeypatch.setattr(retrain.checkpoint, "write_report", interrupt)  # as the checkpoint writer finds it
     with pytest.raises(KeyboardInterrupt):
         retrain.retrain(small_options(tmp_path, data, how_many_training_steps=7))
     assert (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes() == before

@@ -7,7 +7,7 @@
 Writes frozen_inference_graph.pb (input `Placeholder` float32 [None, 224, 224, 3] in [0, 1], the weights'
 normalisation (x·255 − 127) / 128 inside the graph, output `final_result` = Softmax [None, 1000], and the
 1280-d pooled features as `feature_vector` for retraining), label_map.txt, label_map.pbtxt and port_report.json.
-It then checks the frozen graph against the PyTorch reference implementation on ../shared/photos and fails
+It then checks the frozen graph against the PyTorch reference implementation on tests/photos and fails
 unless max |Δprobability| ≤ 1e-4. torch is needed here only, never by the app.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def reference_probabilities(batch: np.ndarray, weights_path: str) -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "checkpoint_dir")
-    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "photos")
+    parser.add_argument("--photos", type=Path, default=ROOT / "tests" / "photos")
     args = parser.parse_args()
 
     from classifier import images, labels as labels_module

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import describe, load, metrics
+from .. import describe, load
+from ..formats import latest_version
+from . import metrics
 from .batching import Batcher
-from .formats import latest_version
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from . import describe, retrain
+from .. import describe, retrain
 from .batching import Batcher
 
 

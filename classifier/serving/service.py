@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
-from . import describe, metrics
+from .. import describe
+from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
+from . import metrics
 from .batching import Batcher, Overloaded
-from .images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Scale-out on Ray Serve: replicas of the same classifier, batched by @serve.batch, behind the same /service.
 
-    serve run classifier.ray_serve:build                                   # ./conf.json, one replica
-    serve run classifier.ray_serve:build conf=/srv/conf.json num_replicas=4 max_batch_size=16 \
+    serve run classifier.serving.ray_serve:build                                   # ./conf.json, one replica
+    serve run classifier.serving.ray_serve:build conf=/srv/conf.json num_replicas=4 max_batch_size=16 \
         batch_wait_ms=5 max_ongoing_requests=32
 
 Each replica loads the model once and answers the same HTTP contract as app.py (service.create_router: raw or
@@ -20,7 +20,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import load
+from .. import load
 from .service import Health, create_router
 
 
@@ -63,7 +63,7 @@ class Classifier:
 
 
 def build(args: dict[str, str]) -> serve.Application:
-    """`serve run classifier.ray_serve:build key=value …`: conf, num_replicas, max_batch_size, batch_wait_ms."""
+    """`serve run classifier.serving.ray_serve:build key=value …`: conf, num_replicas, max_batch_size, batch_wait_ms."""
     conf = Path(args.get("conf", os.environ.get("UAI_SERVICE_CONFIG", "conf.json"))).resolve()
     max_batch_size = int(args.get("max_batch_size", 16))
     # Ray Serve lets a replica hold 5 requests by default: too few to fill a batch of 16.

@@ -6,27 +6,18 @@ import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 
 from . import metrics
-from .images import ImageError, Limits, decode
+from ..conf import BatchingConf
+from ..images import ImageError, Limits, decode
 
 log = logging.getLogger(__name__)
 
 MODEL_CALLS_IN_FLIGHT = 2
-
-
-@dataclass(frozen=True)
-class BatchingConf:
-    """conf.json's http_server.batching section."""
-
-    max_batch_size: int = 16  # images in one model call
-    max_batch_wait_ms: float = 5.0  # how long a batch may wait for requests that are still being decoded
-    max_queue: int = 256  # requests admitted at once (decoding or waiting); past it: Overloaded → 503
 
 
 class Overloaded(RuntimeError):

@@ -1,0 +1,102 @@
+"""Writing the checkpoint: the serving graph (base trunk + new layer), labels, SavedModel, report, conf.json."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import labels as labels_module
+from .bottlenecks import FEATURE_TENSOR, FeatureExtractor
+from .options import Options, Summary
+from .report import write_report
+
+
+def serving_graph(extractor: FeatureExtractor, weights: np.ndarray, bias: np.ndarray, final_tensor_name: str):
+    """The base graph up to its features, then the new layer: Placeholder → … → final_tensor_name (Softmax)."""
+    import tensorflow as tf
+
+    base = tf.compat.v1.GraphDef()
+    base.ParseFromString(extractor.graph_bytes)
+    trunk = _subgraph(base, FEATURE_TENSOR)  # drops the ImageNet head, and its final_result name with it
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(trunk, name="")
+        features = graph.get_tensor_by_name(FEATURE_TENSOR + ":0")
+        logits = tf.matmul(features, tf.constant(weights), name="final_layer/matmul") + tf.constant(bias)
+        tf.nn.softmax(logits, name=final_tensor_name)
+    return graph.as_graph_def()
+
+
+def _subgraph(graph_def, output: str):
+    """The nodes output depends on, in their original order (what TF1's deprecated extract_sub_graph does)."""
+    import tensorflow as tf
+
+    nodes = {node.name: node for node in graph_def.node}
+    keep, todo = set(), [output]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(i.lstrip("^").split(":")[0] for i in nodes[name].input)
+    trunk = tf.compat.v1.GraphDef()
+    trunk.versions.CopyFrom(graph_def.versions)
+    trunk.node.extend(node for node in graph_def.node if node.name in keep)
+    return trunk
+
+
+def write_saved_model(graph_def, final_tensor_name: str, path: Path) -> None:
+    """The same graph as a TF2 SavedModel: serving_default takes `images` and returns `probabilities`."""
+    import tensorflow as tf
+
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    pruned = wrapped.prune(wrapped.graph.get_tensor_by_name("Placeholder:0"),
+                           wrapped.graph.get_tensor_by_name(final_tensor_name + ":0"))
+    module = tf.Module()
+    module.pruned = pruned
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *pruned.inputs[0].shape[1:]], tf.float32, name="images")])
+    def serve(images):
+        return {"probabilities": module.pruned(images)}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+
+
+def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.ndarray, bias: np.ndarray,
+                     label_names: list[str], summary: Summary, history: list[dict]) -> None:
+    """Everything goes into a temporary folder beside output_dir, renamed into place only when complete."""
+    output = Path(options.output_dir).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        graph_def = serving_graph(extractor, weights, bias, options.final_tensor_name)
+        (staging / options.output_graph).write_bytes(graph_def.SerializeToString())
+        (staging / options.output_labels).write_text("\n".join(label_names) + "\n", encoding="utf-8")
+        (staging / "label_map.pbtxt").write_text(labels_module.to_pbtxt(label_names), encoding="utf-8")
+        write_saved_model(graph_def, options.final_tensor_name, staging / options.saved_model_dir)
+        shutil.copy(staging / options.output_labels, staging / options.saved_model_dir / "label_map.txt")
+        write_report(staging / "report", summary, label_names, history)
+        width, height = extractor.size
+        tensorflow_conf = {"model_dir": ".", "input_width": str(width), "input_height": str(height)}
+        if options.final_tensor_name != "final_result":
+            tensorflow_conf["output_tensor"] = options.final_tensor_name
+        if options.output_labels != "label_map.txt":
+            tensorflow_conf["labels_file"] = options.output_labels
+        (staging / "conf.json").write_text(json.dumps({"http_server": {
+            "exec": {"main_class": "RetrainedClassificationModel", "main_file": "retrain_inference"},
+            "tensorflow": tensorflow_conf}}, indent=2) + "\n")
+        previous = output.with_name(f".{output.name}.previous")
+        if output.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(output, previous)
+        os.replace(staging, output)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# README's second command: install everything the tests need, then run them all (extra arguments go to pytest).
+#   ./test.sh                 # as root: also apt-get installs the Debian packages below
+#   ./test.sh -k browser      # a subset
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# chromium: the browser tests' real browser (driven by Playwright; never `playwright install`).
+# tuxpaint-stamps-default: ~800 real labelled photos for the retraining tests.
+DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${DEBIAN_PACKAGES[@]}"
+  export CLASSIFIER_SYSTEM_PACKAGES=required  # installed above: a test that finds one missing fails, never skips
+else
+  missing=()
+  for package in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "note: not root, so the Debian packages ${missing[*]} were not installed; the tests that need them are" \
+         "skipped. To run them: sudo apt-get install -y ${missing[*]}" >&2
+  fi
+fi
+
+python3 -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt
+python3 -m pytest -ra "$@"

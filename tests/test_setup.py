@@ -1,0 +1,100 @@
+"""A stranger's machine: requirements.txt names every import, the core runs without the server, a quiet start."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+from conftest import CAT_LABELS, ROOT
+
+SERVING_MODULES = ("fastapi", "starlette", "uvicorn", "gradio", "gradio_client", "prometheus_client", "ray",
+                   "classifier.serving", "classifier.retrain")
+OPTIONAL = {ROOT / "classifier" / "serving" / "ray_serve.py": "requirements-ray.txt"}  # imported only there
+
+
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level modules a file imports, other than the standard library and the project's own."""
+    local = {p.stem for p in ROOT.iterdir()}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return {name for name in found if name not in sys.stdlib_module_names and name not in local}
+
+
+def test_requirements_txt_names_every_package_the_app_and_library_import():
+    required = requirement_names(ROOT / "requirements.txt")
+    owners = packages_distributions()
+    missing = []
+    for path in [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))]:
+        allowed = required | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set())
+        for module in sorted(third_party_imports(path)):
+            distributions = {d.lower().replace("_", "-") for d in owners.get(module, [])}
+            assert distributions, f"{path.relative_to(ROOT)} imports {module}, which no installed package provides"
+            if not distributions & allowed:
+                missing.append(f"{module} ({'/'.join(sorted(distributions))}) in {path.relative_to(ROOT)}")
+    assert not missing, "requirements.txt does not name: " + "; ".join(missing)
+
+
+def test_the_core_loads_and_classifies_without_any_serving_module(tmp_path):
+    script = f"""
+import json, runpy, sys
+import classifier
+model = classifier.load({str(ROOT / 'conf.json')!r})
+[result] = model.execute([{str(ROOT / 'examples' / 'cat.jpeg')!r}], 1)
+sys.argv = ["classifier", {str(ROOT / 'examples' / 'cat.jpeg')!r}]
+try:
+    runpy.run_module("classifier", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in {SERVING_MODULES!r}
+                or name.startswith({SERVING_MODULES[-2:]!r}))
+print(json.dumps({{"top": result[0][0], "cli_exit": code, "serving_modules": loaded}}))
+"""
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["top"] in CAT_LABELS and out["cli_exit"] == 0
+    assert out["serving_modules"] == []
+
+
+def test_the_core_never_imports_serving_code():
+    for path in sorted((ROOT / "classifier").glob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"^\s*from \.(serving|retrain)\b|^\s*import classifier\.(serving|retrain)", text, re.M), \
+            f"{path.name} (the core) imports serving or retraining code"
+
+
+def test_nothing_in_the_repository_reads_beside_it():
+    files = [p for p in ROOT.rglob("*") if p.suffix in (".py", ".sh") or p.name in ("run", "Dockerfile")]
+    offenders = [str(p.relative_to(ROOT)) for p in files if ".git" not in p.parts
+                 and re.search(r"\.\./shared|parent\s*/\s*\"shared\"", p.read_text(errors="ignore"))]
+    assert offenders == [], "these read the shared folder beside the repository, which no user has"
+
+
+def test_the_command_line_starts_quietly_and_verbose_brings_tensorflows_lines_back():
+    photo = str(ROOT / "examples" / "cat.jpeg")
+    quiet = subprocess.run([sys.executable, "-m", "classifier", photo], cwd=ROOT, capture_output=True, text=True,
+                           timeout=180)
+    assert quiet.returncode == 0 and quiet.stdout.splitlines()[0] == photo
+    assert quiet.stderr.strip() == "", f"TensorFlow's start-up lines leaked: {quiet.stderr[:500]}"
+    loud = subprocess.run([sys.executable, "-m", "classifier", "--verbose", photo], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert loud.returncode == 0 and "XNNPACK delegate" in loud.stderr
