@@ -15,6 +15,7 @@ if "--verbose" in sys.argv:  # before the imports below load TensorFlow, which r
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import secrets
 import threading
@@ -27,6 +28,7 @@ import uvicorn
 from gradio import networking
 
 import classifier
+from classifier.images import limits_of
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
 from classifier.serving.reload import Reloader
@@ -43,7 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--conf", type=Path, default=Path(os.environ.get("UAI_SERVICE_CONFIG", ROOT / "conf.json")),
                         help="conf.json to serve (default: $UAI_SERVICE_CONFIG, else the project's conf.json)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, as the UAI service)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     parser.add_argument("--auth", default=os.environ.get("CLASSIFIER_AUTH"), metavar="USER:PASS",
@@ -54,10 +57,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train-dir", type=Path, default=ROOT / "trained",
                         help="where the Train tab writes new models (default: ./trained)")
     parser.add_argument("--no-train", action="store_true", help="turn the Train tab off (for public demos)")
+    parser.add_argument("--train", action="store_true",
+                        help="keep the Train tab on without --auth even when others can reach the app "
+                             "(--share, or a --host other than loopback)")
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and LiteRT's own start-up lines (or set CLASSIFIER_VERBOSE=1)")
     # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
     return parser.parse_known_args(argv)[0]
+
+
+def why_training_is_off(args: argparse.Namespace, credentials: tuple[str, str] | None) -> str | None:
+    """Training writes files and swaps the served model: without a login, only on this machine's loopback."""
+    if args.no_train:
+        return "--no-train was given"
+    if credentials or args.train:
+        return None
+    if args.share:
+        return "the app is shared without --auth"
+    if not is_loopback(args.host):
+        return (f"the app listens on {args.host} without --auth (anyone who reaches it could train and swap the "
+                "model); add --auth USER:PASS, or --train to allow it anyway")
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def load_model(conf: Path):
@@ -98,13 +125,12 @@ model = load_model(args.conf)
 if args.top_k:
     model.top_k = args.top_k
 conf_loader = classifier.JsonConfLoader(model.conf)
-limits = getattr(model, "limits", None) or classifier.Limits()
+limits = limits_of(model)
 batcher = Batcher(model, conf_loader.get_batching())
 metrics.QUEUE_DEPTH.set_function(lambda: batcher.pending)
 reloader = Reloader(args.conf, batcher, EXAMPLES[0])
 health = Health()
-training_off = ("--no-train was given" if args.no_train else
-                "the app is shared without --auth" if args.share and not credentials else None)
+training_off = why_training_is_off(args, credentials)
 demo = build_demo(model, batcher, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint, training_off)
 demo.queue(max_size=batcher.conf.max_queue)
 
@@ -137,6 +163,10 @@ app = create_app(batcher, limits, health, credentials, reloader, lifespan=lifesp
 # the image limit, unless the Train tab is on: then it must admit a .zip of photos.
 upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
 app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit)
+# Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only once
+# the Blocks "has launched"; launch() sets that, mount_gradio_app does not, so any {"path": "/etc/…"} was
+# accepted. Set it as Gradio's own reload mode does for a mounted app (utils.SourceFileReloader.swap_blocks).
+demo.has_launched = True
 
 
 def main() -> None:
@@ -144,6 +174,8 @@ def main() -> None:
     print(f"* Model: {classifier.describe(model)} (from {getattr(model, 'model_dir', args.conf)})", flush=True)
     print(f"* Page:    http://{shown}:{args.port}/", flush=True)
     print(f"* Service: curl -T photo.jpg http://{shown}:{args.port}/service", flush=True)
+    if training_off and not args.no_train:
+        print(f"* Train tab: off, because {training_off}.", flush=True)
     if args.share and not credentials:
         print("* Warning: --share without --auth puts this server on the internet for anyone with the link.",
               flush=True)

@@ -56,8 +56,9 @@ class ServerProcess:
         try:
             wait_until_ready(self.url + ready_path, self.process, timeout)
         except RuntimeError as exc:
+            output = self.output()  # before stop() deletes the log
             self.stop()
-            raise RuntimeError(f"{script.name}: {exc}:\n{self.output()}") from None
+            raise RuntimeError(f"{script.name}: {exc}:\n{output}") from None
 
     @property
     def pid(self) -> int:

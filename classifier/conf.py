@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from .images import ALLOWED_FORMATS, Limits
 
 _MISSING = object()
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)  # a plain dotted module name
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class JsonConfLoader:
     def _load(self) -> None:
         self.main_class = self._str("http_server", "exec", "main_class")
         self.main_file = self._str("http_server", "exec", "main_file")
+        if not MODULE_NAME.fullmatch(self.main_file):
+            # Dots become folders when the module is looked for beside the conf: ".tmp.x.evil" would be /tmp/x.
+            raise self._error(("http_server", "exec", "main_file"),
+                              f"must be a module name like my_model or package.my_model, not {self.main_file!r}")
 
     def get_batching(self) -> BatchingConf:
         """http_server.batching: how the server groups requests into model calls (README's conf table)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,12 @@ def decode(item: Any, limits: Limits = Limits(), size_hint: tuple[int, int] | No
         return _to_rgb(_check_pixels(item, limits))
     if isinstance(item, np.ndarray):
         return _to_rgb(_check_pixels(_from_array(item), limits))
-    return _to_rgb(_open(_read_bytes(item, limits), limits, size_hint))
+    return _to_rgb(_open(read_bytes(item, limits), limits, size_hint), size_hint)
+
+
+def limits_of(model: Any) -> Limits:
+    """The limits a model's conf sets (RetrainedClassificationModel.limits), else the defaults."""
+    return getattr(model, "limits", None) or Limits()
 
 
 def to_tensor(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -67,15 +73,23 @@ def to_tensor(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return tensor
 
 
-def _read_bytes(item: Any, limits: Limits) -> bytes:
+def read_bytes(item: Any, limits: Limits = Limits()) -> bytes:
+    """The encoded bytes of bytes, a path or a file-like object, never more than limits.max_bytes + 1 read.
+
+    A path must name a regular file: a named pipe would block the reader and a device (/dev/zero) never ends.
+    """
     if isinstance(item, (bytes, bytearray, memoryview)):
         data = bytes(item)
     elif isinstance(item, (str, os.PathLike)):
         try:
-            with open(item, "rb") as f:
-                data = f.read(limits.max_bytes + 1)
+            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+            fd = os.open(item, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
             raise ImageError(f"cannot read {item}: {exc.strerror}") from None
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError(f"cannot read {item}: not a regular file")
+            data = f.read(limits.max_bytes + 1)
     elif hasattr(item, "read"):
         data = item.read(limits.max_bytes + 1)  # one byte over the limit is enough to know it is too large
     else:
@@ -129,6 +143,24 @@ def _check_pixels(image: Image.Image, limits: Limits) -> Image.Image:
     return image
 
 
+def _wide_to_rgb(image: Image.Image, size_hint: tuple[int, int] | None) -> Image.Image:
+    """16-bit (0–65535), 32-bit integer (the same scale) and float ([0, 1]) pixels → 8-bit RGB.
+
+    Pillow's own conversion clips at 255, which turns a 16-bit photo white, so the scaling is done here. When the
+    model wants far fewer pixels, the image is first reduced (box filter) to about twice its input size: a
+    7000×7000 16-bit PNG of 109 KB would otherwise become 196 MB of float32 and ~2 s of one core.
+    """
+    scale = 255.0 if image.mode == "F" else 1 / 257
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # reduce() takes I, not I;16
+    if size_hint:
+        factor = min(image.width // (2 * size_hint[0]), image.height // (2 * size_hint[1]))
+        if factor > 1:
+            image = image.reduce(factor)
+    array = np.asarray(image, dtype=np.float32) * scale
+    return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+
+
 def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -140,16 +172,12 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, size_hint: tuple[int, int] | None = None) -> Image.Image:
     """Every Pillow mode to RGB; transparency is composited on white, 16- and 32-bit data scaled, not clipped."""
     if image.mode == "RGB":
         return image
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # Pillow's own I→RGB conversion clips at 255, which turns a 16-bit photo white.
-        array = np.asarray(image, dtype=np.float32) / 257.0
-        return Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return _wide_to_rgb(image, size_hint)
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -92,7 +92,9 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         """The project's example photos and one random image, as the model sees them."""
         photos = sorted(p for p in CHECK_PHOTOS.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         noise = np.random.default_rng(0).random((self.input_height, self.input_width, 3), dtype=np.float32)
-        return np.stack([self.preprocess(photo) for photo in photos] + [noise])
+        # Decoded here, outside the conf's limits (a conf may allow less than these photos weigh); then the
+        # model's own preprocess, so the check sees what serving will.
+        return np.stack([self.preprocess(images.decode(photo)) for photo in photos] + [noise])
 
     # The three steps.
     def preprocess(self, item: Any) -> np.ndarray:

@@ -1,6 +1,7 @@
 """A quiet start: TensorFlow's and LiteRT's native INFO lines stay off the console unless asked for."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -62,4 +63,6 @@ def import_tensorflow() -> ModuleType:
     """TensorFlow, imported with its start-up noise filtered (the core's modules import it through here)."""
     with native_stderr_filtered():
         import tensorflow
+    if not verbose():  # its Python INFO lines too ("Assets written to …" at each LiteRT conversion)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
     return tensorflow

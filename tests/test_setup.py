@@ -98,3 +98,12 @@ def test_the_command_line_starts_quietly_and_verbose_brings_tensorflows_lines_ba
     loud = subprocess.run([sys.executable, "-m", "classifier", "--verbose", photo], cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
     assert loud.returncode == 0 and "XNNPACK delegate" in loud.stderr
+
+
+def test_the_server_starts_quietly(server):
+    """Before the model line, only our own log lines: none of TensorFlow's or LiteRT's native start-up lines."""
+    from classifier.quiet import NATIVE_NOISE
+
+    before_model = server.output().split("* Model:")[0].splitlines()
+    assert not [line for line in before_model if NATIVE_NOISE.match(line) or re.search(r" tensorflow: |:tensorflow:", line)]
+    assert all(" classifier." in line for line in before_model), before_model

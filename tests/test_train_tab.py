@@ -104,14 +104,16 @@ def test_bad_zip_gets_a_clear_error(training_server, tmp_path):
         client.predict(handle_file(str(not_zip)), NO_FLAGGED, 100, api_name="/train")
 
 
-def test_training_is_off_when_shared_without_auth_or_turned_off():
-    for args in (["--no-train"], ["--share"]):
-        running = Server(*args)
-        try:
-            config = curl(f"{running.url}/config")[1]
-            text = str(config)
-            assert "Training is turned off" in text
-            assert ("--no-train was given" if args == ["--no-train"] else "shared without --auth") in text
-            assert "/train" not in str(curl(f"{running.url}/gradio_api/info")[1]["named_endpoints"])
-        finally:
-            running.stop()
+WHY_OFF = {"--no-train": "--no-train was given", "--share": "shared without --auth",
+           "--host": "listens on 0.0.0.0 without --auth"}
+
+
+@pytest.mark.parametrize("args", [["--no-train"], ["--share"], ["--host", "0.0.0.0"]], ids=lambda a: a[0])
+def test_training_is_off_when_others_can_reach_it_without_auth_or_turned_off(args):
+    running = Server(*args)
+    try:
+        text = str(curl(f"{running.url}/config")[1])
+        assert "Training is turned off" in text and WHY_OFF[args[0]] in text
+        assert "/train" not in str(curl(f"{running.url}/gradio_api/info")[1]["named_endpoints"])
+    finally:
+        running.stop()

@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 from .options import Options, RetrainError
@@ -79,8 +80,17 @@ def extract_zip(zip_path: Path, destination: Path, max_bytes: int = 2 * 1024 ** 
                 if not (destination / member.filename).resolve().is_relative_to(destination):
                     raise RetrainError(f"the zip holds an unsafe path: {member.filename!r}")
             archive.extractall(destination)
-    except zipfile.BadZipFile as exc:
+    except RetrainError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
         raise RetrainError(f"not a readable .zip file: {exc}") from None
+    except RuntimeError as exc:  # zipfile's word for an encrypted member
+        raise RetrainError(f"the .zip is password-protected ({exc}); zip the photos without a password") from None
+    except NotImplementedError as exc:  # AES (WinZip), LZMA variants, …
+        raise RetrainError(f"the .zip uses a compression method Python cannot read ({exc}); "
+                           "make it with ordinary (deflate) compression") from None
+    except (OSError, ValueError) as exc:  # a damaged member that fails its CRC, a bad header, a full disk
+        raise RetrainError(f"could not unpack the .zip: {exc}") from None
     root = destination
     while True:
         entries = [p for p in root.iterdir() if not _is_hidden(p)]
@@ -112,6 +122,8 @@ def read_flagged(flagging_dir: Path) -> list[tuple[Path, str]]:
 def write_labelled(photos: list[tuple[Path, str]], image_dir: Path) -> None:
     """Copies (photo, label) pairs into image_dir/<label>/, the layout retrain reads; into the existing class
     folder when one has the same label (e.g. "Mammals/" for "mammals"). Empty labels are skipped."""
+    for _, label in photos:
+        check_folder_name(label.strip())
     image_dir.mkdir(parents=True, exist_ok=True)
     folders = {normalise_label(p.name): p for p in image_dir.iterdir() if p.is_dir()}
     for number, (photo, label) in enumerate(photos):
@@ -119,6 +131,15 @@ def write_labelled(photos: list[tuple[Path, str]], image_dir: Path) -> None:
             folder = folders.setdefault(normalise_label(label.strip()), image_dir / label.strip())
             folder.mkdir(exist_ok=True)
             shutil.copy(photo, folder / f"flagged_{number}{photo.suffix.lower()}")
+
+
+def check_folder_name(label: str) -> None:
+    """A label becomes a class folder: it must be one plain name, never a path ("/tmp/x", "../x", "a/b")."""
+    if not label:
+        return
+    if label.startswith(".") or any(c in label for c in "/\\\0") or not normalise_label(label).strip():
+        raise RetrainError(f"the label {label!r} cannot be a folder name: use letters, digits and spaces, "
+                           "without / or \\ or a leading dot")
 
 
 def images_needed(options: Options) -> int:

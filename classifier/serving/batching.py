@@ -13,7 +13,7 @@ import numpy as np
 
 from . import metrics
 from ..conf import BatchingConf
-from ..images import ImageError, Limits, decode
+from ..images import ImageError, decode, limits_of
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,11 @@ class Batcher:
                 return
             log.exception("model call failed")
             results = [exc]
+        if not isinstance(results, (list, tuple)) or len(results) != len(batch):
+            # A user's execute() that returns the wrong number of results: zip() would leave requests unanswered.
+            count = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+            log.error("the model returned %s results for %d images", count, len(batch))
+            results = [RuntimeError(f"the model returned {count} results for {len(batch)} images") for _ in batch]
         for (_, future, _), result in zip(batch, results):
             if future.done():  # the client went away
                 continue
@@ -161,7 +166,7 @@ def pipeline_steps(model: Any) -> tuple[Callable[[Any], Any], Callable[[list], l
             return [model.postprocess(row) for row in model.forward(np.stack(tensors))]
         return model.preprocess, run_tensors
 
-    limits = getattr(model, "limits", None) or Limits()
+    limits = limits_of(model)
 
     def as_request(body: bytes) -> SimpleNamespace:
         decode(body, limits)  # a bad image gets its clear 4xx here, before it can fail the user's execute()

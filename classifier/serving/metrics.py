@@ -14,6 +14,8 @@ CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by outc
 BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64))
 QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered by the model")
 MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds the serving model took to load and warm up")
+MODEL_REFUSED = Counter("classifier_model_refused_total",
+                        "Models a reload refused (broken or incomplete); the previous one kept serving")
 MODEL_INFO = Gauge("classifier_model_info", "The serving model (value 1)",
                    ["model_dir", "version", "format", "engine", "labels"])
 

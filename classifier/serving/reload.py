@@ -29,7 +29,9 @@ class Reloader:
         self.batcher = batcher
         self.warm_up_photo = warm_up_photo
         self._lock = threading.Lock()  # one switch at a time
-        self._refused_version: int | None = None  # polling does not retry a refused version every time
+        # (version, its files' names, sizes and times) of the last version polling refused: polling tries it
+        # again only when its files change, e.g. once a copy that was caught half-way has finished.
+        self._refused: tuple[int, tuple] | None = None
 
     @property
     def model(self) -> Any:
@@ -45,6 +47,7 @@ class Reloader:
                 if isinstance(result, dict):
                     raise ValueError(f"the warm-up photo fails: {result['error']}")
             except Exception as exc:
+                metrics.MODEL_REFUSED.inc()
                 log.error("refused the model of %s (%s): %s; still serving %s", conf_path, reason, exc,
                           describe(self.model))
                 raise
@@ -59,22 +62,34 @@ class Reloader:
         """Loads the conf's model again: the highest version folder, or the changed files."""
         return self.switch_to(self.conf_path, reason)
 
-    def newer_version(self) -> int | None:
-        """The highest version folder in model_dir, if it is neither the one serving nor one refused before."""
+    def newer_version(self) -> tuple[int, tuple] | None:
+        """The highest version folder in model_dir and its files' state, unless it is the one serving, or one
+        refused before whose files have not changed since."""
         model_dir = getattr(self.model, "model_dir", None)
         if model_dir is None:
             return None
-        _, newest = latest_version(Path(model_dir))
-        return None if newest in (getattr(self.model, "version", None), self._refused_version) else newest
+        folder, newest = latest_version(Path(model_dir))
+        if newest is None or newest == getattr(self.model, "version", None):
+            return None
+        candidate = (newest, _files_state(folder))
+        return None if candidate == self._refused else candidate
+
+    def poll_once(self) -> bool:
+        """Loads a new version folder if there is one; True if it now serves."""
+        if (candidate := self.newer_version()) is None:
+            return False
+        try:
+            self.reload(f"version {candidate[0]} appeared")
+        except Exception:  # logged by switch_to; retried when its files change, a higher version still counts
+            self._refused = candidate
+            return False
+        self._refused = None
+        return True
 
     def poll(self, seconds: float, stop: threading.Event) -> None:
         """Checks model_dir every `seconds` for a new version folder (a daemon thread runs this)."""
         while not stop.wait(seconds):
-            if (newest := self.newer_version()) is not None:
-                try:
-                    self.reload(f"version {newest} appeared")
-                except Exception:
-                    self._refused_version = newest  # logged by switch_to; a higher version is still picked up
+            self.poll_once()
 
     def reload_on_sighup(self) -> None:
         def handler(signum, frame):
@@ -88,3 +103,8 @@ class Reloader:
         except Exception:
             pass  # logged by switch_to
 
+
+def _files_state(folder: Path) -> tuple:
+    """Each file's path, size and modification time: changes while a version folder is still being copied."""
+    return tuple(sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in folder.rglob("*") if p.is_file()))

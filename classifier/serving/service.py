@@ -56,10 +56,12 @@ def basic_auth_ok(request: Request, credentials: tuple[str, str] | None) -> bool
     if scheme.lower() != "basic":
         return False
     try:
-        user, _, password = base64.b64decode(encoded).decode().partition(":")
-    except Exception:
+        user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
+    except ValueError:
         return False
-    return secrets.compare_digest(user, credentials[0]) & secrets.compare_digest(password, credentials[1])
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
+    return (secrets.compare_digest(user, credentials[0].encode()) &
+            secrets.compare_digest(password, credentials[1].encode()))
 
 
 def create_router(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
@@ -76,7 +78,7 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
         if refused := unauthorised(request):
             return refused
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if media_type(request) == "multipart/form-data":
             return await _multipart(request)
         body = await _read_body(request, limits.max_bytes)
         if isinstance(body, JSONResponse):
@@ -87,21 +89,26 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             return error_for(exc)
 
     async def _multipart(request: Request) -> Any:
-        too_large = _over_length(request, MAX_FILES * limits.max_bytes)
-        if too_large:
+        limit = MAX_FILES * limits.max_bytes
+        if too_large := _over_length(request, limit):  # refused before a byte is read, when the header says so
             return too_large
         try:
-            form = await request.form(max_files=MAX_FILES, max_part_size=limits.max_bytes)
+            form = await limited(request, limit).form(max_files=MAX_FILES, max_part_size=limits.max_bytes)
+        except BodyTooLarge:
+            return error(413, f"the request body is larger than the limit of {limit} bytes")
         except Exception as exc:  # malformed multipart, too many files, an oversized field
             return error(400, f"could not read the multipart body: {exc}")
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if not files:
-            return error(400, "the multipart body holds no files; send each image as a file field")
-        for upload in files:
-            if upload.size is not None and upload.size > limits.max_bytes:
-                return error(413, f"{upload.filename}: the image is larger than the limit of {limits.max_bytes} bytes")
-        bodies = [await upload.read() for upload in files]
-        await form.close()
+        try:  # the parts are spooled to temporary files: closed whatever the answer
+            files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            if not files:
+                return error(400, "the multipart body holds no files; send each image as a file field")
+            for upload in files:
+                if upload.size is not None and upload.size > limits.max_bytes:
+                    return error(413, f"{upload.filename}: the image is larger than the limit of "
+                                      f"{limits.max_bytes} bytes")
+            bodies = [await upload.read() for upload in files]
+        finally:
+            await form.close()
         results = await asyncio.gather(*(batcher.classify(body) for body in bodies), return_exceptions=True)
         for number, (upload, result) in enumerate(zip(files, results), 1):
             if isinstance(result, Exception):  # the first bad file decides the status; its name is in the message
@@ -147,6 +154,32 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
     return router
 
 
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lower-cased: media types are case-insensitive (RFC 9110)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+class BodyTooLarge(Exception):
+    """The body went past its limit while it was being read."""
+
+
+def limited(request: Request, limit: int) -> Request:
+    """The same request, whose body stops being read once it passes `limit` bytes, whatever the headers say
+    (a chunked body has no Content-Length; Starlette's max_part_size does not cover file parts)."""
+    received = 0
+
+    async def receive() -> dict:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)
+
+
 def _over_length(request: Request, limit: int) -> JSONResponse | None:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
@@ -156,18 +189,18 @@ def _over_length(request: Request, limit: int) -> JSONResponse | None:
 
 async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
     """The body, read as it streams in and refused as soon as it passes the limit (no unbounded buffering)."""
-    too_large = _over_length(request, limit)
-    if too_large:
+    if too_large := _over_length(request, limit):
         return too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return error(413, f"the image is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    if size == 0:
+    chunks = []
+    try:
+        async for chunk in limited(request, limit).stream():
+            chunks.append(chunk)
+    except BodyTooLarge:
+        return error(413, f"the image is larger than the limit of {limit} bytes")
+    body = b"".join(chunks)
+    if not body:
         return error(400, "the request body is empty: send the image bytes as the body")
-    return b"".join(chunks)
+    return body
 
 
 def create_app(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,

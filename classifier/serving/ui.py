@@ -1,6 +1,7 @@
 """The Gradio page: a Classify tab (drop a photo, see the top-k labels; the /classify API) and a Train tab."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ import gradio as gr
 from PIL import Image
 
 from .. import describe, retrain
+from ..images import limits_of, read_bytes
 from .batching import Batcher
 
 
@@ -55,7 +57,9 @@ def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, mod
         if not image:
             raise gr.Error("Add a photo first: drop one on the box, paste it, or take one with the webcam.")
         try:
-            pairs = await batcher.classify(image if isinstance(image, bytes) else Path(image).read_bytes())
+            if not isinstance(image, bytes):  # a file Gradio received in an upload (it refuses any other path)
+                image = await asyncio.to_thread(read_bytes, image, limits_of(batcher.model))
+            pairs = await batcher.classify(image)
         except Exception as exc:  # the same clear message /service sends
             raise gr.Error(str(exc)) from None
         return {label: probability for label, probability in pairs}
