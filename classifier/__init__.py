@@ -2,24 +2,26 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from . import quiet  # noqa: F401  (first: TensorFlow's log level must be set before anything imports it)
-from .conf import Conf, ConfError, JsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader, read_conf
+from . import uai_modules
+from .conf import (ArchJsonConfLoader, Conf, ConfError, JsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader,
+                   read_conf)
 from .images import ImageError, Limits
 from .labels import LabelsError
+from .main_file import import_main_file
 
 # Imported on first use: they load TensorFlow, which only loading a model needs (`import classifier` stays light,
 # and `python -m classifier --verbose` can still choose TensorFlow's log level before it loads).
 _LAZY = {"ModelError": "formats", "AiUcloudModel": "model", "TFAiUcloudModel": "model",
          "RetrainedClassificationModel": "model"}
 
-__all__ = ["load", "describe", "AiUcloudModel", "TFAiUcloudModel", "RetrainedClassificationModel", "JsonConfLoader",
+__all__ = ["load", "describe", "AiUcloudModel", "TFAiUcloudModel", "RetrainedClassificationModel",
+           "ArchJsonConfLoader", "JsonConfLoader",
            "TFJsonConfLoader", "RetrainJsonConfLoader", "Conf", "read_conf", "ConfError", "ModelError",
            "LabelsError", "ImageError", "Limits"]
 
@@ -52,22 +54,16 @@ def describe(model: Any) -> str:
 
 
 def _import_main_file(name: str, conf_path: Path) -> ModuleType:
-    """main_file is a module in the conf's own folder (main_file.py there) or an installed, importable module.
+    """main_file is a module in the conf's own folder (main_file.py there, whose sibling modules it may import
+    by their plain names, as under UAI) or an installed, importable module. UAI's `uai.*` modules resolve to
+    this project's classes unless uai-sdk is installed.
 
     Nothing else is searched: a conf cannot pull code from an arbitrary path, so whoever can write the conf's
     folder or the Python environment decides what runs, as in UAI.
     """
-    local = conf_path.parent / f"{name.replace('.', os.sep)}.py"
-    if local.is_file():
-        loaded = sys.modules.get(name)
-        if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == local.resolve():
-            return loaded
-        # Two confs may each have a my_model.py: the second one gets a name of its own.
-        module_name = name if loaded is None else f"{name}__{abs(hash(str(local.resolve())))}"
-        spec = importlib.util.spec_from_file_location(module_name, local)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+    uai_modules.provide()
+    module = import_main_file(name, conf_path.parent)
+    if module is not None:
         return module
     try:
         return importlib.import_module(name)
@@ -75,4 +71,4 @@ def _import_main_file(name: str, conf_path: Path) -> ModuleType:
         if exc.name != name and not name.startswith(f"{exc.name}."):
             raise  # the module exists but one of its own imports is missing: show that, not a conf error
         raise ConfError(f"{conf_path}: key http_server.exec.main_file: no module {name!r} "
-                        f"(looked for {local} and for an installed module)") from None
+                        f"(looked in {conf_path.parent} and for an installed module)") from None

@@ -5,10 +5,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
     from . import DEFAULT_CONF, ConfError, LabelsError, load, quiet
+    from .results import plain
 
     parser = argparse.ArgumentParser(prog="python -m classifier", description="Classify images with the model "
                                      "that conf.json names; print the top-k labels of each.")
@@ -31,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.top_k:
         model.top_k = args.top_k
-    results = model.execute(args.images, batch_size=len(args.images))
+    results = classify_files(model, args.images)
 
     failed = sum(isinstance(result, dict) for result in results)
     if args.json:
-        print(json.dumps({str(path): result for path, result in zip(args.images, results)}, indent=2))
+        print(json.dumps({str(path): plain(result) for path, result in zip(args.images, results)}, indent=2))
     else:
         for path, result in zip(args.images, results):
             if isinstance(result, dict):
@@ -45,6 +47,26 @@ def main(argv: list[str] | None = None) -> int:
             for label, probability in result:
                 print(f"  {probability:7.2%}  {label}")
     return 1 if failed else 0
+
+
+def classify_files(model: Any, paths: list[Path]) -> list:
+    """One result per file: the model's execute() on the readable ones, in one call, given as UAI gave them
+    (objects whose .body holds the bytes), so UAI-style classes work too; {"error": …} for the others."""
+    from .images import ImageError, limits_of, read_bytes
+    from .model import uai_request
+
+    results: list = [None] * len(paths)
+    readable = []
+    for index, path in enumerate(paths):
+        try:
+            readable.append((index, uai_request(read_bytes(path, limits_of(model)))))
+        except ImageError as exc:
+            results[index] = {"error": str(exc)}
+    if readable:
+        answers = model.execute([request for _, request in readable], len(readable))
+        for (index, _), answer in zip(readable, answers, strict=True):
+            results[index] = answer
+    return results
 
 
 if __name__ == "__main__":

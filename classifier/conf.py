@@ -1,4 +1,4 @@
-"""conf.json: read the UAI-format configuration with loader classes named as in UAI Inference."""
+"""conf.json: the UAI-format configuration, read by loader classes named and built as in UAI Inference."""
 from __future__ import annotations
 
 import json
@@ -48,8 +48,13 @@ def read_conf(path: str | os.PathLike = "conf.json") -> Conf:
     return Conf(data, path)
 
 
-class JsonConfLoader:
-    """The http_server.exec section: which class serves (main_class) and the module that holds it (main_file)."""
+class ArchJsonConfLoader:
+    """UAI's base loader, as UAI defines it: __init__(conf) keeps self.conf and calls self._load(), which sets
+    self.server_conf (the http_server section), self.main_file and self.main_class (the class that serves, and
+    the module that holds it). Subclasses override _load(), call super()._load() and read self.server_conf.
+
+    Our typed getters (batching, reload, limits…) are built on top; every error names the key and the file.
+    """
 
     def __init__(self, conf: Conf | dict | str | os.PathLike):
         if not isinstance(conf, dict):
@@ -59,6 +64,9 @@ class JsonConfLoader:
         self._load()
 
     def _load(self) -> None:
+        self.server_conf = self._value("http_server")
+        if not isinstance(self.server_conf, dict):
+            raise self._error(("http_server",), "must be a JSON object")
         self.main_class = self._str("http_server", "exec", "main_class")
         self.main_file = self._str("http_server", "exec", "main_file")
         if not MODULE_NAME.fullmatch(self.main_file):
@@ -124,8 +132,14 @@ class JsonConfLoader:
         return ConfError(f"{where}key {'.'.join(keys) or '(top level)'} {problem}")
 
 
-class TFJsonConfLoader(JsonConfLoader):
-    """Adds http_server.tensorflow.model_dir, resolved against the conf file's folder when relative."""
+JsonConfLoader = ArchJsonConfLoader  # the name this project used first
+
+
+class TFJsonConfLoader(ArchJsonConfLoader):
+    """UAI's TensorFlow loader: adds self.model_dir (http_server.tensorflow.model_dir) and get_model_dir().
+
+    A relative model_dir is resolved against the conf file's folder: UAI ran from the folder that held both.
+    """
 
     def _load(self) -> None:
         super()._load()

@@ -2,23 +2,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import formats, images, labels, litert
-from .conf import RetrainJsonConfLoader, TFJsonConfLoader
+from .conf import ArchJsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader
 
 # Photos shipped with the project: LiteRT must agree with TensorFlow on them before it serves.
 CHECK_PHOTOS = Path(__file__).resolve().parent.parent / "examples"
 
 
+def uai_request(body: bytes) -> SimpleNamespace:
+    """What UAI's server gave execute() for each image: an object whose .body holds the request's bytes."""
+    return SimpleNamespace(body=body)
+
+
 class AiUcloudModel:
-    """UAI Inference's contract: __init__(conf) parses the conf and loads the model; execute() serves a batch."""
+    """UAI Inference's contract, as UAI defines it: __init__(conf, model_type) keeps both and calls
+    _parse_conf(conf) (main_file, main_class); load_model() loads; execute(data, batch_size) serves a batch."""
 
     def __init__(self, conf: dict | None = None, model_type: str = "tensorflow"):
         self.conf = conf
         self.model_type = model_type
+        self._parse_conf(conf)
+
+    def _parse_conf(self, conf: dict) -> None:
+        loader = ArchJsonConfLoader(conf)
+        self.main_file = loader.get_main_file()
+        self.main_class = loader.get_main_class()
 
     def load_model(self) -> Any:
         raise NotImplementedError
@@ -29,7 +42,12 @@ class AiUcloudModel:
 
 
 class TFAiUcloudModel(AiUcloudModel):
-    """As in UAI: self.output for state shared between load_model and execute, self.model_dir from the conf."""
+    """As in UAI: self.output for state shared between load_model and execute, self.model_dir from the conf.
+
+    The hook order is UAI's: AiUcloudModel.__init__ calls _parse_conf(conf), then this __init__ sets
+    self.output = {}, calls _parse_conf(conf) again (UAI does: a subclass's override runs twice) and then
+    self.model = self.load_model().
+    """
 
     def __init__(self, conf: dict | None = None, model_type: str = "tensorflow"):
         super().__init__(conf, model_type)

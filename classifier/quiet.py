@@ -63,6 +63,8 @@ def import_tensorflow() -> ModuleType:
     """TensorFlow, imported with its start-up noise filtered (the core's modules import it through here)."""
     with native_stderr_filtered():
         import tensorflow
+    python_logger = tensorflow.get_logger()  # made here, with a handler of its own that would print each line twice
+    python_logger.handlers.clear()  # its lines go to the application's handlers, once, in the application's format
     if not verbose():  # its Python INFO lines too ("Assets written to …" at each LiteRT conversion)
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+        python_logger.setLevel(logging.WARNING)
     return tensorflow

@@ -14,6 +14,8 @@ import numpy as np
 from . import metrics
 from ..conf import BatchingConf
 from ..images import ImageError, decode, limits_of
+from ..model import uai_request
+from ..results import plain
 
 log = logging.getLogger(__name__)
 
@@ -132,18 +134,11 @@ class Batcher:
                 return
             log.exception("model call failed")
             results = [exc]
-        if not isinstance(results, (list, tuple)) or len(results) != len(batch):
-            # A user's execute() that returns the wrong number of results: zip() would leave requests unanswered.
-            count = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-            log.error("the model returned %s results for %d images", count, len(batch))
-            results = [RuntimeError(f"the model returned {count} results for {len(batch)} images") for _ in batch]
         for (_, future, _), result in zip(batch, results):
             if future.done():  # the client went away
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
-            elif isinstance(result, dict) and "error" in result:
-                future.set_exception(ImageError(result["error"]))
             else:
                 future.set_result(result)
 
@@ -164,12 +159,30 @@ def pipeline_steps(model: Any) -> tuple[Callable[[Any], Any], Callable[[list], l
     if all(callable(getattr(model, step, None)) for step in ("preprocess", "forward", "postprocess")):
         def run_tensors(tensors: list[np.ndarray]) -> list:
             return [model.postprocess(row) for row in model.forward(np.stack(tensors))]
-        return model.preprocess, run_tensors
+        return model.preprocess, checked(run_tensors)
 
     limits = limits_of(model)
 
     def as_request(body: bytes) -> SimpleNamespace:
         decode(body, limits)  # a bad image gets its clear 4xx here, before it can fail the user's execute()
-        return SimpleNamespace(body=body)
+        return uai_request(body)
 
-    return as_request, lambda requests: model.execute(requests, len(requests))
+    return as_request, checked(lambda requests: model.execute(requests, len(requests)))
+
+
+class ModelOutputError(RuntimeError):
+    """A model call whose results do not match its inputs: the model's fault, a 500 for each request."""
+
+
+def checked(run_batch: Callable[[list], Any]) -> Callable[[list], list]:
+    """run_batch, made to return one result per item: plain data (numpy scalars and arrays, as UAI code returns
+    them, become numbers and lists), or an ImageError for an item execute() answered with {"error": …}. A result
+    list of the wrong length raises ModelOutputError: answering by position would leave requests unanswered."""
+    def run(items: list) -> list:
+        results = run_batch(items)
+        if not isinstance(results, (list, tuple)) or len(results) != len(items):
+            count = len(results) if isinstance(results, (list, tuple)) else f"a {type(results).__name__}, not"
+            raise ModelOutputError(f"the model returned {count} results for {len(items)} images")
+        return [ImageError(result["error"]) if isinstance(result, dict) and "error" in result else plain(result)
+                for result in results]
+    return run

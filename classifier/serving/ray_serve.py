@@ -14,13 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import load
+from ..images import limits_of
+from .batching import pipeline_steps
 from .service import Health, create_router
 
 
@@ -30,13 +31,14 @@ class Classifier:
 
     def __init__(self, conf_path: str, max_batch_size: int, batch_wait_ms: float):
         self.model = load(conf_path)
+        self.prepare, self.run = pipeline_steps(self.model)  # the steps app.py's batcher runs, checks included
         self.run_batch.set_max_batch_size(max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         health = Health()
         health.ready = True  # Ray Serve routes traffic to a replica only once its constructor has returned
         # The same routes as app.py, with this replica standing in for the batcher (it has classify()).
         self.api = FastAPI(title="Image classifier (Ray Serve)")
-        self.api.include_router(create_router(self, self.model.limits, health))
+        self.api.include_router(create_router(self, limits_of(self.model), health))
 
     async def __call__(self, request: Request) -> Response:
         """Ray Serve hands each HTTP request here; the routes above answer it."""
@@ -53,13 +55,15 @@ class Classifier:
         return Response(body, status_code=start["status"], headers=headers)
 
     async def classify(self, item: Any) -> Any:
-        tensor = await asyncio.to_thread(self.model.preprocess, item)  # decoding off the event loop
-        return await self.run_batch(tensor)
+        prepared = await asyncio.to_thread(self.prepare, item)  # decoding off the event loop
+        result = await self.run_batch(prepared)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def run_batch(self, tensors: list[np.ndarray]) -> list:
-        probabilities = await asyncio.to_thread(self.model.forward, np.stack(tensors))
-        return [self.model.postprocess(row) for row in probabilities]
+    async def run_batch(self, items: list) -> list:
+        return await asyncio.to_thread(self.run, items)
 
 
 def build(args: dict[str, str]) -> serve.Application:

@@ -41,6 +41,15 @@ def error_for(exc: Exception, subject: str = "") -> JSONResponse:
     return error(500, "internal error while classifying the image; the server log has the details")
 
 
+def json_response(result: Any) -> JSONResponse:
+    """The result as JSON; one that cannot be (an object, a NaN) is a 500 that says so, with the traceback logged."""
+    try:
+        return JSONResponse(result)
+    except (TypeError, ValueError) as exc:
+        log.exception("the model's result cannot be sent as JSON")
+        return error(500, f"the model's result cannot be sent as JSON: {exc}")
+
+
 class Health:
     """Liveness and readiness: ready once the model is loaded and one warm-up request has gone through."""
 
@@ -84,7 +93,7 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
         if isinstance(body, JSONResponse):
             return body
         try:
-            return await batcher.classify(body)
+            return json_response(await batcher.classify(body))
         except Exception as exc:
             return error_for(exc)
 
@@ -113,7 +122,7 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
         for number, (upload, result) in enumerate(zip(files, results), 1):
             if isinstance(result, Exception):  # the first bad file decides the status; its name is in the message
                 return error_for(result, subject=upload.filename or f"file {number}")
-        return results
+        return json_response(results)
 
     @router.api_route("/service", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"], include_in_schema=False)
     async def wrong_method(request: Request) -> JSONResponse:
