@@ -17,10 +17,12 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import resource
 import secrets
+import shutil
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import gradio as gr
@@ -31,13 +33,15 @@ import classifier
 from classifier.images import limits_of
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
+from classifier.serving.connections import with_read_timeout
 from classifier.serving.reload import Reloader
 from classifier.serving.service import Health, create_app
-from classifier.serving.ui import build_demo
+from classifier.serving.ui import build_demo, delete_old_uploads
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
 MAX_ZIP_BYTES = 500 * 1024 * 1024
+KEEP_ALIVE_SECONDS = 5
 log = logging.getLogger("app")
 
 
@@ -60,6 +64,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train", action="store_true",
                         help="keep the Train tab on without --auth even when others can reach the app "
                              "(--share, or a --host other than loopback)")
+    parser.add_argument("--upload-retention", type=int, default=900, metavar="SECONDS",
+                        help="delete photos and zips uploaded to the page this long after upload (default: 900; "
+                             "looked for every minute). Flagged photos are kept.")
+    parser.add_argument("--read-timeout", type=float, default=30, metavar="SECONDS",
+                        help="close a connection whose request headers, or the next part of its body, take longer "
+                             "(default: 30)")
+    file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    parser.add_argument("--max-connections", type=int, default=min(1000, file_limit // 2),
+                        help="open connections at once; past it, requests get 503 at once (default: 1000, or half "
+                             "the process's file limit if that is lower)")
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and LiteRT's own start-up lines (or set CLASSIFIER_VERBOSE=1)")
     # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
@@ -98,6 +112,14 @@ def load_model(conf: Path):
     return loaded
 
 
+def remove_unfinished_training(train_dir: Path) -> None:
+    """What a killed Train tab leaves: its unpacked upload (.upload-*) and a checkpoint still being written
+    (.model-…, renamed into place only when complete). Finished models are never touched."""
+    for leftover in [*train_dir.glob(".upload-*"), *train_dir.glob(".model-*")] if train_dir.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+        log.info("removed %s, left by a Train tab run that did not finish", leftover)
+
+
 def serve_checkpoint(conf: Path) -> str:
     """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one."""
     new_model = reloader.switch_to(conf, "Train tab")
@@ -121,6 +143,7 @@ args = parse_args(sys.argv[1:])
 credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
 if args.auth and not credentials:
     sys.exit("error: --auth must be USER:PASS")
+remove_unfinished_training(args.train_dir)
 model = load_model(args.conf)
 if args.top_k:
     model.top_k = args.top_k
@@ -146,6 +169,7 @@ async def lifespan(_app):
             log.exception("warm-up failed")
 
     task = asyncio.create_task(warm_up())
+    sweeping = asyncio.create_task(delete_old_uploads(demo, args.upload_retention))
     if args.share:
         threading.Thread(target=open_share_link, args=(args.port,), daemon=True).start()
     reloader.reload_on_sighup()
@@ -155,6 +179,9 @@ async def lifespan(_app):
     yield
     stop_polling.set()
     task.cancel()
+    sweeping.cancel()
+    with suppress(asyncio.CancelledError):
+        await sweeping  # its last act: the uploads still in the cache are deleted
     await batcher.close()
 
 
@@ -179,7 +206,13 @@ def main() -> None:
     if args.share and not credentials:
         print("* Warning: --share without --auth puts this server on the internet for anyone with the link.",
               flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info")
+    # Slow and idle clients: a request's headers, or the next part of its body, must arrive within
+    # --read-timeout (connections.with_read_timeout: uvicorn has no such deadline); an idle keep-alive connection
+    # is closed after 5 s (uvicorn's timeout_keep_alive); past --max-connections, uvicorn answers 503 at once
+    # (limit_concurrency) instead of queueing.
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",
+                http=with_read_timeout(args.read_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                limit_concurrency=args.max_connections)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,34 @@
 """Load and soak: python -m bench.soak [--requests 10000] [--concurrency 32]. Bounded in count and time.
 
-80 % real photos and 20 % hostile files (bench.hostile) against a server on loopback. Checks: every 200 equals
-the single-request result for that file, every hostile file gets its status, no 5xx, the server process is the
-same one at the end and answers /healthz, and RSS grows < 10 %. Writes bench/results/soak.json.
+Every door at once, against a server on loopback: /service gets 80 % real photos and 20 % hostile files
+(bench.hostile); a tenth as many requests again go through Gradio's API (gradio_client), each with a photo no
+visitor sent before; and 200 connections that never finish their headers are held open all along (each one the
+server closes is opened again). Checks: every 200 equals the single-request result for that file, every hostile
+file gets its status, no 5xx, the server process is the same one at the end and answers /healthz, and RSS,
+open file descriptors and Gradio's upload cache stay flat (RSS and descriptors < 10 % growth; the cache within
+what --upload-retention allows). Writes bench/results/soak.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
+from PIL import Image
 
 from bench.hostile import make as make_hostile
-from bench.load import drive_http
+from bench.load import drive_gradio, drive_http
 from bench.server import ROOT, ServerProcess
 
 PHOTOS = sorted(p for p in (ROOT / "tests" / "photos").iterdir() if p.suffix in (".png", ".jpg", ".jpeg")) \
@@ -29,8 +40,72 @@ def same_result(a: list, b: list, tolerance: float = 1e-5) -> bool:
         abs(p - q) <= tolerance for (_, p), (_, q) in zip(a, b))
 
 
+READ_TIMEOUT = 5  # seconds, for the run: short, so that the slow connections are let go of within it
+
+
+def distinct_photos(folder: Path, count: int) -> list[Path]:
+    """count different JPEGs (one pixel differs): Gradio's cache dedupes by content, so each is a new file."""
+    base = Image.open(ROOT / "examples" / "cat.jpeg").convert("RGB")
+    paths = []
+    for i in range(count):
+        image = base.copy()
+        image.putpixel((i % base.width, (i // base.width) % base.height), (i % 256, (i * 7) % 256, 99))
+        paths.append(folder / f"visitor_{i}.jpg")
+        image.save(paths[-1], quality=90)
+    return paths
+
+
+def disk_use(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under folder."""
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    return len(files), sum(p.stat().st_size for p in files if p.exists())
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class SlowClients:
+    """`count` connections that send half a request header and nothing more, reopened whenever the server
+    closes one, until stop()."""
+
+    def __init__(self, url: str, count: int):
+        self.address = (urlparse(url).hostname, urlparse(url).port)
+        self.count, self.closed_by_server, self._stop = count, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(self.address, timeout=10)
+        sock.sendall(b"POST /service HTTP/1.1\r\nHost: soak\r\n")
+        sock.setblocking(False)
+        return sock
+
+    def _run(self) -> None:
+        sockets = [self._open() for _ in range(self.count)]
+        while not self._stop.wait(0.5):
+            for i, sock in enumerate(sockets):
+                try:
+                    sock.recv(4096)  # returns the 408 or EOF once the server lets go of it
+                except BlockingIOError:
+                    continue  # still open, still waiting
+                except OSError:
+                    pass  # reset by the server: let go of, too
+                self.closed_by_server += 1
+                sock.close()
+                sockets[i] = self._open()
+        for sock in sockets:
+            sock.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 def run(requests: int, concurrency: int, max_seconds: float, hostile_share: float = 0.2,
-        server_args: tuple[str, ...] = ()) -> dict:
+        server_args: tuple[str, ...] = (), gradio_share: float = 0.1, gradio_concurrency: int = 4,
+        slow_connections: int = 200, upload_retention: int = 20) -> dict:
+    """upload_retention: the server's --upload-retention, short so that the cache's bound shows within the run."""
     with tempfile.TemporaryDirectory() as folder:
         expected = make_hostile(Path(folder))
         files = [(p.name, p.read_bytes(), 200) for p in PHOTOS] + [
@@ -42,7 +117,11 @@ def run(requests: int, concurrency: int, max_seconds: float, hostile_share: floa
              else photo_count + int(rng.integers(0, len(files) - photo_count)) for _ in range(requests)]
     bodies = [files[i][1] for i in picks]
 
-    server = ServerProcess(*server_args)
+    scratch = Path(tempfile.mkdtemp(prefix="soak-"))
+    cache = scratch / "gradio"
+    visitors = distinct_photos(scratch, max(1, int(requests * gradio_share)))
+    server = ServerProcess("--upload-retention", str(upload_retention), "--read-timeout", str(READ_TIMEOUT),
+                           "--no-train", *server_args, env={"GRADIO_TEMP_DIR": str(cache)})
     try:
         pid = server.pid
         # The reference: each file alone, one request at a time.
@@ -52,14 +131,37 @@ def run(requests: int, concurrency: int, max_seconds: float, hostile_share: floa
             _, status, _, response = stats.bodies[0]
             reference[name] = (status, json.loads(response))
         drive_http(server.url, [f[1] for f in files[:photo_count]], concurrency, 200)  # warm every path
-        rss_before = server.rss_mb()[0]
+        drive_gradio(server.url, visitors[:gradio_concurrency], gradio_concurrency, gradio_concurrency)
+        time.sleep(upload_retention + min(60, upload_retention) + 1)  # the warm-up's uploads age out
+        rss_before, fds_before, cache_before = server.rss_mb()[0], open_descriptors(pid), disk_use(cache)
+
+        slow = SlowClients(server.url, slow_connections)
+        cache_peak = [cache_before]
+        sampling = threading.Event()
+
+        def sample_cache() -> None:
+            while not sampling.wait(1):
+                cache_peak.append(disk_use(cache))
+
+        threading.Thread(target=sample_cache, daemon=True).start()
+        gradio: dict = {}
+        through_gradio = threading.Thread(target=lambda: gradio.update(stats=drive_gradio(
+            server.url + "/", visitors, gradio_concurrency, len(visitors))), daemon=True)
+        through_gradio.start()
         stats = drive_http(server.url, bodies, concurrency, requests, keep_bodies=True, max_seconds=max_seconds)
+        through_gradio.join(max_seconds)
+        slow.stop()
+        sampling.set()
         rss_after, rss_peak = server.rss_mb()
+        fds_after_run, cache_after_run = open_descriptors(pid), disk_use(cache)
+        time.sleep(upload_retention + min(60, upload_retention) + 1)  # the run's last uploads age out too
+        fds_after, cache_after = open_descriptors(pid), disk_use(cache)
         with urllib.request.urlopen(server.url + "/healthz", timeout=10) as response:
             healthy = response.status == 200
         alive = server.process.poll() is None and server.pid == pid
     finally:
         server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     wrong, by_file = [], Counter()
     for index, status, _, response in stats.bodies:
@@ -80,10 +182,20 @@ def run(requests: int, concurrency: int, max_seconds: float, hostile_share: floa
         "same_process_alive": alive, "healthz_after": healthy,
         "rss_before_mb": round(rss_before), "rss_after_mb": round(rss_after), "rss_peak_mb": round(rss_peak),
         "rss_growth": round(rss_after / rss_before - 1, 3),
+        "gradio_requests": gradio["stats"].statuses[200] if "stats" in gradio else 0,
+        "gradio_seconds": round(gradio["stats"].seconds, 1) if "stats" in gradio else None,
+        "slow_connections_held": slow_connections, "slow_connections_closed_by_server": slow.closed_by_server,
+        "fds_before": fds_before, "fds_after_run": fds_after_run, "fds_after": fds_after,
+        "upload_retention_s": upload_retention,
+        "cache_before": {"files": cache_before[0], "bytes": cache_before[1]},
+        "cache_peak": {"files": max(c[0] for c in cache_peak), "bytes": max(c[1] for c in cache_peak)},
+        "cache_after_run": {"files": cache_after_run[0], "bytes": cache_after_run[1]},
+        "cache_after": {"files": cache_after[0], "bytes": cache_after[1]},
         "statuses_by_file": {f"{name} → {status}": n for (name, status), n in sorted(by_file.items())},
     }
     result["passed"] = (not wrong and result["server_errors"] == 0 and alive and healthy
-                        and result["rss_growth"] < 0.10)
+                        and result["rss_growth"] < 0.10 and fds_after <= fds_before * 1.1 + 5
+                        and cache_after == cache_before and result["gradio_requests"] == len(visitors))
     return result
 
 

@@ -1,4 +1,4 @@
-"""UAI's own module names (uai.arch.tf_model, uai.arch_conf.tf_conf, …) for UAI code, when uai-sdk is not installed."""
+"""UAI's module names (uai.arch.tf_model, uai.arch_conf.tf_conf, …) for UAI code, when uai-sdk is not installed."""
 from __future__ import annotations
 
 import importlib.util

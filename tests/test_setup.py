@@ -105,5 +105,7 @@ def test_the_server_starts_quietly(server):
     from classifier.quiet import NATIVE_NOISE
 
     before_model = server.output().split("* Model:")[0].splitlines()
-    assert not [line for line in before_model if NATIVE_NOISE.match(line) or re.search(r" tensorflow: |:tensorflow:", line)]
+    noise = [line for line in before_model
+             if NATIVE_NOISE.match(line) or re.search(r" tensorflow: |:tensorflow:", line)]
+    assert noise == []
     assert all(" classifier." in line for line in before_model), before_model

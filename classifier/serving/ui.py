@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import shutil
 import tempfile
 import time
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+from gradio.route_utils import delete_files_created_by_app
 from PIL import Image
 
 from .. import describe, retrain
 from ..images import limits_of, read_bytes
 from .batching import Batcher
+
+log = logging.getLogger(__name__)
 
 
 class Photo(gr.Image):
@@ -49,6 +53,27 @@ def build_demo(model: Any, batcher: Batcher, examples: list[Path], flagging_dir:
             else:
                 train_tab(train_dir, flagging_dir, serve_checkpoint)
     return demo
+
+
+async def delete_old_uploads(demo: gr.Blocks, retention: int) -> None:
+    """Deletes the files uploaded to the page (and the page's own copies) `retention` seconds after they were made,
+    looking every min(60, retention) seconds, until cancelled; then deletes them all.
+
+    Gradio's own delete_cache does this with the same function, but in a worker thread that iterates the sets of
+    uploaded files while the event loop adds to them: the first "Set changed size during iteration" ends its task
+    for good, and the cache grows for ever (bench.soak showed it under concurrent uploads). Here the sweep runs on
+    the event loop, where those sets change, and a failed sweep is logged and retried. Flagged photos are copies
+    in the flagging folder, which this never touches; Gradio's keep_in_cache files (the examples) are kept.
+    """
+    try:
+        while True:
+            await asyncio.sleep(min(60, retention))
+            try:
+                delete_files_created_by_app(demo, retention)
+            except Exception:
+                log.exception("could not delete old uploads; trying again in %s s", min(60, retention))
+    finally:
+        delete_files_created_by_app(demo, None)
 
 
 def classify_tab(batcher: Batcher, examples: list[Path], flagging_dir: Path, model_line: str,
@@ -131,8 +156,10 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
                                                       how_many_training_steps=int(how_many_steps)))
         except retrain.RetrainError as exc:
             raise gr.Error(str(exc)) from None
-        finally:
+        finally:  # the upload is not kept, whatever happened: the zip in Gradio's cache and what it unpacked to
             shutil.rmtree(upload, ignore_errors=True)
+            if zip_path:
+                Path(zip_path).unlink(missing_ok=True)
         text = "```\n" + retrain.format_summary(summary) + "\n```"
         return (text, Image.open(output / "report" / "confusion_matrix.png"),
                 Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
