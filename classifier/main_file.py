@@ -36,9 +36,17 @@ def _source(folder: Path, parts: list[str]) -> tuple[Path | None, bool] | None:
         return base / "__init__.py", True
     if base.with_suffix(".py").is_file():
         return base.with_suffix(".py"), False
-    if len(parts) > 0 and base.is_dir():
+    if base.is_dir():
         return None, True  # a folder without __init__.py: a namespace package, as Python has them
     return None
+
+
+def _shadows(folder: Path, top: str) -> bool:
+    """The folder has a module or a regular package of that name, which takes precedence over an installed one,
+    as the folder would on sys.path (a bare sub-folder is a namespace package: Python takes it only when
+    nothing else has the name)."""
+    found = _source(folder, [top])
+    return found is not None and found[0] is not None
 
 
 class _CodeFolder(importlib.abc.MetaPathFinder):
@@ -81,10 +89,7 @@ class _CodeFolder(importlib.abc.MetaPathFinder):
 
     def _import(self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0):
         top = name.partition(".")[0]
-        # Only a module or a regular package of the folder shadows an installed one, as on sys.path (a bare
-        # sub-folder is a namespace package: Python takes it only when nothing else has the name).
-        if level == 0 and top and (_source(self.folder, [top]) or (None,))[0] is not None \
-                and not self._already_imported(top):
+        if level == 0 and top and _shadows(self.folder, top) and not self._already_imported(top):
             module = importlib.import_module(f"{self.package}.{name}")
             return module if fromlist else sys.modules[f"{self.package}.{top}"]
         return builtins.__import__(name, globals, locals, fromlist, level)

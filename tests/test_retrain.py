@@ -189,3 +189,19 @@ def test_command_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "classifier.retrain", "--image_dir", str(tmp_path / "nope"),
                           "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 2 and "error: --image_dir" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_run_killed_between_its_two_renames_is_put_back_by_the_next(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    retrain.retrain(small_options(tmp_path, data))
+    before = (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes()
+    (tmp_path / "out").rename(tmp_path / ".out.previous")  # as a kill after the first rename leaves it
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain.checkpoint, "write_report", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        retrain.retrain(small_options(tmp_path, data, how_many_training_steps=7))
+    assert (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "photos"]

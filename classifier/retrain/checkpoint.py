@@ -70,6 +70,9 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
                      label_names: list[str], summary: Summary, history: list[dict]) -> None:
     """Everything goes into a temporary folder beside output_dir, renamed into place only when complete."""
     output = Path(options.output_dir).resolve()
+    previous = output.with_name(f".{output.name}.previous")
+    if previous.is_dir() and not output.exists():  # a run killed between the two renames below: put it back
+        os.replace(previous, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     umask = os.umask(0)
@@ -92,7 +95,6 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
         (staging / "conf.json").write_text(json.dumps({"http_server": {
             "exec": {"main_class": "RetrainedClassificationModel", "main_file": "retrain_inference"},
             "tensorflow": tensorflow_conf}}, indent=2) + "\n")
-        previous = output.with_name(f".{output.name}.previous")
         if output.exists():
             shutil.rmtree(previous, ignore_errors=True)
             os.replace(output, previous)
