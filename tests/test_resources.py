@@ -12,23 +12,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.soak import distinct_photos  # one way to make photos no visitor sent before
 from conftest import CAT_LABELS, PHOTOS, Server, write_colour_graph, write_conf
 from test_app import curl
 from test_operations import wait_for
 from test_security import Attacker, server_file
-
-
-def distinct_photos(folder: Path, count: int) -> list[Path]:
-    """count different JPEGs (one pixel differs), so that Gradio's cache, which dedupes by content, keeps each."""
-    base = Image.open(PHOTOS / "cat.jpeg").convert("RGB")
-    paths = []
-    for i in range(count):
-        image = base.copy()
-        image.putpixel((i % base.width, 0), (i % 256, 255 - i % 256, 7))
-        path = folder / f"visitor_{i}.jpg"
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
 
 
 def files_in(folder: Path) -> list[Path]:

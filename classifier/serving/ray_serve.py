@@ -6,6 +6,8 @@
 
 Each replica loads the model once and answers the same HTTP contract as app.py (service.create_router: raw or
 multipart bodies, the same JSON results, errors and statuses), on Ray Serve's HTTP proxy (port 8000).
+
+Optional: Ray comes from requirements-ray.txt, and only this module imports it (app.py never does).
 """
 from __future__ import annotations
 
