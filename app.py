@@ -1,4 +1,4 @@
-"""One server for the classifier: the Gradio page at /, POST|PUT /service, /healthz, /readyz. Run: python app.py."""
+"""One server for the classifier: the Gradio page at /, POST|PUT /service, /v2 and /v1 protocols. Run: python app.py."""
 from __future__ import annotations
 
 import os
@@ -33,7 +33,9 @@ import classifier
 from classifier.images import limits_of
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
+from classifier.serving import open_inference, tf_serving
 from classifier.serving.connections import with_read_timeout
+from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
 from classifier.serving.service import Health, create_app
 from classifier.serving.ui import build_demo, delete_old_uploads
@@ -186,6 +188,10 @@ async def lifespan(_app):
 
 
 app = create_app(batcher, limits, health, credentials, reloader, lifespan=lifespan)
+# The protocols existing clients speak (tritonclient, KServe; TF Serving's REST), on the same batcher and limits.
+served = Served(batcher, limits, credentials, health)
+app.include_router(open_inference.create_router(served))
+app.include_router(tf_serving.create_router(served))
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed. Its upload limit is
 # the image limit, unless the Train tab is on: then it must admit a .zip of photos.
 upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)

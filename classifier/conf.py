@@ -12,6 +12,7 @@ from .images import ALLOWED_FORMATS, Limits
 
 _MISSING = object()
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)  # a plain dotted module name
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)  # one URL path segment: /v2/models/{name}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ArchJsonConfLoader:
             # Dots become folders when the module is looked for beside the conf: ".tmp.x.evil" would be /tmp/x.
             raise self._error(("http_server", "exec", "main_file"),
                               f"must be a module name like my_model or package.my_model, not {self.main_file!r}")
+        self.model_name = self._model_name()
 
     def get_batching(self) -> BatchingConf:
         """http_server.batching: how the server groups requests into model calls (README's conf table)."""
@@ -86,6 +88,28 @@ class ArchJsonConfLoader:
     def get_reload_poll_seconds(self) -> int:
         """http_server.reload.poll_seconds: how often to look for a new version folder (0: never)."""
         return self._int("http_server", "reload", "poll_seconds", default=0, minimum=0)
+
+    def get_model_name(self) -> str:
+        return self.model_name
+
+    def _model_name(self) -> str:
+        """http_server.model_name: the name the protocol APIs serve the model under (/v2/models/{name},
+        /v1/models/{name}). Default: the model folder's name (http_server.tensorflow.model_dir), else the conf
+        file's folder."""
+        name = self._str("http_server", "model_name", default=None)
+        if name is None:
+            model_dir = self._value("http_server", "tensorflow", "model_dir", default=None)
+            folder = Path(model_dir) if isinstance(model_dir, str) and model_dir.strip() else None
+            if folder is not None and not folder.is_absolute() and self.path:
+                folder = self.path.parent / folder
+            folder = Path(os.path.normpath(folder)) if folder else (self.path.parent if self.path else None)
+            default = re.sub(r"[^A-Za-z0-9_.-]", "-", folder.name).lstrip("-_.") if folder else ""
+            return default if MODEL_NAME.fullmatch(default) else "classifier"
+        if not MODEL_NAME.fullmatch(name):
+            raise self._error(("http_server", "model_name"),
+                              f"must be letters, digits, '_', '.' and '-', starting with a letter or digit, "
+                              f"not {name!r}")
+        return name
 
     def get_main_class(self) -> str:
         return self.main_class

@@ -28,7 +28,10 @@ def requirement_names(path: Path) -> set[str]:
 
 def third_party_imports(path: Path) -> set[str]:
     """Top-level modules a file imports, other than the standard library and the project's own."""
-    local = {p.stem for p in ROOT.iterdir()}
+    from classifier.uai_modules import UAI_NAMES  # uai.*: UAI's module names, which the project provides
+
+    local = {p.stem for folder in (ROOT, path.parent) for p in folder.iterdir()}
+    local |= {name.split(".")[0] for name in UAI_NAMES}
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -38,18 +41,33 @@ def third_party_imports(path: Path) -> set[str]:
     return {name for name in found if name not in sys.stdlib_module_names and name not in local}
 
 
-def test_requirements_txt_names_every_package_the_app_and_library_import():
-    required = requirement_names(ROOT / "requirements.txt")
+def unnamed_imports(paths: list[Path], allowed_for) -> list[str]:
+    """Each third-party import in paths whose package is not among allowed_for(path)'s requirement names."""
     owners = packages_distributions()
     missing = []
-    for path in [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))]:
-        allowed = required | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set())
+    for path in paths:
         for module in sorted(third_party_imports(path)):
             distributions = {d.lower().replace("_", "-") for d in owners.get(module, [])}
             assert distributions, f"{path.relative_to(ROOT)} imports {module}, which no installed package provides"
-            if not distributions & allowed:
+            if not distributions & allowed_for(path):
                 missing.append(f"{module} ({'/'.join(sorted(distributions))}) in {path.relative_to(ROOT)}")
+    return missing
+
+
+def test_requirements_txt_names_every_package_the_app_and_library_import():
+    required = requirement_names(ROOT / "requirements.txt")
+    missing = unnamed_imports(
+        [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
+        lambda path: required | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set()))
     assert not missing, "requirements.txt does not name: " + "; ".join(missing)
+
+
+def test_the_test_requirements_name_every_package_the_tests_and_benchmark_import():
+    allowed = set().union(*(requirement_names(ROOT / name) for name in
+                            ("requirements.txt", "requirements-dev.txt", "requirements-ray.txt")))
+    missing = unnamed_imports(sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]),
+                              lambda path: allowed)
+    assert not missing, "requirements-dev.txt does not name: " + "; ".join(missing)
 
 
 def test_the_core_loads_and_classifies_without_any_serving_module(tmp_path):

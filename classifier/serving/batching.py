@@ -7,7 +7,7 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,28 @@ class Overloaded(RuntimeError):
     """Too many requests are already admitted; the client should retry later."""
 
 
+class NoProbabilities(ImageError):
+    """A request for probabilities or a ready tensor, on a model class that only has execute() (a 400)."""
+
+
+class Scores(NamedTuple):
+    """One image's probability row and the model that gave it (its labels: a hot swap may come between requests)."""
+
+    probabilities: np.ndarray
+    model: Any
+
+
+class Pipeline(NamedTuple):
+    """How the serving model answers: prepare one request (in a decode thread), run a batch of prepared requests
+    in one model call (one output each), finish one output into the request's result (plain data)."""
+
+    prepare: Callable[[Any], Any]
+    run: Callable[[list], list]
+    finish: Callable[[Any], Any]
+    model: Any
+    gives_probabilities: bool  # run's outputs are probability rows (a model with preprocess/forward/postprocess)
+
+
 class Batcher:
     """Decodes each request in a thread pool, then runs the waiting requests together in one model call.
 
@@ -36,7 +58,7 @@ class Batcher:
     def __init__(self, model: Any, conf: BatchingConf = BatchingConf(), decode_threads: int | None = None):
         self.conf = conf
         self.model = model
-        self._steps = pipeline_steps(model)
+        self._pipeline = pipeline_steps(model)
         self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
         # Two batches in flight: while one finishes (its last images, the results), the next one starts. With one,
         # a profile under load showed the engine's threads idle ~17 % of the time at batch boundaries.
@@ -51,33 +73,43 @@ class Batcher:
 
     def swap(self, model: Any) -> None:
         """Serve another model from now on. Requests already decoded for the old one still run on the old one."""
-        self.model, self._steps = model, pipeline_steps(model)
+        self.model, self._pipeline = model, pipeline_steps(model)
 
     @property
     def pending(self) -> int:
         """Requests admitted and not yet answered by the model."""
         return self._decoding + (self._queue.qsize() if self._queue else 0) + (self._held is not None)
 
-    async def _classify(self, item: Any) -> Any:
+    async def _classify(self, item: Any, probabilities: bool, prepared: bool) -> Any:
         if self.pending >= self.conf.max_queue:
             metrics.CLASSIFICATIONS.labels("Overloaded").inc()
             raise Overloaded(f"the server is busy ({self.pending} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
-        steps = self._steps
-        self._decoding += 1
-        try:
-            prepared = await loop.run_in_executor(self._decoder, steps[0], item)
-        finally:
-            self._decoding -= 1
+        pipeline = self._pipeline
+        if (probabilities or prepared) and not pipeline.gives_probabilities:
+            raise NoProbabilities(f"the serving model ({type(pipeline.model).__name__}) has only execute(): it takes "
+                                  "encoded images and returns its own results, not probabilities")
+        if not prepared:
+            self._decoding += 1
+            try:
+                item = await loop.run_in_executor(self._decoder, pipeline.prepare, item)
+            finally:
+                self._decoding -= 1
+        finish = (lambda row: Scores(row, pipeline.model)) if probabilities else pipeline.finish
         future = loop.create_future()
         self._start()
-        self._queue.put_nowait((prepared, future, steps))
+        self._queue.put_nowait((item, future, pipeline, finish))
         return await future
 
-    async def classify(self, item: Any) -> Any:
-        """One request's result. Raises images.ImageError for a bad image, Overloaded when full."""
+    async def classify(self, item: Any, *, probabilities: bool = False, prepared: bool = False) -> Any:
+        """One request's result (plain data: for the default model, top-k [label, p] pairs).
+
+        probabilities=True: a Scores (the whole probability row) instead. prepared=True: item is already the
+        model's input tensor (float32 [H, W, 3]; checked by the caller). Raises images.ImageError for a bad image,
+        Overloaded when full.
+        """
         try:
-            result = await self._classify(item)
+            result = await self._classify(item, probabilities, prepared)
         except Exception as exc:
             metrics.CLASSIFICATIONS.labels(type(exc).__name__).inc()
             raise
@@ -123,8 +155,8 @@ class Batcher:
 
     async def _answer(self, batch: list) -> None:
         loop = asyncio.get_running_loop()
-        items = [item for item, _, _ in batch]
-        run_batch = batch[0][2][1]
+        items = [entry[0] for entry in batch]
+        run_batch = batch[0][2].run
         try:
             results = await loop.run_in_executor(self._model_threads, run_batch, items)
         except Exception as exc:
@@ -134,9 +166,15 @@ class Batcher:
                 return
             log.exception("model call failed")
             results = [exc]
-        for (_, future, _), result in zip(batch, results):
+        for (_, future, _, finish), result in zip(batch, results):
             if future.done():  # the client went away
                 continue
+            if not isinstance(result, Exception):
+                try:
+                    result = finish(result)
+                except Exception as exc:  # a postprocess that fails fails its own request only
+                    log.exception("finishing a result failed")
+                    result = exc
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
@@ -149,17 +187,17 @@ class Batcher:
         self._model_threads.shutdown(wait=False, cancel_futures=True)
 
 
-def pipeline_steps(model: Any) -> tuple[Callable[[Any], Any], Callable[[list], list]]:
-    """How to prepare one request and run a batch of them, for the model class that conf.json loaded.
+def pipeline_steps(model: Any) -> Pipeline:
+    """How to prepare one request, run a batch of them and finish each result, for the model conf.json loaded.
 
-    A RetrainedClassificationModel (or anything with its three steps) decodes in parallel threads and runs
-    decoded tensors as one batch. A UAI-style class with only execute() gets the request objects UAI gave it
-    (`.body` holds the bytes), batched as UAI's server batched them.
+    A RetrainedClassificationModel (or anything with its three steps) decodes in parallel threads, runs decoded
+    tensors as one batch, and postprocesses each probability row. A UAI-style class with only execute() gets the
+    request objects UAI gave it (`.body` holds the bytes), batched as UAI's server batched them.
     """
     if all(callable(getattr(model, step, None)) for step in ("preprocess", "forward", "postprocess")):
-        def run_tensors(tensors: list[np.ndarray]) -> list:
-            return [model.postprocess(row) for row in model.forward(np.stack(tensors))]
-        return model.preprocess, checked(run_tensors)
+        def forward(tensors: list[np.ndarray]) -> list[np.ndarray]:
+            return list(model.forward(np.stack(tensors)))
+        return Pipeline(model.preprocess, checked(forward), lambda row: plain(model.postprocess(row)), model, True)
 
     limits = limits_of(model)
 
@@ -167,7 +205,7 @@ def pipeline_steps(model: Any) -> tuple[Callable[[Any], Any], Callable[[list], l
         decode(body, limits)  # a bad image gets its clear 4xx here, before it can fail the user's execute()
         return uai_request(body)
 
-    return as_request, checked(lambda requests: model.execute(requests, len(requests)))
+    return Pipeline(as_request, checked(lambda requests: model.execute(requests, len(requests))), plain, model, False)
 
 
 class ModelOutputError(RuntimeError):
@@ -175,14 +213,14 @@ class ModelOutputError(RuntimeError):
 
 
 def checked(run_batch: Callable[[list], Any]) -> Callable[[list], list]:
-    """run_batch, made to return one result per item: plain data (numpy scalars and arrays, as UAI code returns
-    them, become numbers and lists), or an ImageError for an item execute() answered with {"error": …}. A result
-    list of the wrong length raises ModelOutputError: answering by position would leave requests unanswered."""
+    """run_batch, made to return one output per item, or an ImageError for an item execute() answered with
+    {"error": …}. A result list of the wrong length raises ModelOutputError: answering by position would leave
+    requests unanswered. (Each output becomes plain data, numbers and lists, in the pipeline's finish step.)"""
     def run(items: list) -> list:
         results = run_batch(items)
         if not isinstance(results, (list, tuple)) or len(results) != len(items):
             count = len(results) if isinstance(results, (list, tuple)) else f"a {type(results).__name__}, not"
             raise ModelOutputError(f"the model returned {count} results for {len(items)} images")
-        return [ImageError(result["error"]) if isinstance(result, dict) and "error" in result else plain(result)
+        return [ImageError(result["error"]) if isinstance(result, dict) and "error" in result else result
                 for result in results]
     return run

@@ -19,12 +19,17 @@ MODEL_REFUSED = Counter("classifier_model_refused_total",
 MODEL_INFO = Gauge("classifier_model_info", "The serving model (value 1)",
                    ["model_dir", "version", "format", "engine", "labels"])
 
-# Our own routes are labelled by path; everything else is Gradio's (the page, its assets and its API).
+# Our own routes are labelled by path, the protocols by their prefix (a label per model name would be unbounded);
+# everything else is Gradio's (the page, its assets and its API).
 OWN_ENDPOINTS = ("/service", "/healthz", "/readyz", "/metrics", "/admin/reload")
+PROTOCOL_PREFIXES = ("/v2", "/v1")  # KServe v2, TF Serving REST
 
 
 def endpoint_of(path: str) -> str:
-    return path if path in OWN_ENDPOINTS else "gradio"
+    if path in OWN_ENDPOINTS:
+        return path
+    return next((prefix for prefix in PROTOCOL_PREFIXES if path == prefix or path.startswith(prefix + "/")),
+                "gradio")
 
 
 class MetricsMiddleware:

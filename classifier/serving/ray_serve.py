@@ -33,7 +33,7 @@ class Classifier:
 
     def __init__(self, conf_path: str, max_batch_size: int, batch_wait_ms: float):
         self.model = load(conf_path)
-        self.prepare, self.run = pipeline_steps(self.model)  # the steps app.py's batcher runs, checks included
+        self.pipeline = pipeline_steps(self.model)  # the steps app.py's batcher runs, checks included
         self.run_batch.set_max_batch_size(max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         health = Health()
@@ -57,15 +57,15 @@ class Classifier:
         return Response(body, status_code=start["status"], headers=headers)
 
     async def classify(self, item: Any) -> Any:
-        prepared = await asyncio.to_thread(self.prepare, item)  # decoding off the event loop
-        result = await self.run_batch(prepared)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        prepared = await asyncio.to_thread(self.pipeline.prepare, item)  # decoding off the event loop
+        output = await self.run_batch(prepared)
+        if isinstance(output, Exception):
+            raise output
+        return self.pipeline.finish(output)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def run_batch(self, items: list) -> list:
-        return await asyncio.to_thread(self.run, items)
+        return await asyncio.to_thread(self.pipeline.run, items)
 
 
 def build(args: dict[str, str]) -> serve.Application:

@@ -196,17 +196,19 @@ def _over_length(request: Request, limit: int) -> JSONResponse | None:
     return None
 
 
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The whole body, read as it streams in; BodyTooLarge as soon as it passes the limit (before a byte is read
+    when Content-Length says so), so nothing is buffered without bound."""
+    if _over_length(request, limit):
+        raise BodyTooLarge
+    return b"".join([chunk async for chunk in limited(request, limit).stream()])
+
+
 async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
-    """The body, read as it streams in and refused as soon as it passes the limit (no unbounded buffering)."""
-    if too_large := _over_length(request, limit):
-        return too_large
-    chunks = []
     try:
-        async for chunk in limited(request, limit).stream():
-            chunks.append(chunk)
+        body = await read_limited(request, limit)
     except BodyTooLarge:
         return error(413, f"the image is larger than the limit of {limit} bytes")
-    body = b"".join(chunks)
     if not body:
         return error(400, "the request body is empty: send the image bytes as the body")
     return body

@@ -1,0 +1,235 @@
+"""The Open Inference Protocol (KServe v2) over REST, as Triton speaks it: /v2 health, metadata and infer."""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from typing import Any, Iterator
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from .protocols import ProtocolError, Served, json_object, protocol_route, top_k_indices
+
+log = logging.getLogger(__name__)
+
+IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # encoded images (BYTES [N]); ready tensors (FP32 [N, H, W, 3])
+PROBABILITIES, LABELS = "probabilities", "labels"  # FP32 [N, classes]; the top-k label names, BYTES [N, k]
+EXTENSIONS = ["binary_tensor_data", "classification"]  # Triton's names for the two extensions spoken here
+PLATFORMS = {"frozen graph": "tensorflow_graphdef", "SavedModel": "tensorflow_savedmodel", "Keras": "keras"}
+
+
+def create_router(served: Served) -> APIRouter:
+    """The KServe v2 routes. Health needs no login (like /healthz); model metadata and infer need --auth's."""
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
+
+    @router.get("")
+    async def server_metadata() -> dict:
+        return {"name": "image-classifier", "version": "1", "extensions": EXTENSIONS}
+
+    @router.get("/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @router.get("/health/ready")
+    async def ready() -> JSONResponse:
+        return _readiness(served)
+
+    @router.get("/models/{name}/ready")
+    @router.get("/models/{name}/versions/{version}/ready")
+    @protocol_route
+    async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
+        served.check(request, name, version)
+        return _readiness(served)
+
+    @router.get("/models/{name}")
+    @router.get("/models/{name}/versions/{version}")
+    @protocol_route
+    async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
+        served.check(request, name, version)
+        return JSONResponse(metadata(served))
+
+    @router.post("/models/{name}/infer")
+    @router.post("/models/{name}/versions/{version}/infer")
+    @protocol_route
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        """One input, `image` (BYTES: encoded images, base64 in JSON, length-prefixed in binary) or `pixels`
+        (FP32 [N, H, W, 3]); outputs `probabilities` (optionally as Triton's classification strings) and
+        `labels`."""
+        served.check(request, name, version)
+        return await _infer(served, request)
+
+    return router
+
+
+def _readiness(served: Served) -> JSONResponse:
+    # The spec: 200 means ready, a 4xx means not (Triton answers 400).
+    if served.health.ready:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False, "error": f"not ready: {served.health.reason}"}, status_code=400)
+
+
+def metadata(served: Served) -> dict:
+    """The model's name, versions, platform, inputs and outputs (shapes with -1 for the batch dimension)."""
+    model = served.model
+    runtime_format = getattr(getattr(model, "runtime", None), "format", None)
+    inputs = [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    if served.input_size:
+        width, height = served.input_size
+        inputs.append({"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, height, width, 3]})
+    outputs = []
+    if served.input_size:
+        outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(served.labels)]},
+                   {"name": LABELS, "datatype": "BYTES", "shape": [-1, getattr(model, "top_k", 5)]}]
+    return {"name": served.name, "versions": [served.version],
+            "platform": PLATFORMS.get(runtime_format, "python"), "inputs": inputs, "outputs": outputs}
+
+
+async def _infer(served: Served, request: Request) -> Response:
+    body = await served.body(request)
+    header, binary = _split(body, request.headers.get("inference-header-content-length"))
+    if not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
+        raise ProtocolError(400, f"send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded images) or "
+                                 f"{TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
+    tensor = header["inputs"][0]
+    if not isinstance(tensor, dict):
+        raise ProtocolError(400, "an input must be a JSON object with name, shape, datatype and data")
+    items = _input_items(served, tensor, binary)
+    probabilities, model = await served.probabilities(items, f"input {tensor.get('name')!r}")
+    parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
+    binary_default = parameters.get("binary_data_output") is True
+    requested = header.get("outputs") or [{"name": PROBABILITIES}]
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise ProtocolError(400, "outputs must be a list of objects with a name")
+    outputs, blobs = [], []
+    for wanted in requested:
+        output, blob = _output(wanted, probabilities, model, binary_default)
+        outputs.append(output)
+        if blob is not None:
+            blobs.append(blob)
+    answer = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
+    if "id" in header:
+        answer["id"] = header["id"]
+    if not blobs:
+        return JSONResponse(answer)
+    head = json.dumps(answer).encode()
+    return Response(head + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON header and the binary part after it (the binary tensor extension), or the whole JSON body."""
+    if header_length is None:
+        head, binary = body, b""
+    elif header_length.strip().isdigit() and int(header_length) <= len(body):
+        head, binary = body[:int(header_length)], body[int(header_length):]
+    else:
+        raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} must be a byte count no larger "
+                                 f"than the body ({len(body)} bytes)")
+    return json_object(head, "the inference request"), binary
+
+
+def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | np.ndarray:
+    """The input's encoded images, or its tensors, from its JSON data or its part of the binary data."""
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    expected = {IMAGE_INPUT: "BYTES", TENSOR_INPUT: "FP32"}
+    if name not in expected:
+        raise ProtocolError(400, f"unknown input {name!r}: this model takes {IMAGE_INPUT!r} (BYTES, encoded "
+                                 f"images) or {TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
+    if datatype != expected[name]:
+        raise ProtocolError(400, f"input {name!r} must have datatype {expected[name]}, not {datatype!r}")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(400, f"input {name!r}: shape must be a list of non-negative integers, not {shape!r}")
+    parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
+    if "shared_memory_region" in parameters:
+        raise ProtocolError(400, "shared memory is not supported by this server: send the data in the request")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(binary):
+            raise ProtocolError(400, f"input {name!r}: binary_data_size {size!r} does not fit the "
+                                     f"{len(binary)} bytes after the JSON header")
+        raw = binary[:size]
+    elif "data" not in tensor:
+        raise ProtocolError(400, f"input {name!r} has neither data nor binary_data_size")
+    count = int(np.prod(shape))
+    if name == TENSOR_INPUT:
+        values = np.frombuffer(raw, "<f4") if size is not None else tensor["data"]
+        try:
+            array = np.asarray(values, dtype=np.float32).reshape(shape)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(400, f"input {name!r}: the data does not fill the shape {shape}: {exc}") from None
+        return served.tensors(array, f"input {name!r}")
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise ProtocolError(400, f"input {name!r}: one encoded image per element, shape [N] or [N, 1], not {shape}")
+    if size is not None:
+        images = _length_prefixed(raw, name, served.limits.max_bytes)
+    else:
+        data = tensor["data"]
+        elements = list(_flatten(data)) if isinstance(data, list) else [data]
+        images = [served.image(element, f"input {name!r} element {index}") for index, element in enumerate(elements)]
+    if len(images) != count:
+        raise ProtocolError(400, f"input {name!r}: the shape {shape} holds {count} images but the data has "
+                                 f"{len(images)}")
+    return images
+
+
+def _flatten(data: list) -> Iterator[Any]:
+    """The elements of nested JSON lists, row-major (the spec allows the data flat or nested)."""
+    for element in data:
+        if isinstance(element, list):
+            yield from _flatten(element)
+        else:
+            yield element
+
+
+def _length_prefixed(raw: bytes, name: str, max_bytes: int) -> list[bytes]:
+    """Triton's binary BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    images, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError(400, f"input {name!r}: the binary data ends inside an element's length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        if length > max_bytes:
+            raise ProtocolError(413, f"input {name!r} element {len(images)}: the image is larger than the limit "
+                                     f"of {max_bytes} bytes")
+        if offset + 4 + length > len(raw):
+            raise ProtocolError(400, f"input {name!r}: element {len(images)} is cut short")
+        images.append(raw[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return images
+
+
+def _output(wanted: dict, probabilities: np.ndarray, model: Any, binary_default: bool) -> tuple[dict, bytes | None]:
+    """One requested output as JSON data, or as binary data (its bytes are returned to follow the header)."""
+    name = wanted.get("name")
+    parameters = wanted.get("parameters") if isinstance(wanted.get("parameters"), dict) else {}
+    if "shared_memory_region" in parameters:
+        raise ProtocolError(400, "shared memory is not supported by this server")
+    labels = list(model.labels)
+    classes = parameters.get("classification")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ProtocolError(400, f"output {name!r}: classification must be a count ≥ 1, not {classes!r}")
+    if name == PROBABILITIES and classes is None:
+        datatype, values = "FP32", probabilities
+    elif name == PROBABILITIES:  # Triton's classification extension: "probability:index:label", best first
+        datatype = "BYTES"
+        values = np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in top_k_indices(row, classes)]
+                           for row in probabilities], dtype=object)
+    elif name == LABELS:
+        datatype = "BYTES"
+        k = classes or getattr(model, "top_k", 5)
+        values = np.array([[labels[i] for i in top_k_indices(row, k)] for row in probabilities], dtype=object)
+    else:
+        raise ProtocolError(400, f"unknown output {name!r}: this model gives {PROBABILITIES!r} and {LABELS!r}")
+    output = {"name": name, "datatype": datatype, "shape": list(values.shape)}
+    if not parameters.get("binary_data", binary_default):
+        output["data"] = values.ravel().tolist()
+        return output, None
+    if datatype == "FP32":
+        blob = values.astype("<f4").tobytes()
+    else:
+        encoded = [str(value).encode() for value in values.ravel()]
+        blob = b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+    output["parameters"] = {"binary_data_size": len(blob)}
+    return output, blob

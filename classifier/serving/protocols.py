@@ -1,0 +1,185 @@
+"""What the KServe v2 and TF Serving routes share: which model and version they serve, their bodies, their errors."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import functools
+import zlib
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from ..conf import ArchJsonConfLoader
+from ..images import Limits
+from .batching import Batcher, Scores
+from .service import BodyTooLarge, basic_auth_ok, error, error_for, read_limited
+
+MAX_IMAGES = 32  # images (or tensors) in one protocol request, as in one multipart /service request
+MIN_BODY_LIMIT = 64 * 1024 * 1024  # a JSON body is held in memory whole: 32 base64 photos or 32 float tensors
+
+
+class ProtocolError(Exception):
+    """A request the protocol refuses: the status and the message of the protocol's {"error": …} answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Served:
+    """The model behind the protocol routes, as their clients name it: one name (conf's model_name) and the
+    version folder that serves (hot reload changes it; a model folder without versions is version 1)."""
+
+    def __init__(self, batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None, health: Any):
+        self.batcher, self.limits, self.credentials, self.health = batcher, limits, credentials, health
+        self.body_limit = max(MIN_BODY_LIMIT, 2 * limits.max_bytes)
+
+    @property
+    def model(self) -> Any:
+        return self.batcher.model
+
+    @property
+    def name(self) -> str:
+        return ArchJsonConfLoader(self.model.conf).get_model_name()
+
+    @property
+    def version(self) -> str:
+        return str(getattr(self.model, "version", None) or 1)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(getattr(self.model, "labels", []))
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(width, height) of the model's input tensor, or None for a UAI-style class that takes encoded images."""
+        return getattr(self.model, "input_size", None) if hasattr(self.model, "forward") else None
+
+    def check(self, request: Request, name: str, version: str | None) -> None:
+        """Raises the ProtocolError for a request without the login, or for another model or version."""
+        if not basic_auth_ok(request, self.credentials):
+            raise ProtocolError(401, "authentication required")
+        if name != self.name:
+            raise ProtocolError(404, f"unknown model {name!r}: this server serves {self.name!r}")
+        if version not in (None, "", self.version):
+            raise ProtocolError(404, f"version {version} of {name!r} is not served; version {self.version} is "
+                                     "(the highest version folder)")
+
+    async def body(self, request: Request) -> bytes:
+        """The whole body, refused (413) past the limit, decompressed when it says gzip or deflate."""
+        try:
+            body = await read_limited(request, self.body_limit)
+        except BodyTooLarge:
+            raise ProtocolError(413, f"the request body is larger than the limit of {self.body_limit} bytes") from None
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "deflate"):
+            body = self._decompress(body, encoding)
+        elif encoding != "identity":
+            raise ProtocolError(415, f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none")
+        if not body:
+            raise ProtocolError(400, "the request body is empty")
+        return body
+
+    def _decompress(self, body: bytes, encoding: str) -> bytes:
+        # Bounded: a few kilobytes of gzip can inflate to gigabytes.
+        inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            data = inflater.decompress(body, self.body_limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(400, f"the {encoding} body cannot be decompressed: {exc}") from None
+        if len(data) > self.body_limit or inflater.unconsumed_tail:
+            raise ProtocolError(413, f"the decompressed body is larger than the limit of {self.body_limit} bytes")
+        return data
+
+    def image(self, encoded: Any, where: str) -> bytes:
+        """An image sent as base64 text (JSON has no bytes), checked against the size limit."""
+        if not isinstance(encoded, str):
+            raise ProtocolError(400, f"{where}: an image must be a base64 string, not {type(encoded).__name__}")
+        if len(encoded) * 3 // 4 > self.limits.max_bytes + 3:
+            raise ProtocolError(413, f"{where}: the image is larger than the limit of {self.limits.max_bytes} bytes")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError(400, f"{where}: not valid base64; send the image's bytes base64-encoded") from None
+
+    def tensors(self, values: Any, where: str) -> np.ndarray:
+        """Ready model inputs, float32 [N, H, W, 3] RGB in [0, 1] as the model's preprocess makes them."""
+        if self.input_size is None:
+            raise ProtocolError(400, f"{where}: the serving model takes encoded images only, not tensors")
+        width, height = self.input_size
+        try:
+            array = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(400, f"{where}: not a tensor of numbers: {exc}") from None
+        if array.ndim != 4 or array.shape[1:] != (height, width, 3):
+            raise ProtocolError(400, f"{where}: the shape must be [N, {height}, {width}, 3] (RGB in [0, 1]), "
+                                     f"not {list(array.shape)}")
+        if not np.isfinite(array).all():
+            raise ProtocolError(400, f"{where}: the tensor holds NaN or infinite values")
+        return array
+
+    async def probabilities(self, items: list[bytes] | np.ndarray, where: str) -> tuple[np.ndarray, Any]:
+        """Probability rows [N, classes] for encoded images or ready tensors, through the shared batcher (each
+        item joins the batches of every other request), and the model that gave them."""
+        count = len(items)
+        if count == 0:
+            raise ProtocolError(400, f"{where}: no images")
+        if count > MAX_IMAGES:
+            raise ProtocolError(400, f"{where}: {count} images; at most {MAX_IMAGES} per request")
+        prepared = isinstance(items, np.ndarray)
+        results = await asyncio.gather(*(self.batcher.classify(item, probabilities=True, prepared=prepared)
+                                         for item in items), return_exceptions=True)
+        for number, result in enumerate(results):
+            if isinstance(result, Exception):  # the first bad image decides the status
+                answer = error_for(result, subject=f"{where} image {number}")
+                raise ProtocolError(answer.status_code, json.loads(answer.body)["error"])
+        models = {id(result.model) for result in results}
+        if len(models) > 1:
+            raise ProtocolError(503, "the model was replaced while this request ran; send it again")
+        scores: list[Scores] = results
+        return np.stack([s.probabilities for s in scores]).astype(np.float32), scores[0].model
+
+
+def json_object(text: bytes, what: str) -> dict:
+    """The body's JSON object, or the 400 that says what is wrong with it."""
+    try:
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(400, f"{what} must be a JSON object")
+    return value
+
+
+def protocol_error(exc: ProtocolError) -> JSONResponse:
+    """Both protocols answer errors as {"error": message} with the HTTP status (KServe v2 and TF Serving alike)."""
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="classifier"'
+    if exc.status == 503:
+        headers["Retry-After"] = "1"
+    return error(exc.status, str(exc), **headers)
+
+
+def protocol_route(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The handler, answering a ProtocolError in the protocols' format and anything unexpected with a JSON 500
+    (the traceback goes to the log, never to the client)."""
+    @functools.wraps(handler)  # FastAPI reads the handler's parameters through __wrapped__
+    async def answer(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except ProtocolError as exc:
+            return protocol_error(exc)
+        except Exception as exc:
+            return error_for(exc)
+    return answer
+
+
+def top_k_indices(row: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k highest probabilities, highest first (ties: the lower index first)."""
+    return np.argsort(-row, kind="stable")[:k]
+

@@ -1,0 +1,159 @@
+"""TensorFlow Serving's REST API: /v1/models/{name} status and metadata, :predict (rows or columns) and :classify."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from .protocols import ProtocolError, Served, json_object, protocol_route, top_k_indices
+
+IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a float [H, W, 3] RGB in [0, 1]
+PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
+# POST /v1/models/{name}[/versions/{v}]:{verb}; TF Serving's /labels/{label} form has no meaning here.
+_TARGET = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?:(?P<verb>\w+)")
+
+
+def create_router(served: Served) -> APIRouter:
+    """The TF Serving REST routes; all need --auth's login when it is set (TF Serving has no health probe)."""
+    router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST API"])
+
+    @router.get("/{name}")
+    @router.get("/{name}/versions/{version}")
+    @protocol_route
+    async def status(request: Request, name: str, version: str | None = None) -> JSONResponse:
+        """The version that serves, as TF Serving reports it (LOADING until the warm-up has gone through)."""
+        served.check(request, name, version)
+        state = "AVAILABLE" if served.health.ready else "LOADING"
+        return JSONResponse({"model_version_status": [
+            {"version": served.version, "state": state, "status": {"error_code": "OK", "error_message": ""}}]})
+
+    @router.get("/{name}/metadata")
+    @router.get("/{name}/versions/{version}/metadata")
+    @protocol_route
+    async def metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
+        served.check(request, name, version)
+        return JSONResponse({"model_spec": {"name": served.name, "signature_name": "", "version": served.version},
+                             "metadata": {"signature_def": {"signature_def": signatures(served)}}})
+
+    @router.post("/{target:path}")
+    @protocol_route
+    async def run(request: Request, target: str) -> JSONResponse:
+        """`:predict` → the probabilities of each instance; `:classify` → each example's top-k [label, score]."""
+        match = _TARGET.fullmatch(target)
+        if not match or match["verb"] not in ("predict", "classify"):
+            raise ProtocolError(404, f"no such method: POST /v1/models/{target}; use "
+                                     "/v1/models/{name}[/versions/{v}]:predict or :classify")
+        served.check(request, match["name"], match["version"])
+        body = json_object(await served.body(request), "the request")
+        if match["verb"] == "predict":
+            return await _predict(served, body)
+        return await _classify(served, body)
+
+    return router
+
+
+def signatures(served: Served) -> dict:
+    """serving_default (predict: an image or a tensor → probabilities) and classification (classify: an image →
+    the top-k classes and scores), as TF Serving's metadata describes signatures."""
+    k = getattr(served.model, "top_k", 5)
+    predict_inputs = {IMAGE_INPUT: _tensor_info("DT_STRING", [-1])}
+    if served.input_size:
+        width, height = served.input_size
+        predict_inputs[TENSOR_INPUT] = _tensor_info("DT_FLOAT", [-1, height, width, 3])
+    return {
+        PREDICT_SIGNATURE: {"inputs": predict_inputs,
+                            "outputs": {"probabilities": _tensor_info("DT_FLOAT", [-1, len(served.labels)])},
+                            "method_name": "tensorflow/serving/predict"},
+        CLASSIFY_SIGNATURE: {"inputs": {IMAGE_INPUT: _tensor_info("DT_STRING", [-1])},
+                             "outputs": {"classes": _tensor_info("DT_STRING", [-1, k]),
+                                         "scores": _tensor_info("DT_FLOAT", [-1, k])},
+                             "method_name": "tensorflow/serving/classify"}}
+
+
+def _tensor_info(dtype: str, shape: list[int]) -> dict:
+    return {"dtype": dtype, "name": "",
+            "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in shape], "unknown_rank": False}}
+
+
+async def _predict(served: Served, request: dict) -> JSONResponse:
+    """Row format ({"instances": [...]}) → {"predictions": [...]}; columnar ({"inputs": ...}) → {"outputs": ...}.
+    The one output, probabilities, is given bare (TF Serving names outputs only when there are several)."""
+    signature = request.get("signature_name", PREDICT_SIGNATURE)
+    if signature != PREDICT_SIGNATURE:
+        raise ProtocolError(400, f"signature {signature!r} has no predict method; :predict serves "
+                                 f"{PREDICT_SIGNATURE!r} (and :classify serves {CLASSIFY_SIGNATURE!r})")
+    if ("instances" in request) == ("inputs" in request):
+        raise ProtocolError(400, 'send either "instances" (row format) or "inputs" (columnar format), not both '
+                                 "or neither")
+    if "instances" in request:
+        items = _rows(served, request["instances"])
+    else:
+        items = _columns(served, request["inputs"])
+    probabilities, _ = await served.probabilities(items, "the request's")
+    key = "predictions" if "instances" in request else "outputs"
+    return JSONResponse({key: probabilities.tolist()})
+
+
+async def _classify(served: Served, request: dict) -> JSONResponse:
+    """{"examples": [{"image": {"b64": …}}, …]} → {"results": [[[label, score], …], …]}, top-k, best first."""
+    signature = request.get("signature_name", CLASSIFY_SIGNATURE)
+    if signature not in (CLASSIFY_SIGNATURE, PREDICT_SIGNATURE):
+        raise ProtocolError(400, f"signature {signature!r} not found; :classify serves {CLASSIFY_SIGNATURE!r}")
+    examples = request.get("examples")
+    if not isinstance(examples, list):
+        raise ProtocolError(400, 'send "examples": a list of {"image": {"b64": "<base64 image>"}} objects')
+    context = request.get("context") if isinstance(request.get("context"), dict) else {}
+    images = []
+    for number, example in enumerate(examples):
+        features = {**context, **example} if isinstance(example, dict) else None
+        if not features or IMAGE_INPUT not in features:
+            raise ProtocolError(400, f'example {number}: expected {{"{IMAGE_INPUT}": {{"b64": "<base64 image>"}}}}')
+        images.append(_b64(served, features[IMAGE_INPUT], f"example {number}"))
+    probabilities, model = await served.probabilities(images, "the request's")
+    k = getattr(model, "top_k", 5)
+    return JSONResponse({"results": [[[model.labels[i], float(row[i])] for i in top_k_indices(row, k)]
+                                     for row in probabilities]})
+
+
+def _rows(served: Served, instances: Any) -> list[bytes] | np.ndarray:
+    """Each instance is one image ({"b64": …}), one tensor ([H][W][3]), or an object naming its input."""
+    if not isinstance(instances, list) or not instances:
+        raise ProtocolError(400, '"instances" must be a non-empty list')
+    named = [instance[IMAGE_INPUT] if _names(instance, IMAGE_INPUT) else
+             instance[TENSOR_INPUT] if _names(instance, TENSOR_INPUT) else instance for instance in instances]
+    if all(_is_b64(value) for value in named):
+        return [_b64(served, value, f"instance {number}") for number, value in enumerate(named)]
+    if all(isinstance(value, list) for value in named):
+        return served.tensors(named, '"instances"')
+    raise ProtocolError(400, 'every instance must be an image ({"b64": "<base64 image>"}) or every one a float '
+                             f'tensor [H][W][3]; an object may name its input, "{IMAGE_INPUT}" or "{TENSOR_INPUT}"')
+
+
+def _columns(served: Served, inputs: Any) -> list[bytes] | np.ndarray:
+    """The batch as one value: a list of {"b64": …}, a float tensor [N][H][W][3], or an object naming its input."""
+    if isinstance(inputs, dict) and len(inputs) == 1 and (IMAGE_INPUT in inputs or TENSOR_INPUT in inputs):
+        inputs = next(iter(inputs.values()))
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError(400, '"inputs" must hold a non-empty list: of {"b64": …} images, or a float tensor '
+                                 "[N][H][W][3]")
+    if all(_is_b64(value) for value in inputs):
+        return [_b64(served, value, f"input {number}") for number, value in enumerate(inputs)]
+    return served.tensors(inputs, '"inputs"')
+
+
+def _names(instance: Any, key: str) -> bool:
+    return isinstance(instance, dict) and set(instance) == {key}
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
+def _b64(served: Served, value: Any, where: str) -> bytes:
+    """TF Serving's JSON for bytes: {"b64": "<base64>"}."""
+    if not _is_b64(value):
+        raise ProtocolError(400, f'{where}: an image must be sent as {{"b64": "<base64 image>"}}')
+    return served.image(value["b64"], where)
