@@ -1,4 +1,4 @@
-"""One server for the classifier: the Gradio page at /, POST|PUT /service, /v2 and /v1 protocols. Run: python app.py."""
+"""One server for the classifier: the Gradio page at /, POST /service and /explain, /v2 and /v1. Run: python app.py."""
 from __future__ import annotations
 
 import os
@@ -33,12 +33,12 @@ import classifier
 from classifier.images import limits_of
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
-from classifier.serving import open_inference, tf_serving
+from classifier.serving import explanations, open_inference, tf_serving
 from classifier.serving.connections import with_read_timeout
 from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
 from classifier.serving.service import Health, create_app
-from classifier.serving.ui import build_demo, delete_old_uploads
+from classifier.serving.ui import CSS, build_demo, delete_old_uploads
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
@@ -156,7 +156,9 @@ metrics.QUEUE_DEPTH.set_function(lambda: batcher.pending)
 reloader = Reloader(args.conf, batcher, EXAMPLES[0])
 health = Health()
 training_off = why_training_is_off(args, credentials)
-demo = build_demo(model, batcher, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint, training_off)
+explainer = explanations.Explainer(batcher)
+demo = build_demo(model, batcher, explainer, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint,
+                  training_off)
 demo.queue(max_size=batcher.conf.max_queue)
 
 
@@ -192,10 +194,11 @@ app = create_app(batcher, limits, health, credentials, reloader, lifespan=lifesp
 served = Served(batcher, limits, credentials, health)
 app.include_router(open_inference.create_router(served))
 app.include_router(tf_serving.create_router(served))
+app.include_router(explanations.create_router(explainer, limits, credentials))
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed. Its upload limit is
 # the image limit, unless the Train tab is on: then it must admit a .zip of photos.
 upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
-app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit)
+app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS)
 # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only once
 # the Blocks "has launched"; launch() sets that, mount_gradio_app does not, so any {"path": "/etc/…"} was
 # accepted. Set it as Gradio's own reload mode does for a mounted app (utils.SourceFileReloader.swap_blocks).

@@ -5,7 +5,8 @@ b. decode + preprocess per photo of tests/photos;
 c. POST /service end to end on a real server (loopback), real JPEGs, concurrency 1, 4, 16, 64
    (and concurrency 1 with batching off, for the no-added-latency check);
 d. Gradio's API through gradio_client, concurrency 1 and 8;
-e. the naive baseline (bench/naive_app.py: Keras model.predict per request) driven like c.
+e. the naive baseline (bench/naive_app.py: Keras model.predict per request) driven like c;
+f. POST /explain on a 224×224 photo, one at a time (the heatmap's cost; bench/explain.py compares the methods).
 Writes bench/results/latest.json and prints a Markdown table.
 """
 from __future__ import annotations
@@ -80,6 +81,25 @@ def decode_times(repeats: int) -> dict:
     return times
 
 
+def explain_times(url: str, repeats: int) -> dict:
+    """Seconds per POST /explain of a 224×224 JPEG (the cat photo, resized), median and worst of `repeats`."""
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(PHOTOS / "cat.jpeg").convert("RGB").resize((224, 224)).save(buffer, "JPEG", quality=90)
+    samples = []
+    for _ in range(repeats + 1):  # the first one warms up
+        started = time.perf_counter()
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/explain", data=buffer.getvalue()), timeout=60) as r:
+            r.read()
+        samples.append(time.perf_counter() - started)
+    return {"median_s": round(statistics.median(samples[1:]), 3), "max_s": round(max(samples[1:]), 3),
+            "requests": repeats}
+
+
 def merge(runs: list) -> dict:
     """One summary for several runs of the same kind."""
     from bench.load import Stats
@@ -146,6 +166,8 @@ def main() -> int:
         print("d. Gradio API …", file=sys.stderr)
         report["gradio"] = {f"c{c}": drive_gradio(server.url, JPEGS, c, 20 if quick else 200).summary()
                             for c in (1, 8)}
+        print("f. /explain …", file=sys.stderr)
+        report["explain"] = explain_times(server.url, 5 if quick else 20)
     finally:
         server.stop()
         unbatched.stop()
@@ -193,6 +215,8 @@ def markdown(r: dict) -> str:
         f"Memory: server RSS {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
         f"requests (peak {m['rss_peak_mb']} MB; statuses {m['statuses']}). "
         f"Naive app peak RSS {r['naive']['peak_rss_mb']} MB.",
+        f"POST /explain of a 224×224 photo, one at a time: median {r['explain']['median_s']} s, worst "
+        f"{r['explain']['max_s']} s over {r['explain']['requests']} requests.",
         f"Targets: /service c16 = {t['c16_over_ceiling']:.0%} of the ceiling, {t['c16_over_naive']}× the naive "
         f"baseline; c1 p99/p50 = {t['c1_p99_over_p50']}; c1 p50 with/without batching = "
         f"{t['c1_p50_over_unbatched_p50']}.",

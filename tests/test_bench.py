@@ -20,3 +20,4 @@ def test_quick_benchmark_runs(tmp_path):
         assert result["service"][level]["statuses"] == {"200": result["service"][level]["requests"]}
     assert result["memory"]["statuses"] == {"200": result["memory"]["requests"]}
     assert "| POST /service | 16 |" in run.stdout
+    assert 0 < result["explain"]["median_s"] <= result["explain"]["max_s"] and "POST /explain" in run.stdout

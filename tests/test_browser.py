@@ -35,9 +35,16 @@ def open_page(page, server) -> None:
 
 
 def classify_and_read(page) -> str:
-    page.get_by_role("button", name="Submit").click()
+    """No click: a photo is classified as soon as it arrives (there is no Submit button to press)."""
+    assert page.get_by_role("button", name="Submit").count() == 0
     page.wait_for_selector(TOP_LABEL, timeout=60_000)
     return page.inner_text(TOP_LABEL).strip()
+
+
+def choose_file(page, selector: str, paths: list) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.click(selector)
+    chooser.value.set_files([str(p) for p in paths])
 
 
 def test_drag_and_drop_a_photo_then_flag_it(page, server, flagging_dir):
@@ -78,10 +85,97 @@ def test_drag_and_drop_a_photo_then_flag_it(page, server, flagging_dir):
 
 def test_upload_through_the_file_chooser(page, server):
     open_page(page, server)
-    with page.expect_file_chooser() as chooser:
-        page.click(DROP_ZONE)
-    chooser.value.set_files(str(PHOTOS / "coffee.png"))
+    choose_file(page, DROP_ZONE, [PHOTOS / "coffee.png"])
     page.wait_for_selector('[data-testid="image"] img', timeout=30_000)
     assert classify_and_read(page) in COFFEE_LABELS
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "file-chooser.png"), full_page=True)
+
+
+def test_an_example_click_classifies_and_the_heatmap_shows_why(page, server):
+    open_page(page, server)
+    page.locator("button.gallery-item:visible").first.click()  # an example photo
+    assert classify_and_read(page)
+    assert not page.locator("#heatmap").is_visible()  # off until asked: nothing computed
+    open_page(page, server)
+    choose_file(page, DROP_ZONE, [PHOTOS / "cat.jpeg"])
+    page.wait_for_function("(labels) => labels.includes(document.querySelector('%s')?.innerText.trim())"
+                           % TOP_LABEL, arg=sorted(CAT_LABELS), timeout=60_000)
+    page.get_by_label("Show why (heatmap)").check()
+    page.wait_for_selector("#heatmap img", timeout=60_000)
+    first = page.get_attribute("#heatmap img", "src")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "heatmap.png"), full_page=True)
+    # Another of the top labels: its own heatmap.
+    page.get_by_label("Explain label").click()
+    page.get_by_role("option").nth(1).click()
+    page.wait_for_function("(first) => document.querySelector('#heatmap img')?.src !== first", arg=first,
+                           timeout=60_000)
+
+
+def test_the_batch_tab_classifies_many_photos_into_a_csv(page, server):
+    import csv
+    import io
+
+    import requests
+
+    open_page(page, server)
+    page.get_by_role("tab", name="Batch").click()
+    names = ["cat.jpeg", "coffee.png", "rocket.jpg", "chelsea.png"]
+    choose_file(page, "#batch-files button[aria-label=\"Click to upload or drop files\"]", [PHOTOS / n for n in names])
+    page.wait_for_selector("#batch-csv a[href]", timeout=120_000)
+    assert page.locator("#batch-gallery img").count() == len(names)
+    href = page.get_attribute("#batch-csv a[href]", "href")
+    rows = list(csv.DictReader(io.StringIO(requests.get(requests.compat.urljoin(server.url + "/", href),
+                                                        timeout=30).text)))
+    assert [row["file"] for row in rows] == names  # one row per photo
+    for row in rows:
+        service = requests.post(f"{server.url}/service", data=(PHOTOS / row["file"]).read_bytes(), timeout=60).json()
+        assert row["label_1"] == service[0][0]
+    page.get_by_label("least confident first").check()
+    lowest = min(rows, key=lambda row: float(row["probability_1"]))["file"]
+    first_caption = "document.querySelector('#batch-gallery').innerText.split('\\n').find(l => l.includes(': '))"
+    page.wait_for_function(f"(name) => {first_caption}?.startsWith(name)", arg=lowest, timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "batch.png"), full_page=True)
+
+
+def test_the_train_tab_shows_its_pictures_whole_at_desktop_and_phone_widths(page, tmp_path):
+    """Trained from the page: the confusion matrix and the curve fit their boxes whole (not cropped or zoomed, and
+    not under the box's label and buttons), and the summary wraps inside its panel, at 1280 px and at 390 px."""
+    from conftest import Server
+    from test_train_tab import make_zip
+
+    archive = make_zip(tmp_path / "photos.zip", {"reddish": (210, 40, 40), "bluish": (40, 40, 210)})
+    running = Server("--train-dir", str(tmp_path / "trained"), "--flagging-dir", str(tmp_path / "flagged"))
+    try:
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        open_page(page, running)
+        page.get_by_role("tab", name="Train").click()
+        choose_file(page, '#train-zip button[aria-label="Click to upload or drop files"]', [archive])
+        page.get_by_label("number input for Training steps").fill("200")
+        page.get_by_role("button", name="Train", exact=True).click()
+        page.wait_for_selector("#train-curve img", timeout=240_000)
+        for width in (1280, 390):
+            page.set_viewport_size({"width": width, "height": 1000})
+            page.wait_for_timeout(500)
+            for picture in ("#train-matrix", "#train-curve"):
+                box = page.evaluate("""(id) => {
+                    const img = document.querySelector(id + ' img'), block = document.querySelector(id);
+                    const i = img.getBoundingClientRect(), b = block.getBoundingClientRect();
+                    const covers = [...block.querySelectorAll('label, button')].filter(e => !e.contains(img))
+                        .map(e => e.getBoundingClientRect());
+                    return {natural: img.naturalWidth / img.naturalHeight, shown: i.width / i.height,
+                            inside: i.top >= b.top - 1 && i.bottom <= b.bottom + 1 && i.left >= b.left - 1
+                                    && i.right <= b.right + 1,
+                            uncovered: covers.every(c => c.bottom <= i.top + 1 || c.top >= i.bottom - 1)};
+                }""", picture)
+                assert box["inside"] and box["uncovered"] and box["shown"] == pytest.approx(box["natural"], rel=0.03), (width, picture, box)
+            summary = page.evaluate("""() => { const pre = document.querySelector('#train-report pre');
+                return pre.scrollWidth <= pre.clientWidth + 1; }""")
+            assert summary, f"the summary runs past its panel at {width} px"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"train-{width}.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        running.stop()

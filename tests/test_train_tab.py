@@ -54,6 +54,15 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
     assert status == 200 and after[0][0] == "reddish" and len(after) == 2
     label = client.predict(handle_file(str(red)), api_name="/classify")
     assert label["label"] == "reddish"
+    # Why, for the retrained model too: a red square on the left of a blue photo, explained as "reddish".
+    half = solid("blue", (224, 224))
+    half.paste(solid("red", (112, 224)), (0, 0))
+    half.save(tmp_path / "half.png")
+    status, why, _ = curl("--data-binary", f"@{tmp_path / 'half.png'}", f"{training_server.url}/explain?label=reddish")
+    assert status == 200 and why["label"] == "reddish"
+    grid = [[max(cell, 0) for cell in row] for row in why["grid"]]
+    half = len(grid[0]) // 2
+    assert sum(sum(row[:half]) for row in grid) > sum(sum(row[half:]) for row in grid)
 
 
 def write_flagged(folder, classes: dict[str, tuple[int, int, int]], count: int = 12) -> None:

@@ -80,23 +80,36 @@ class Batcher:
         """Requests admitted and not yet answered by the model."""
         return self._decoding + (self._queue.qsize() if self._queue else 0) + (self._held is not None)
 
-    async def _classify(self, item: Any, probabilities: bool, prepared: bool) -> Any:
+    def _admit(self) -> None:
         if self.pending >= self.conf.max_queue:
             metrics.CLASSIFICATIONS.labels("Overloaded").inc()
             raise Overloaded(f"the server is busy ({self.pending} requests waiting); retry shortly")
-        loop = asyncio.get_running_loop()
+
+    async def prepare(self, item: Any) -> Any:
+        """The serving model's input tensor for one image, decoded in the pool: for callers that send it, or
+        variations of it, back through classify(prepared=True) (the explanations). Raises ImageError, Overloaded,
+        or NoProbabilities for a model class with only execute()."""
+        self._admit()
         pipeline = self._pipeline
-        if (probabilities or prepared) and not pipeline.gives_probabilities:
-            raise NoProbabilities(f"the serving model ({type(pipeline.model).__name__}) has only execute(): it takes "
-                                  "encoded images and returns its own results, not probabilities")
+        _needs_probabilities(pipeline)
+        return await self._prepare(pipeline, item)
+
+    async def _prepare(self, pipeline: Pipeline, item: Any) -> Any:
+        self._decoding += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, pipeline.prepare, item)
+        finally:
+            self._decoding -= 1
+
+    async def _classify(self, item: Any, probabilities: bool, prepared: bool) -> Any:
+        self._admit()
+        pipeline = self._pipeline
+        if probabilities or prepared:
+            _needs_probabilities(pipeline)
         if not prepared:
-            self._decoding += 1
-            try:
-                item = await loop.run_in_executor(self._decoder, pipeline.prepare, item)
-            finally:
-                self._decoding -= 1
+            item = await self._prepare(pipeline, item)
         finish = (lambda row: Scores(row, pipeline.model)) if probabilities else pipeline.finish
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         self._start()
         self._queue.put_nowait((item, future, pipeline, finish))
         return await future
@@ -185,6 +198,12 @@ class Batcher:
             self._worker.cancel()
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self._model_threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _needs_probabilities(pipeline: Pipeline) -> None:
+    if not pipeline.gives_probabilities:
+        raise NoProbabilities(f"the serving model ({type(pipeline.model).__name__}) has only execute(): it takes "
+                              "encoded images and returns its own results, not probabilities")
 
 
 def pipeline_steps(model: Any) -> Pipeline:

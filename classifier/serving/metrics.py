@@ -21,7 +21,7 @@ MODEL_INFO = Gauge("classifier_model_info", "The serving model (value 1)",
 
 # Our own routes are labelled by path, the protocols by their prefix (a label per model name would be unbounded);
 # everything else is Gradio's (the page, its assets and its API).
-OWN_ENDPOINTS = ("/service", "/healthz", "/readyz", "/metrics", "/admin/reload")
+OWN_ENDPOINTS = ("/service", "/explain", "/healthz", "/readyz", "/metrics", "/admin/reload")
 PROTOCOL_PREFIXES = ("/v2", "/v1")  # KServe v2, TF Serving REST
 
 

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
 from .. import describe
+from ..explain import LabelError
 from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
 from . import metrics
 from .batching import Batcher, Overloaded
@@ -24,7 +25,7 @@ MAX_FILES = 32  # files in one multipart request
 RETRY_AFTER_SECONDS = 1
 
 _STATUS = [(ImageTooLarge, 413), (UnsupportedFormat, 415), (EmptyImage, 400), (CorruptImage, 400),
-           (ImageError, 400), (Overloaded, 503)]
+           (ImageError, 400), (LabelError, 400), (Overloaded, 503)]
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -89,7 +90,7 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             return refused
         if media_type(request) == "multipart/form-data":
             return await _multipart(request)
-        body = await _read_body(request, limits.max_bytes)
+        body = await read_image_body(request, limits.max_bytes)
         if isinstance(body, JSONResponse):
             return body
         try:
@@ -204,7 +205,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join([chunk async for chunk in limited(request, limit).stream()])
 
 
-async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+async def read_image_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """One image as the raw body, or the JSON error (413 past the limit, 400 when empty) to answer with."""
     try:
         body = await read_limited(request, limit)
     except BodyTooLarge:

@@ -1,0 +1,70 @@
+"""Explanations served: the masked copies go through the shared batcher; POST /explain answers with JSON."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from ..explain import Explanation, heat, hidden, hiding_masks, label_index, stand_in
+from ..images import Limits, decode
+from .batching import Batcher, Overloaded
+from .service import basic_auth_ok, error, error_for, json_response, read_image_body
+
+# Explanations at once: each holds up to CHUNKS_IN_FLIGHT × max_batch_size copies of the photo (600 KB each at
+# 224²) and 100 model inputs' worth of the engine; more wait their turn instead of crowding out /service.
+EXPLANATIONS_AT_ONCE = 2
+CHUNKS_IN_FLIGHT = 2  # two batches of copies in the batcher keep both of its model calls busy
+
+
+class Explainer:
+    """Explains one image for one label with the serving model, through the batcher (the copies share batches
+    with every other request, and a hot swap between them is noticed)."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher = batcher
+        self._turns = asyncio.Semaphore(EXPLANATIONS_AT_ONCE)
+
+    async def explain(self, item: Any, label: str | None = None) -> Explanation:
+        async with self._turns:
+            tensor = await self.batcher.prepare(item)
+            masks = hiding_masks()
+            hiding = stand_in(tensor)
+            chunk = CHUNKS_IN_FLIGHT * self.batcher.conf.max_batch_size
+            scores = []
+            for start in range(0, len(masks), chunk):  # the photo itself goes with the first chunk
+                copies = [*([tensor] if start == 0 else []),
+                          *await asyncio.to_thread(hidden, tensor, masks[start:start + chunk], hiding)]
+                scores += await asyncio.gather(*(self.batcher.classify(copy, probabilities=True, prepared=True)
+                                                 for copy in copies))
+        model = scores[0].model
+        if any(score.model is not model for score in scores):
+            raise Overloaded("the model was replaced during the explanation; send it again")
+        whole, masked = scores[0].probabilities, np.stack([score.probabilities for score in scores[1:]])
+        index = label_index(list(model.labels), label, whole)
+        return Explanation(model.labels[index], float(whole[index]), heat(whole, masked, masks, index))
+
+
+def create_router(explainer: Explainer, limits: Limits, credentials: tuple[str, str] | None = None) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/explain")
+    async def explain(request: Request, label: str | None = None) -> Any:
+        """A raw image body (as /service) → {label, probability, grid, overlay_png}; ?label= picks the label
+        (default: the top one)."""
+        if not basic_auth_ok(request, credentials):
+            return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+        body = await read_image_body(request, limits.max_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            explanation = await explainer.explain(body, label)
+            photo: Image.Image = await asyncio.to_thread(decode, body, limits)
+            return json_response(await asyncio.to_thread(explanation.as_json, photo))
+        except Exception as exc:
+            return error_for(exc)
+
+    return router

@@ -1,0 +1,41 @@
+"""The Gradio page: Classify (drop a photo: its labels and, on request, why), Batch (many photos), Train tabs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from ... import describe
+from ..batching import Batcher
+from ..explanations import Explainer
+from .batch import batch_tab
+from .classify import classify_tab
+from .train import train_tab
+from .uploads import delete_old_uploads
+
+__all__ = ["CSS", "build_demo", "delete_old_uploads"]
+
+# Pictures and text fit their boxes at any width (the Train tab's matrix and curve were cropped and its summary
+# ran past the panel).
+CSS = """
+.whole-picture img { object-fit: contain !important; width: 100%; height: auto !important; max-height: none; }
+.whole-picture .image-container { padding-top: 2.5rem; }  /* below the label and the buttons, which float on top */
+.wrapped pre, .wrapped code { white-space: pre-wrap !important; word-break: break-word; }
+"""
+
+
+def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path,
+               train_dir: Path, serve_checkpoint: Callable[[Path], str], training_off: str | None = None) -> gr.Blocks:
+    """training_off: why the Train tab is disabled (None: enabled)."""
+    with gr.Blocks(title="Image classifier") as demo:
+        with gr.Tab("Classify"):
+            classify_tab(batcher, explainer, examples, flagging_dir, describe(model), getattr(model, "top_k", 5))
+        with gr.Tab("Batch"):
+            batch_tab(batcher)
+        with gr.Tab("Train"):
+            if training_off:
+                gr.Markdown(f"Training is turned off: {training_off}.")
+            else:
+                train_tab(train_dir, flagging_dir, serve_checkpoint)
+    return demo

@@ -1,0 +1,90 @@
+"""The Train tab: a .zip of class folders and the flagged photos become a new model, served from the page."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+from PIL import Image
+
+from ... import retrain
+
+
+def _rows(table) -> list[list]:
+    """A Dataframe's value as a list of rows, whether Gradio hands over a pandas DataFrame or a dict."""
+    if table is None:
+        return []
+    if hasattr(table, "values"):
+        return table.values.tolist()
+    return table.get("data", []) if isinstance(table, dict) else list(table)
+
+
+def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str]) -> None:
+    gr.Markdown("Upload a **.zip with one folder of photos per class** (folder name = label), and/or label the "
+                "photos flagged on the Classify tab. A new last layer is trained on the embedded "
+                "EfficientNet-Lite0's features; then serve the new model from here.")
+    with gr.Row():
+        with gr.Column():
+            photos = gr.File(label="Photos (.zip of class folders)", file_types=[".zip"], elem_id="train-zip")
+            with gr.Accordion("Photos flagged on the Classify tab", open=False):
+                load_flagged = gr.Button("Load flagged photos")
+                flagged = gr.Dataframe(headers=["photo", "model said", "label"], datatype=["str", "str", "str"],
+                                       interactive=True, label="Type the right label (empty: leave the photo out)")
+            steps = gr.Slider(100, 8000, value=4000, step=100, label="Training steps")
+            train_button = gr.Button("Train", variant="primary")
+        with gr.Column():
+            report = gr.Markdown(elem_classes="wrapped", elem_id="train-report")
+            # One above the other, each whole: side by side, both were cropped to their boxes.
+            matrix = gr.Image(label="Confusion matrix (test photos)", type="pil", interactive=False, height="auto",
+                              elem_classes="whole-picture", elem_id="train-matrix")
+            curve = gr.Image(label="Training curve", type="pil", interactive=False, height="auto",
+                             elem_classes="whole-picture", elem_id="train-curve")
+            serve_button = gr.Button("Serve this model", interactive=False)
+            served = gr.Markdown()
+    checkpoint = gr.State()
+
+    def show_flagged():
+        rows = retrain.read_flagged(flagging_dir)
+        if not rows:
+            raise gr.Error(f"No flagged photos yet in {flagging_dir}: use the Flag button on the Classify tab.")
+        return [[str(photo), predicted, predicted] for photo, predicted in rows]
+
+    def train(zip_path: str | None, labelled, how_many_steps: float, progress=gr.Progress(track_tqdm=True)):
+        # Only photos that were flagged here: the table's paths are checked against the flagging folder.
+        known = {str(photo): photo for photo, _ in retrain.read_flagged(flagging_dir)}
+        pairs = [(known[row[0]], str(row[2] or "")) for row in _rows(labelled) if row and row[0] in known]
+        if not zip_path and not any(label.strip() for _, label in pairs):
+            raise gr.Error("Upload a .zip of class folders, or label flagged photos, first.")
+        train_dir.mkdir(parents=True, exist_ok=True)
+        upload = Path(tempfile.mkdtemp(prefix=".upload-", dir=train_dir))
+        output = train_dir / time.strftime("model-%Y%m%d-%H%M%S")
+        try:
+            image_dir = retrain.extract_zip(Path(zip_path), upload / "zip") if zip_path else upload / "photos"
+            retrain.write_labelled(pairs, image_dir)
+            summary = retrain.retrain(retrain.Options(image_dir=image_dir, output_dir=output,
+                                                      how_many_training_steps=int(how_many_steps)))
+        except retrain.RetrainError as exc:
+            raise gr.Error(str(exc)) from None
+        finally:  # the upload is not kept, whatever happened: the zip in Gradio's cache and what it unpacked to
+            shutil.rmtree(upload, ignore_errors=True)
+            if zip_path:
+                Path(zip_path).unlink(missing_ok=True)
+        text = "```\n" + retrain.format_summary(summary) + "\n```"
+        return (text, Image.open(output / "report" / "confusion_matrix.png"),
+                Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
+
+    def serve(output: str | None) -> str:
+        if not output:
+            raise gr.Error("Train a model first.")
+        try:
+            return serve_checkpoint(Path(output) / "conf.json")
+        except Exception as exc:
+            raise gr.Error(f"could not load the new model: {exc}") from None
+
+    load_flagged.click(show_flagged, None, flagged, api_name="flagged")
+    train_button.click(train, [photos, flagged, steps], [report, matrix, curve, checkpoint, serve_button],
+                       api_name="train", concurrency_limit=1)
+    serve_button.click(serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)

@@ -1,0 +1,67 @@
+"""What the page receives: photos handed over undecoded (Photo), their bytes, and uploads deleted after a while."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import Any
+
+import gradio as gr
+from gradio.route_utils import delete_files_created_by_app
+
+from ...images import limits_of, read_bytes
+
+log = logging.getLogger(__name__)
+
+
+class Photo(gr.Image):
+    """gr.Image that hands the uploaded file over as it came, undecoded (a Gradio "template component").
+
+    Plain gr.Image opens every upload with Pillow first, so a bad file fails with Gradio's message; this way
+    the page and its API go through the same decoding, limits and error messages as /service.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.path:
+            return payload.path
+        if payload.url and payload.url.startswith("data:") and "," in payload.url:  # base64 from API callers
+            return base64.b64decode(payload.url.split(",", 1)[1])
+        raise gr.Error("no image file was received")
+
+
+async def photo_bytes(image: str | bytes | None, model: Any) -> bytes:
+    """The bytes of a photo the page received (a file Gradio took in as an upload; it refuses any other path),
+    within the serving model's limits. Raises gr.Error with the same message /service would send."""
+    if not image:
+        raise gr.Error("Add a photo first: drop one on the box, paste it, or take one with the webcam.")
+    if isinstance(image, bytes):
+        return image
+    try:
+        return await asyncio.to_thread(read_bytes, image, limits_of(model))
+    except Exception as exc:
+        raise gr.Error(str(exc)) from None
+
+
+async def delete_old_uploads(demo: gr.Blocks, retention: int) -> None:
+    """Deletes the files uploaded to the page (and the page's own copies) `retention` seconds after they were made,
+    looking every min(60, retention) seconds, until cancelled; then deletes them all.
+
+    Gradio's own delete_cache does this with the same function, but in a worker thread that iterates the sets of
+    uploaded files while the event loop adds to them: the first "Set changed size during iteration" ends its task
+    for good, and the cache grows for ever (bench.soak showed it under concurrent uploads). Here the sweep runs on
+    the event loop, where those sets change, and a failed sweep is logged and retried. Flagged photos are copies
+    in the flagging folder, which this never touches; Gradio's keep_in_cache files (the examples) are kept.
+    """
+    try:
+        while True:
+            await asyncio.sleep(min(60, retention))
+            try:
+                delete_files_created_by_app(demo, retention)
+            except Exception:
+                log.exception("could not delete old uploads; trying again in %s s", min(60, retention))
+    finally:
+        delete_files_created_by_app(demo, None)
