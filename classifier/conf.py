@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .images import ALLOWED_FORMATS, Limits
+from .images import ALLOWED_FORMATS, RESIZES, Limits
 
 _MISSING = object()
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)  # a plain dotted module name
@@ -188,6 +188,12 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.input_tensor = self._str(*tf_keys, "input_tensor", default=None)
         self.output_tensor = self._str(*tf_keys, "output_tensor", default=None)
         self.labels_file = self._str(*tf_keys, "labels_file", default=None)
+        # The input convention (README's conf table); None: not set here, the model's own word or the default.
+        self.input_mean = self._number(*tf_keys, "input_mean")
+        self.input_std = self._number(*tf_keys, "input_std", positive=True)
+        self.resize = self._str(*tf_keys, "resize", default=None)
+        if self.resize is not None and self.resize not in RESIZES:
+            raise self._error(tf_keys + ("resize",), f"must be one of {list(RESIZES)}, not {self.resize!r}")
         self.runtime = self._str(*tf_keys, "runtime", default="auto")
         if self.runtime not in ("auto", "tensorflow"):
             raise self._error(tf_keys + ("runtime",), f"must be \"auto\" or \"tensorflow\", not {self.runtime!r}")
@@ -198,6 +204,19 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.limits = Limits(max_bytes=self._int(*limit_keys, "max_bytes", default=Limits.max_bytes),
                              max_pixels=self._int(*limit_keys, "max_pixels", default=Limits.max_pixels),
                              formats=tuple(formats))
+
+    def _number(self, *keys: str, positive: bool = False) -> float | None:
+        value = self._value(*keys, default=None)
+        if value is None:
+            return None
+        try:
+            number = float(value.strip()) if isinstance(value, str) else float(value)
+        except ValueError:
+            number = float("nan")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or number != number \
+                or number in (float("inf"), float("-inf")) or (positive and number <= 0):
+            raise self._error(keys, f"must be a {'positive ' if positive else ''}number, not {value!r}")
+        return number
 
     def get_input_width(self) -> int:
         return self.input_width

@@ -1,13 +1,18 @@
-"""Model formats: detect what model_dir holds and load it as one callable, images [N,H,W,3] → probabilities [N,C]."""
+"""Model formats: detect what model_dir holds and load it as one callable, images [N,H,W,3] → probabilities [N,C].
+
+Each loader also says what it knows of the model's input convention (a Keras Rescaling layer, a uint8 input)."""
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .images import InputConvention
+from .labels import LABEL_FILE_NAMES, parse_lines
 from .quiet import import_tensorflow
 
 tf = import_tensorflow()
@@ -16,6 +21,8 @@ log = logging.getLogger(__name__)
 FROZEN_GRAPH = "frozen graph"
 SAVED_MODEL = "SavedModel"
 KERAS = "Keras"
+KERAS_H5 = "Keras .h5"
+TFLITE = "TFLite"
 
 # retrain.py's tensor names, and what UAI code feeds and fetches.
 DEFAULT_INPUT = "Placeholder"
@@ -28,17 +35,21 @@ class ModelError(ValueError):
 
 @dataclass
 class Runtime:
-    """A loaded model: call it with a float32 batch in [0, 1] to get one probability row per image."""
+    """A loaded model: call it with a batch in its input convention to get one probability row per image."""
 
     format: str
     path: Path
-    function: Any  # a TensorFlow ConcreteFunction, float32 [N, H, W, 3] → [N, classes]
+    function: Any  # a TensorFlow ConcreteFunction, float32 [N, H, W, 3] → [N, classes]; None for a .tflite
     input_size: tuple[int, int] | None  # (width, height) when the model fixes it, else None
     keep: Any = None  # what the function needs alive: a SavedModel's variables, a Keras model
     num_classes: int = 0
     applies_softmax: bool = False  # True when the model outputs logits and softmax is applied here
     engine: str = "TensorFlow"  # what runs it: TensorFlow, or LiteRT once litert.accelerate has converted it
     predict: Callable[[np.ndarray], np.ndarray] = None  # the raw model call; the TF function unless replaced
+    convention: InputConvention | None = None  # what the model itself says of its input, if anything
+    convention_source: str = ""  # where that came from, for the start-up log
+    input_dtype: str = "float32"  # "uint8": the model takes raw pixels
+    labels: list[str] | None = None  # labels the model file carries (a .tflite's packed labels file)
 
     def __post_init__(self) -> None:
         if self.predict is None:
@@ -60,10 +71,7 @@ def load(model_dir: str | Path, size: tuple[int, int], input_tensor: str | None 
         raise ModelError(f"model_dir {model_dir} does not exist or is not a folder")
     loader, path = detect(model_dir)
     runtime = loader(path, input_tensor, output_tensor)
-    if runtime.input_size and runtime.input_size != size:
-        raise ModelError(f"{path} takes {runtime.input_size[0]}×{runtime.input_size[1]} images but conf.json says "
-                         f"input_width×input_height = {size[0]}×{size[1]}")
-    _probe(runtime, size)
+    _probe(runtime, runtime.input_size or size)  # a model that fixes its size is probed (and served) at it
     return runtime
 
 
@@ -79,12 +87,17 @@ def latest_version(model_dir: Path) -> tuple[Path, int | None]:
 
 
 def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
-    """The format from the folder's contents: a SavedModel, a single .keras file, or a frozen GraphDef (.pb)."""
+    """The format from the folder's contents: a SavedModel, a single .keras, .h5 or .tflite file, or a frozen
+    GraphDef (.pb)."""
     if (model_dir / "saved_model.pb").is_file():
         return load_saved_model, model_dir
-    keras_files = sorted(model_dir.glob("*.keras"))
-    if len(keras_files) == 1:
-        return load_keras, keras_files[0]
+    for suffix, loader in ((".keras", load_keras), (".h5", load_keras), (".tflite", load_tflite)):
+        files = sorted(model_dir.glob(f"*{suffix}"))
+        if len(files) == 1:
+            return loader, files[0]
+        if len(files) > 1:
+            raise ModelError(f"{model_dir} holds {len(files)} {suffix} files ({', '.join(p.name for p in files)}); "
+                             "keep the one to serve, or put each in its own version folder")
     graphs = sorted(model_dir.glob("*.pb"))
     preferred = model_dir / "frozen_inference_graph.pb"
     if preferred in graphs:
@@ -93,7 +106,7 @@ def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
         return load_frozen_graph, graphs[0]
     found = ", ".join(p.name for p in sorted(model_dir.iterdir())) or "nothing"
     raise ModelError(f"no model found in {model_dir} (found: {found}); expected frozen_inference_graph.pb, "
-                     "a SavedModel (saved_model.pb + variables/) or one .keras file")
+                     "a SavedModel (saved_model.pb + variables/), or one .keras, .h5 or .tflite file")
 
 
 def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
@@ -167,11 +180,15 @@ def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor:
 
 
 def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
-    """A Keras 3 .keras file, called through one compiled tf.function (model.predict costs ~60 ms per call)."""
-    import keras  # imported here: only this format needs it
+    """A Keras .keras file, or a Keras 2 .h5 (Teachable Machine's keras_model.h5 among them), called through one
+    compiled tf.function (model.predict costs ~60 ms per call)."""
+    import keras  # imported here: only these formats need it
 
     try:
-        model = keras.saving.load_model(path, compile=False)
+        # Keras 2 wrote "groups": 1 into DepthwiseConv2D's config (Teachable Machine's files have it); Keras 3
+        # refuses the key. The layer below drops it: the one known incompatibility, fixed where it is read.
+        model = keras.saving.load_model(path, compile=False,
+                                        custom_objects={"DepthwiseConv2D": _depthwise_without_groups(keras)})
     except Exception as exc:
         raise ModelError(f"cannot load the Keras model {path}: {exc}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -179,7 +196,64 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
     shape = model.inputs[0].shape
     function = tf.function(lambda images: model(images, training=False)).get_concrete_function(
         tf.TensorSpec([None, *shape[1:]], tf.float32))
-    return Runtime(format=KERAS, path=path, function=function, input_size=_static_size(shape), keep=model)
+    convention, source = _keras_convention(model)
+    return Runtime(format=KERAS_H5 if path.suffix == ".h5" else KERAS, path=path, function=function,
+                   input_size=_static_size(shape), keep=model, convention=convention, convention_source=source)
+
+
+def _depthwise_without_groups(keras: Any) -> type:
+    class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+        def __init__(self, *args: Any, groups: int = 1, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+    return DepthwiseConv2D
+
+
+def _keras_convention(model: Any) -> tuple[InputConvention | None, str]:
+    """A model whose first layers rescale or normalise its input wants pixels as they are, 0–255."""
+    import keras
+
+    layers = [layer for layer in _flat_layers(model) if not isinstance(layer, keras.layers.InputLayer)][:3]
+    for layer in layers:
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            return InputConvention(mean=0.0, std=1.0), f"its {type(layer).__name__} layer takes pixels 0–255"
+    return None, ""
+
+
+def _flat_layers(model: Any) -> list:
+    """The layers in order, nested Sequential/functional models opened up (Teachable Machine nests two)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found += _flat_layers(layer) if hasattr(layer, "layers") else [layer]
+    return found
+
+
+def load_tflite(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
+    """A .tflite file, float or quantized (int8/uint8), run by LiteRT as it is; labels from the labels file packed
+    into it (what TFLite metadata writers do), when there is one."""
+    from .litert import LiteRTPredictor, threads
+
+    try:
+        predictor = LiteRTPredictor(path, threads())
+    except Exception as exc:
+        raise ModelError(f"cannot load the TFLite model {path}: {exc}") from None
+    shape = predictor.input_shape
+    uint8 = predictor.input_dtype == np.uint8
+    return Runtime(format=TFLITE, path=path, function=None, input_size=_static_size(shape),
+                   engine=f"LiteRT XNNPACK, {predictor.threads} threads", predict=predictor,
+                   input_dtype="uint8" if uint8 else "float32", labels=_packed_labels(path),
+                   convention=InputConvention(dtype="uint8") if uint8 else None,
+                   convention_source="its input is uint8" if uint8 else "")
+
+
+def _packed_labels(path: Path) -> list[str] | None:
+    """The labels file a TFLite metadata writer packs into the model (the .tflite is then also a zip)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as packed:
+        names = packed.namelist()
+        name = next((n for n in LABEL_FILE_NAMES if n in names), None) or \
+            next((n for n in names if n.lower().endswith(".txt") and "label" in n.lower()), None)
+        return parse_lines(packed.read(name).decode("utf-8")) if name else None
 
 
 def _only(wanted: str | None, keys: list[str], path: Path, kind: str) -> str:
@@ -203,8 +277,10 @@ def _static_size(shape) -> tuple[int, int] | None:
 def _probe(runtime: Runtime, size: tuple[int, int]) -> None:
     """One inference on a grey image: learns the class count, warms the graph up, checks the output's shape."""
     width, height = size
+    grey = np.full((1, height, width, 3), 128, np.uint8) if runtime.input_dtype == "uint8" else \
+        np.full((1, height, width, 3), 0.5, np.float32)
     try:
-        out = np.asarray(runtime.predict(np.full((1, height, width, 3), 0.5, np.float32)))
+        out = np.asarray(runtime.predict(grey))
     except Exception as exc:
         raise ModelError(f"{runtime.path} fails on a {width}×{height} RGB image: {exc}") from None
     if out.ndim != 2 or out.shape[0] != 1:

@@ -1,4 +1,4 @@
-"""Image input: any accepted item → RGB Pillow image → float32 tensor in [0, 1], within the input limits."""
+"""Image input: any accepted item → RGB Pillow image → the model's input tensor (its convention), within limits."""
 from __future__ import annotations
 
 import io
@@ -22,6 +22,30 @@ class Limits:
     max_bytes: int = 20 * 1024 * 1024  # 20 MiB of encoded data
     max_pixels: int = 50_000_000  # width × height; a 50-megapixel photo decodes to ~150 MB of RGB
     formats: tuple[str, ...] = ALLOWED_FORMATS
+
+
+RESIZES = ("squash", "center_crop")
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How a model wants its pixels, named as TensorFlow's label_image.py names them: each pixel x (0–255) becomes
+    (x − mean) / std, after the photo is resized to the input size, whole ("squash") or cropped to the input's
+    aspect ratio first ("center_crop"). dtype "uint8" takes the pixels as they are (no mean, no std)."""
+
+    mean: float = 0.0
+    std: float = 255.0  # the defaults give [0, 1]: retrain.py's graphs and UAI's convention
+    resize: str = "squash"
+    dtype: str = "float32"
+
+    def describe(self) -> str:
+        """For the start-up line and the page: e.g. "input [-1, 1], centre crop"."""
+        if self.dtype == "uint8":
+            values = "uint8 0–255"
+        else:
+            low, high = (0 - self.mean) / self.std, (255 - self.mean) / self.std
+            values = f"[{low:.3g}, {high:.3g}]"
+        return f"input {values}" + (", centre crop" if self.resize == "center_crop" else "")
 
 
 class ImageError(ValueError):
@@ -64,12 +88,20 @@ def limits_of(model: Any) -> Limits:
     return getattr(model, "limits", None) or Limits()
 
 
-def to_tensor(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Resizes the whole image (no crop) to size=(width, height), bilinear, and scales to float32 [0, 1]."""
-    if image.size != size:
+def to_tensor(image: Image.Image, size: tuple[int, int],
+              convention: InputConvention = InputConvention()) -> np.ndarray:
+    """The model's input for one image: resized to size=(width, height), bilinear, as the convention says (the whole
+    photo, or its centre cropped to the input's aspect ratio), then scaled: float32 (x − mean) / std, or uint8."""
+    if convention.resize == "center_crop":
+        image = ImageOps.fit(image, size, Image.Resampling.BILINEAR)
+    elif image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
+    if convention.dtype == "uint8":
+        return np.asarray(image, dtype=np.uint8)
     tensor = np.asarray(image, dtype=np.float32)
-    tensor *= 1.0 / 255.0
+    if convention.mean:
+        tensor -= np.float32(convention.mean)
+    tensor *= np.float32(1.0 / convention.std)
     return tensor
 
 

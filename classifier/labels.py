@@ -38,8 +38,21 @@ def read_labels(path: Path) -> list[str]:
 
 
 def parse_lines(text: str) -> list[str]:
-    """retrain.py's format: line i is the name of class i. Trailing blank lines are ignored."""
-    return [line.strip() for line in text.rstrip("\n").splitlines()] if text.strip() else []
+    """retrain.py's format: line i is the name of class i. Trailing blank lines are ignored. Teachable Machine's
+    labels.txt ("0 Cats", "1 Dogs": every line numbered 0, 1, 2 … in order) gives the names without the numbers."""
+    lines = [line.strip() for line in text.rstrip("\n").splitlines()] if text.strip() else []
+    return [line.split(None, 1)[1] for line in lines] if is_numbered(lines) else lines
+
+
+def is_numbered(lines: list[str] | str) -> bool:
+    """Teachable Machine's labels: every line is "<its index> <name>", from 0 in order."""
+    if isinstance(lines, str):
+        lines = [line.strip() for line in lines.rstrip("\n").splitlines()]
+    return bool(lines) and all(_NUMBERED.fullmatch(line) and int(line.split(None, 1)[0]) == index
+                               for index, line in enumerate(lines))
+
+
+_NUMBERED = re.compile(r"\d+\s+\S.*")
 
 
 _ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)

@@ -107,18 +107,37 @@ class LiteRTPredictor:
         content = Path(model_path).read_bytes()
         self._make = lambda n_threads: Interpreter(model_content=content, num_threads=n_threads)
         self.threads = threads
+        with native_stderr_filtered():  # the first interpreter announces XNNPACK
+            probe = self._make(1)
+        given, wanted = probe.get_input_details()[0], probe.get_output_details()[0]
+        self.input_shape, self.input_dtype = tuple(given["shape"]), given["dtype"]
+        # A quantized model's int8 input is a float scaled: q = x / scale + zero_point. uint8 inputs take the
+        # pixels as they are (the image convention gives them); a quantized output is turned back into floats.
+        self._input_scale = given["quantization"] if self.input_dtype == np.int8 else None
+        self._output_scale = wanted["quantization"] if wanted["dtype"] in (np.int8, np.uint8) else None
         self._solo: dict[tuple, object] = {}  # by input shape
         self._solo_lock = threading.Lock()  # an interpreter is not thread-safe
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="litert")
         self._local = threading.local()  # each pool thread's own single-threaded interpreters
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = self._as_input(batch)
         if len(batch) == 1 or self.threads == 1:
             with self._solo_lock:
-                return np.concatenate([self._prepared(self._solo, self.threads, image[None])(image[None])
-                                       for image in batch])
-        return np.concatenate(list(self._pool.map(self._run_alone, batch)))
+                out = np.concatenate([self._prepared(self._solo, self.threads, image[None])(image[None])
+                                      for image in batch])
+        else:
+            out = np.concatenate(list(self._pool.map(self._run_alone, batch)))
+        if self._output_scale is not None:
+            scale, zero_point = self._output_scale
+            out = (out.astype(np.float32) - zero_point) * scale
+        return out
+
+    def _as_input(self, batch: np.ndarray) -> np.ndarray:
+        if self._input_scale is not None:
+            scale, zero_point = self._input_scale
+            batch = np.clip(np.round(np.asarray(batch, np.float32) / scale + zero_point), -128, 127)
+        return np.ascontiguousarray(batch, dtype=self.input_dtype)
 
     def _run_alone(self, image: np.ndarray) -> np.ndarray:
         if not hasattr(self._local, "interpreters"):

@@ -1,14 +1,20 @@
 """The UAI model lifecycle (AiUcloudModel → TFAiUcloudModel) and RetrainedClassificationModel, which serves one."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from . import formats, images, labels, litert
 from .conf import ArchJsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader
+
+log = logging.getLogger(__name__)
+TEACHABLE_MACHINE = images.InputConvention(mean=127.5, std=127.5, resize="center_crop")  # its own snippet's
 
 # Photos shipped with the project: LiteRT must agree with TensorFlow on them before it serves.
 CHECK_PHOTOS = Path(__file__).resolve().parent.parent / "examples"
@@ -78,23 +84,53 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         self._tensor_names = (loader.input_tensor, loader.output_tensor)
         self._labels_file = loader.labels_file
         self._engine = loader.runtime
+        given = {"mean": loader.input_mean, "std": loader.input_std, "resize": loader.resize}
+        self._convention_in_conf = {key: value for key, value in given.items() if value is not None}
 
     def load_model(self) -> formats.Runtime:
         self.model_path, self.version = formats.latest_version(Path(self.model_dir))
         self.runtime = formats.load(self.model_path, self.input_size, *self._tensor_names)
-        if self._engine == "auto":
+        if self.runtime.input_size and self.runtime.input_size != self.input_size:
+            log.warning("%s takes %d×%d images, conf.json says %d×%d (input_width × input_height): the model's "
+                        "size is used", self.runtime.path, *self.runtime.input_size, *self.input_size)
+            self.input_width, self.input_height = self.runtime.input_size
+        self.labels, self.labels_path, numbered = self._read_labels()
+        self.convention = self._input_convention(numbered)
+        if self._engine == "auto" and self.runtime.function is not None:  # a .tflite is LiteRT already
             self.runtime = litert.accelerate(self.runtime, self._check_batch())
-        try:  # a version folder's own labels, else labels shared by all versions in model_dir
-            self.labels_path = labels.find_labels_file(self.model_path, self._labels_file)
-        except labels.LabelsError:
-            if self.model_path == Path(self.model_dir):
-                raise
-            self.labels_path = labels.find_labels_file(Path(self.model_dir), self._labels_file)
-        self.labels = labels.read_labels(self.labels_path)
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
         return self.runtime
+
+    def _read_labels(self) -> tuple[list[str], Path, bool]:
+        """The labels: conf's labels_file, else a labels file beside the model (a version folder's own, else
+        model_dir's), else those packed in the model file. And whether they are Teachable Machine's numbered lines."""
+        try:
+            path = labels.find_labels_file(self.model_path, self._labels_file)
+        except labels.LabelsError:
+            try:
+                if self.model_path == Path(self.model_dir):
+                    raise
+                path = labels.find_labels_file(Path(self.model_dir), self._labels_file)
+            except labels.LabelsError:
+                if self.runtime.labels and not self._labels_file:
+                    return self.runtime.labels, self.runtime.path, False
+                raise
+        return labels.read_labels(path), path, labels.is_numbered(path.read_text(encoding="utf-8"))
+
+    def _input_convention(self, teachable_machine: bool) -> images.InputConvention:
+        """conf.json's input_mean, input_std and resize; for what it does not set, the model's own word (its
+        layers, its input type, Teachable Machine's export), else the defaults ([0, 1], the whole photo)."""
+        own, source = self.runtime.convention, self.runtime.convention_source
+        if own is None and teachable_machine:
+            own, source = TEACHABLE_MACHINE, "a Teachable Machine export (its labels.txt numbers its lines)"
+        convention = dataclasses.replace(own or images.InputConvention(), **self._convention_in_conf,
+                                         dtype=self.runtime.input_dtype)
+        if own is not None:
+            overridden = f"; conf.json sets {', '.join(self._convention_in_conf)}" if self._convention_in_conf else ""
+            log.info("%s: %s, as %s%s", self.runtime.path.name, convention.describe(), source, overridden)
+        return convention
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -104,23 +140,25 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         """One line for logs and the UI: format, number of labels, input size, engine (and version)."""
         version = f"version {self.version} · " if self.version is not None else ""
         return (f"{version}{self.runtime.format} · {len(self.labels)} labels · "
-                f"{self.input_width}×{self.input_height} input · {self.runtime.engine}")
+                f"{self.input_width}×{self.input_height} {self.convention.describe()} · {self.runtime.engine}")
 
     def _check_batch(self) -> np.ndarray:
         """The project's example photos and one random image, as the model sees them."""
         photos = sorted(p for p in CHECK_PHOTOS.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        noise = np.random.default_rng(0).random((self.input_height, self.input_width, 3), dtype=np.float32)
+        noise = images.to_tensor(Image.fromarray(np.random.default_rng(0).integers(
+            0, 256, (self.input_height, self.input_width, 3), dtype=np.uint8)), self.input_size, self.convention)
         # Decoded here, outside the conf's limits (a conf may allow less than these photos weigh); then the
         # model's own preprocess, so the check sees what serving will.
         return np.stack([self.preprocess(images.decode(photo)) for photo in photos] + [noise])
 
     # The three steps.
     def preprocess(self, item: Any) -> np.ndarray:
-        """Any accepted input → float32 [H, W, 3] in [0, 1]. Raises images.ImageError with a clear message."""
-        return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size)
+        """Any accepted input → [H, W, 3] in the model's input convention (default: float32 in [0, 1]). Raises
+        images.ImageError with a clear message."""
+        return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size, self.convention)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [N, H, W, 3] → probabilities [N, classes], in one model call."""
+        """[N, H, W, 3] (as preprocess makes them) → probabilities [N, classes], in one model call."""
         return self.runtime(batch)
 
     def postprocess(self, probabilities: np.ndarray, top_k: int | None = None) -> list[list]:

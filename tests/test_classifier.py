@@ -32,8 +32,8 @@ def test_default_model_classifies_real_photos(default_model, photo, expected):
 def test_default_model_is_frozen_graph_with_imagenet_labels(default_model):
     assert default_model.runtime.format == "frozen graph"
     assert len(default_model.labels) == 1000 and len(set(default_model.labels)) == 1000
-    assert default_model.describe() == "frozen graph · 1000 labels · 224×224 input · LiteRT XNNPACK, 2 threads" \
-        or default_model.describe().endswith("224×224 input · TensorFlow")
+    assert default_model.describe() == "frozen graph · 1000 labels · 224×224 input [0, 1] · LiteRT XNNPACK, 2 threads" \
+        or default_model.describe().endswith("224×224 input [0, 1] · TensorFlow")
 
 
 def test_frozen_graph_read_as_uai_does_matches_execute(default_model, photo_bytes):
@@ -117,10 +117,14 @@ def test_frozen_graph_ambiguous_input_needs_conf_names(tmp_path):
         classifier.load(write_conf(tmp_path, input_tensor="nope"))
 
 
-def test_input_size_mismatch_is_an_error(tmp_path):
+def test_a_model_that_fixes_its_input_size_wins_over_conf_with_a_warning(tmp_path, caplog):
     write_colour_graph(tmp_path / "model", size=8)
-    with pytest.raises(ModelError, match="takes 8×8 images but conf.json says .* 16×16"):
-        classifier.load(write_conf(tmp_path, size=16))
+    with caplog.at_level("WARNING"):
+        model = classifier.load(write_conf(tmp_path, size=16))
+    assert "takes 8×8 images, conf.json says 16×16 (input_width × input_height): the model's size is used" \
+        in caplog.text
+    assert model.input_size == (8, 8) and model.preprocess(encode(solid("blue", (40, 30)))).shape == (8, 8, 3)
+    assert model.execute([encode(solid("blue"))], 1)[0][0][0] == "blue" and "8×8 input" in model.describe()
 
 
 class ColourModule(tf.Module):

@@ -68,6 +68,9 @@ def test_frozen_graph_follows_retrain_conventions(trained):
     nodes = {n.name: n for n in graph_def.node}
     assert nodes["Placeholder"].op == "Placeholder" and nodes["final_result"].op == "Softmax"
     assert [d.size for d in nodes["Placeholder"].attr["shape"].shape.dim] == [-1, 224, 224, 3]
+    # The conf says how the graph is fed, so a change of defaults cannot change how it is served.
+    conf = json.loads((options.output_dir / "conf.json").read_text())["http_server"]["tensorflow"]
+    assert (conf["input_mean"], conf["input_std"], conf["resize"]) == (0, 255, "squash")
 
 
 def test_saved_model_gives_the_same_answers(trained, tmp_path):

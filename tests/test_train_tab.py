@@ -48,7 +48,7 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
     assert "Trained on 24 photos in 2 classes (reddish 12, bluish 12)" in report and "Test accuracy" in report
     assert matrix and curve
     served = client.predict(api_name="/serve_trained")
-    assert "Now serving **frozen graph · 2 labels · 224×224 input · " in served
+    assert "Now serving **frozen graph · 2 labels · 224×224 input [0, 1] · " in served
 
     status, after, _ = curl("-T", str(red), f"{training_server.url}/service")
     assert status == 200 and after[0][0] == "reddish" and len(after) == 2

@@ -87,7 +87,9 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
         shutil.copy(staging / options.output_labels, staging / options.saved_model_dir / "label_map.txt")
         write_report(staging / "report", summary, label_names, history)
         width, height = extractor.size
-        tensorflow_conf = {"model_dir": ".", "input_width": str(width), "input_height": str(height)}
+        # The input convention the base model was trained with, written out: served right even if defaults change.
+        tensorflow_conf = {"model_dir": ".", "input_width": str(width), "input_height": str(height),
+                           "input_mean": 0, "input_std": 255, "resize": "squash"}
         if options.final_tensor_name != "final_result":
             tensorflow_conf["output_tensor"] = options.final_tensor_name
         if options.output_labels != "label_map.txt":

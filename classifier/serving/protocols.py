@@ -107,7 +107,7 @@ class Served:
             raise ProtocolError(400, f"{where}: not valid base64; send the image's bytes base64-encoded") from None
 
     def tensors(self, values: Any, where: str) -> np.ndarray:
-        """Ready model inputs, float32 [N, H, W, 3] RGB in [0, 1] as the model's preprocess makes them."""
+        """Ready model inputs, [N, H, W, 3] as the model's preprocess makes them (its input convention)."""
         if self.input_size is None:
             raise ProtocolError(400, f"{where}: the serving model takes encoded images only, not tensors")
         width, height = self.input_size
@@ -116,8 +116,8 @@ class Served:
         except (TypeError, ValueError) as exc:
             raise ProtocolError(400, f"{where}: not a tensor of numbers: {exc}") from None
         if array.ndim != 4 or array.shape[1:] != (height, width, 3):
-            raise ProtocolError(400, f"{where}: the shape must be [N, {height}, {width}, 3] (RGB in [0, 1]), "
-                                     f"not {list(array.shape)}")
+            raise ProtocolError(400, f"{where}: the shape must be [N, {height}, {width}, 3] (RGB, as the model's "
+                                     f"preprocess makes it), not {list(array.shape)}")
         if not np.isfinite(array).all():
             raise ProtocolError(400, f"{where}: the tensor holds NaN or infinite values")
         return array

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from .protocols import ProtocolError, Served, json_object, protocol_route, top_k_indices
 
-IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a float [H, W, 3] RGB in [0, 1]
+IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a tensor [H, W, 3] as preprocess makes it
 PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
 # POST /v1/models/{name}[/versions/{v}]:{verb}; TF Serving's /labels/{label} form has no meaning here.
 _TARGET = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?:(?P<verb>\w+)")
