@@ -15,7 +15,6 @@ from .images import InputConvention
 from .labels import LABEL_FILE_NAMES, parse_lines
 from .quiet import import_tensorflow
 
-tf = import_tensorflow()
 log = logging.getLogger(__name__)
 
 FROZEN_GRAPH = "frozen graph"
@@ -53,7 +52,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.predict is None:
-            self.predict = lambda batch: self.function(tf.constant(batch)).numpy()
+            constant = import_tensorflow().constant  # here, once: a call may run inside quiet's stderr filter
+            self.predict = lambda batch: self.function(constant(batch)).numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.predict(batch)
@@ -111,6 +111,7 @@ def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
 
 def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
     """A TF1 frozen GraphDef, run as a pruned TF2 concrete function (no Session, no per-call graph building)."""
+    tf = import_tensorflow()
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(path.read_bytes())
@@ -134,6 +135,8 @@ def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor
 def _graph_io(graph_def, path: Path, input_tensor: str | None, output_tensor: str | None) -> tuple[str, str]:
     """The input and output op names: as conf.json names them, else retrain.py's, else the only candidates."""
     nodes = {node.name: node for node in graph_def.node}
+
+    tf = import_tensorflow()
 
     def op_name(name: str) -> str:
         return name.split(":")[0]
@@ -161,6 +164,7 @@ def _graph_io(graph_def, path: Path, input_tensor: str | None, output_tensor: st
 
 def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
     """A TF2 SavedModel's serving_default signature (a single image input; the named or single output)."""
+    tf = import_tensorflow()
     try:
         loaded = tf.saved_model.load(str(path))
         signature = loaded.signatures["serving_default"]
@@ -183,6 +187,8 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
     """A Keras .keras file, or a Keras 2 .h5 (Teachable Machine's keras_model.h5 among them), called through one
     compiled tf.function (model.predict costs ~60 ms per call)."""
     import keras  # imported here: only these formats need it
+
+    tf = import_tensorflow()
 
     try:
         # Keras 2 wrote "groups": 1 into DepthwiseConv2D's config (Teachable Machine's files have it); Keras 3
@@ -267,11 +273,12 @@ def _only(wanted: str | None, keys: list[str], path: Path, kind: str) -> str:
 
 
 def _static_size(shape) -> tuple[int, int] | None:
-    dims = tf.TensorShape(shape)
-    if dims.rank != 4:
+    """(width, height) of an NHWC shape whose height and width are fixed, else None."""
+    dims = list(shape) if shape is not None and getattr(shape, "rank", 4) is not None else []
+    if len(dims) != 4:
         return None
     height, width = dims[1], dims[2]
-    return (width, height) if width and height else None
+    return (int(width), int(height)) if width and height and width > 0 and height > 0 else None
 
 
 def _probe(runtime: Runtime, size: tuple[int, int]) -> None:

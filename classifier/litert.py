@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .formats import Runtime
+from .images import InputConvention
 from .quiet import import_tensorflow, native_stderr_filtered
 
-tf = import_tensorflow()
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max |Δprobability| against TensorFlow for the LiteRT model to be used
@@ -28,8 +30,10 @@ def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def accelerate(runtime: Runtime, check: np.ndarray) -> Runtime:
-    """The same model run by LiteRT, if it converts and agrees with TensorFlow on `check`; else `runtime`."""
+def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "") -> Runtime:
+    """The same model run by LiteRT, if it converts and agrees with TensorFlow on `check`; else `runtime`. An
+    agreement is recorded beside the converted model under check_name (the input convention the check used), so
+    that the next start serves it without TensorFlow (from_record)."""
     try:
         model_path = converted(runtime)
         lite = LiteRTPredictor(model_path, threads())
@@ -46,39 +50,105 @@ def accelerate(runtime: Runtime, check: np.ndarray) -> Runtime:
     engine = f"LiteRT XNNPACK, {lite.threads} threads"
     log.info("%s: serving with %s (max |Δp| against TensorFlow %.1e on %d images)", runtime.path, engine, delta,
              len(check))
+    _record(model_path, runtime, check_name, delta)
     return dataclasses.replace(runtime, predict=lite, engine=engine)
+
+
+def from_record(path: Path) -> tuple[Runtime, dict[str, float]] | None:
+    """The model at path (a model file, or a SavedModel's folder) run by its converted LiteRT file, with no
+    TensorFlow at all, and the agreements with TensorFlow recorded for it (by check name): if the file is cached
+    for the model's current files and the TensorFlow installed. Else None."""
+    key = model_key(path)
+    for folder in _cache_folders(path):
+        flat, record = folder / f"{key}.tflite", folder / f"{key}.json"
+        try:
+            known = json.loads(record.read_text(encoding="utf-8")) if flat.is_file() else None
+        except (OSError, ValueError):
+            known = None
+        if not known or not known.get("checks"):
+            continue
+        lite = LiteRTPredictor(flat, threads())
+        convention = known["convention"]
+        return Runtime(format=known["format"], path=path, function=None,
+                       input_size=tuple(known["input_size"]) if known["input_size"] else None,
+                       num_classes=known["num_classes"], applies_softmax=known["applies_softmax"],
+                       engine=f"LiteRT XNNPACK, {lite.threads} threads", predict=lite,
+                       convention=InputConvention(**convention) if convention else None,
+                       convention_source=known["convention_source"]), known["checks"]
+    return None
+
+
+def _record(model_path: Path, runtime: Runtime, check_name: str, delta: float) -> None:
+    """What serving from the converted file needs to know of the model, and its checks, beside the file."""
+    record = model_path.with_suffix(".json")
+    try:
+        known = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    known.update(format=runtime.format, num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
+                 input_size=list(runtime.input_size) if runtime.input_size else None,
+                 convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
+                 convention_source=runtime.convention_source)
+    known.setdefault("checks", {})[check_name] = delta
+    try:
+        _write_atomically(record, json.dumps(known, indent=1).encode())
+    except OSError as exc:
+        log.info("cannot record the LiteRT check in %s (%s)", record.parent, exc)
 
 
 def converted(runtime: Runtime) -> Path:
     """The .tflite file for this model: from the cache when the model's files are unchanged, else converted."""
-    key = model_key(runtime)
-    model_dir = runtime.path if runtime.path.is_dir() else runtime.path.parent
-    for folder in (model_dir / CACHE_FOLDER, USER_CACHE):
+    key = model_key(runtime.path)
+    for folder in _cache_folders(runtime.path):
         cached = folder / f"{key}.tflite"
         if cached.is_file():
             return cached
     flat = convert(runtime)
-    for folder in (model_dir / CACHE_FOLDER, USER_CACHE):  # beside the model, else (read-only) the user's cache
+    for folder in _cache_folders(runtime.path):  # beside the model, else (read-only) the user's cache
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(flat)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, folder / f"{key}.tflite")  # never a half-written cache entry
+            _write_atomically(folder / f"{key}.tflite", flat)
             return folder / f"{key}.tflite"
         except OSError as exc:
             log.info("cannot cache the LiteRT model in %s (%s)", folder, exc)
     raise OSError("no writable folder for the LiteRT model")
 
 
-def model_key(runtime: Runtime) -> str:
+def _cache_folders(model_path: Path) -> tuple[Path, Path]:
+    model_dir = model_path if model_path.is_dir() else model_path.parent
+    return model_dir / CACHE_FOLDER, USER_CACHE
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """Never a half-written cache entry: a temporary file in the same folder, renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def tensorflow_version() -> str:
+    """The installed TensorFlow's version, from its package metadata (importing TensorFlow costs ~1 GB)."""
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def model_key(model_path: Path) -> str:
     """A hash of the model's files (and the TF version that converts them): a changed model is reconverted."""
-    digest = hashlib.sha256(f"{tf.__version__}|{runtime.format}".encode())
-    files = [runtime.path] if runtime.path.is_file() else sorted(
-        p for p in runtime.path.rglob("*") if p.is_file() and CACHE_FOLDER not in p.parts)
+    digest = hashlib.sha256(f"{tensorflow_version()}|".encode())
+    files = [model_path] if model_path.is_file() else sorted(
+        p for p in model_path.rglob("*") if p.is_file() and CACHE_FOLDER not in p.parts)
     for path in files:
-        digest.update(str(path.relative_to(runtime.path) if runtime.path.is_dir() else path.name).encode())
+        digest.update(str(path.relative_to(model_path) if model_path.is_dir() else path.name).encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
@@ -87,6 +157,7 @@ def model_key(runtime: Runtime) -> str:
 
 def convert(runtime: Runtime) -> bytes:
     # The converter wants the object that owns the function's variables; a frozen graph has none.
+    tf = import_tensorflow()
     trackable = runtime.keep if isinstance(runtime.keep, tf.Module) else tf.Module()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([runtime.function], trackable)
     return converter.convert()
@@ -107,8 +178,9 @@ class LiteRTPredictor:
         content = Path(model_path).read_bytes()
         self._make = lambda n_threads: Interpreter(model_content=content, num_threads=n_threads)
         self.threads = threads
-        with native_stderr_filtered():  # the first interpreter announces XNNPACK
+        with native_stderr_filtered():  # the first interpreter announces XNNPACK when its tensors are allocated
             probe = self._make(1)
+            probe.allocate_tensors()
         given, wanted = probe.get_input_details()[0], probe.get_output_details()[0]
         self.input_shape, self.input_dtype = tuple(given["shape"]), given["dtype"]
         # A quantized model's int8 input is a float scaled: q = x / scale + zero_point. uint8 inputs take the

@@ -89,19 +89,43 @@ class RetrainedClassificationModel(TFAiUcloudModel):
 
     def load_model(self) -> formats.Runtime:
         self.model_path, self.version = formats.latest_version(Path(self.model_dir))
-        self.runtime = formats.load(self.model_path, self.input_size, *self._tensor_names)
+        recorded = self._recorded_runtime() if self._engine == "auto" else None
+        self.runtime = recorded or formats.load(self.model_path, self.input_size, *self._tensor_names)
+        self._size_labels_and_convention()
+        if recorded and self._check_name() not in self._recorded_checks:
+            # Converted before, but never checked for this conf's convention: load TensorFlow to check it.
+            self.runtime = formats.load(self.model_path, self.input_size, *self._tensor_names)
+            self._size_labels_and_convention()
+        elif recorded:
+            log.info("%s: serving with %s, without TensorFlow (max |Δp| against TensorFlow %.1e, as recorded "
+                     "when it was converted)", self.runtime.path, self.runtime.engine,
+                     self._recorded_checks[self._check_name()])
+        if self._engine == "auto" and self.runtime.function is not None:  # a .tflite is LiteRT already
+            self.runtime = litert.accelerate(self.runtime, self._check_batch(), self._check_name())
+        if len(self.labels) != self.runtime.num_classes:
+            raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
+                                     f"{self.model_path} outputs {self.runtime.num_classes} classes")
+        return self.runtime
+
+    def _recorded_runtime(self) -> formats.Runtime | None:
+        """The model from its converted LiteRT file and recorded check, with no TensorFlow (litert.from_record)."""
+        _, path = formats.detect(self.model_path)
+        found = litert.from_record(path) if path.suffix != ".tflite" else None
+        self._recorded_checks = found[1] if found else {}
+        return found[0] if found else None
+
+    def _check_name(self) -> str:
+        """What an agreement check depends on besides the model's files: the inputs it fed, the tensors it used."""
+        return f"{self.convention!r} {self._tensor_names!r}"
+
+    def _size_labels_and_convention(self) -> None:
+        """After loading: the input size the model fixes (it wins over conf's), the labels, the input convention."""
         if self.runtime.input_size and self.runtime.input_size != self.input_size:
             log.warning("%s takes %d×%d images, conf.json says %d×%d (input_width × input_height): the model's "
                         "size is used", self.runtime.path, *self.runtime.input_size, *self.input_size)
             self.input_width, self.input_height = self.runtime.input_size
         self.labels, self.labels_path, numbered = self._read_labels()
         self.convention = self._input_convention(numbered)
-        if self._engine == "auto" and self.runtime.function is not None:  # a .tflite is LiteRT already
-            self.runtime = litert.accelerate(self.runtime, self._check_batch())
-        if len(self.labels) != self.runtime.num_classes:
-            raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
-                                     f"{self.model_path} outputs {self.runtime.num_classes} classes")
-        return self.runtime
 
     def _read_labels(self) -> tuple[list[str], Path, bool]:
         """The labels: conf's labels_file, else a labels file beside the model (a version folder's own, else

@@ -87,3 +87,39 @@ def test_batches_larger_than_a_chunk_are_split(default_model, photo_bytes):
     alone = [default_model.execute([item], 1)[0] for item in items]
     for a, b in zip(together, alone):
         assert a[0][0] == b[0][0] and a[0][1] == pytest.approx(b[0][1], abs=1e-5)
+
+
+def run_python(code: str) -> dict:
+    """Runs code in a fresh interpreter at the project's root; returns the JSON it prints last."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_a_recorded_conversion_serves_without_tensorflow(default_model, tmp_path):
+    """Once converted and checked (default_model did it), the server starts with no TensorFlow in the process;
+    a convention never checked brings TensorFlow back to check it, once. (Changed model files change the cache
+    key: test_a_changed_model_is_converted_again.)"""
+    import json
+    import shutil
+
+    started = run_python("import json, sys; sys.argv = ['app.py']; import app; "
+                         "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules, "
+                         "'model': app.classifier.describe(app.model), "
+                         "'answer': app.model.execute(['tests/photos/cat.jpeg'], 1)[0][0][0]}))")
+    assert started == {"tf": False, "keras": False, "answer": default_model.execute([PHOTOS / "cat.jpeg"])[0][0][0],
+                       "model": default_model.describe()}
+
+    conf = json.loads((ROOT / "conf.json").read_text())
+    conf["http_server"]["tensorflow"].update(model_dir=str(tmp_path / "model"), input_std=200)
+    shutil.copytree(ROOT / "checkpoint_dir", tmp_path / "model")  # its .litert/ cache and record come along
+    (tmp_path / "conf.json").write_text(json.dumps(conf))
+    load = (f"import json, sys, classifier; m = classifier.load({str(tmp_path / 'conf.json')!r}); "
+            "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'engine': m.runtime.engine}))")
+    first, second = run_python(load), run_python(load)
+    assert first["tf"] is True and first["engine"].startswith("LiteRT")  # another convention: checked with TF
+    assert second["tf"] is False and second["engine"] == first["engine"]  # and recorded
