@@ -8,6 +8,7 @@ bench/explain.py and README's "Why this label".
 """
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -35,8 +36,6 @@ class Explanation:
 
     def as_json(self, photo: Image.Image) -> dict:
         """Plain data for HTTP: the label, its probability, the grid as numbers, and the overlay as PNG base64."""
-        import base64
-
         buffer = io.BytesIO()
         overlay(photo, self.grid).save(buffer, "PNG")
         return {"label": self.label, "probability": self.probability,

@@ -37,6 +37,7 @@ class Served:
     def __init__(self, batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None, health: Any):
         self.batcher, self.limits, self.credentials, self.health = batcher, limits, credentials, health
         self.body_limit = max(MIN_BODY_LIMIT, 2 * limits.max_bytes)
+        self._named: tuple[Any, str] | None = None  # (model, its name): read from its conf once per model
 
     @property
     def model(self) -> Any:
@@ -44,7 +45,10 @@ class Served:
 
     @property
     def name(self) -> str:
-        return ArchJsonConfLoader(self.model.conf).get_model_name()
+        model = self.model
+        if self._named is None or self._named[0] is not model:  # a hot reload may bring another conf
+            self._named = (model, ArchJsonConfLoader(model.conf).get_model_name())
+        return self._named[1]
 
     @property
     def version(self) -> str:
