@@ -30,11 +30,17 @@ def find_labels_file(model_dir: Path, name: str | None = None) -> Path:
 
 def read_labels(path: Path) -> list[str]:
     """Class names by index: a line per class in a text file, or the items of a label_map.pbtxt."""
+    return read_labels_file(path)[0]
+
+
+def read_labels_file(path: Path) -> tuple[list[str], bool]:
+    """The class names, and whether the file numbers its lines as Teachable Machine's labels.txt does."""
     text = Path(path).read_text(encoding="utf-8")
-    labels = parse_pbtxt(text, path) if Path(path).suffix == ".pbtxt" else parse_lines(text)
+    pbtxt = Path(path).suffix == ".pbtxt"
+    labels = parse_pbtxt(text, path) if pbtxt else parse_lines(text)
     if not labels:
         raise LabelsError(f"the labels file {path} holds no labels")
-    return labels
+    return labels, not pbtxt and is_numbered(text)
 
 
 def parse_lines(text: str) -> list[str]:
@@ -94,9 +100,13 @@ def to_pbtxt(labels: list[str]) -> str:
                    for i, label in enumerate(labels))
 
 
+def best(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k most probable classes, most probable first (the one ranking every answer uses)."""
+    k = min(k, len(probabilities))
+    indices = np.argpartition(-probabilities, k - 1)[:k]
+    return indices[np.argsort(-probabilities[indices], kind="stable")]
+
+
 def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[list]:
     """The k most probable classes as [label, probability] pairs, Python floats, most probable first."""
-    k = min(k, len(labels))
-    best = np.argpartition(-probabilities, k - 1)[:k]
-    best = best[np.argsort(-probabilities[best], kind="stable")]
-    return [[labels[i], float(probabilities[i])] for i in best]
+    return [[labels[i], float(probabilities[i])] for i in best(probabilities, k)]

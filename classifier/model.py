@@ -130,18 +130,19 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     def _read_labels(self) -> tuple[list[str], Path, bool]:
         """The labels: conf's labels_file, else a labels file beside the model (a version folder's own, else
         model_dir's), else those packed in the model file. And whether they are Teachable Machine's numbered lines."""
-        try:
-            path = labels.find_labels_file(self.model_path, self._labels_file)
-        except labels.LabelsError:
+        folders = list(dict.fromkeys([self.model_path, Path(self.model_dir)]))  # one folder when unversioned
+        for number, folder in enumerate(folders):
             try:
-                if self.model_path == Path(self.model_dir):
-                    raise
-                path = labels.find_labels_file(Path(self.model_dir), self._labels_file)
+                path = labels.find_labels_file(folder, self._labels_file)
+                break
             except labels.LabelsError:
+                if number < len(folders) - 1:
+                    continue
                 if self.runtime.labels and not self._labels_file:
                     return self.runtime.labels, self.runtime.path, False
                 raise
-        return labels.read_labels(path), path, labels.is_numbered(path.read_text(encoding="utf-8"))
+        names, numbered = labels.read_labels_file(path)
+        return names, path, numbered
 
     def _input_convention(self, teachable_machine: bool) -> images.InputConvention:
         """conf.json's input_mean, input_std and resize; for what it does not set, the model's own word (its

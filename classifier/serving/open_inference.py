@@ -10,7 +10,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .protocols import ProtocolError, Served, json_object, protocol_route, top_k_indices
+from ..labels import best
+from .protocols import ProtocolError, Served, json_object, protocol_route
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +215,12 @@ def _output(wanted: dict, probabilities: np.ndarray, model: Any, binary_default:
         datatype, values = "FP32", probabilities
     elif name == PROBABILITIES:  # Triton's classification extension: "probability:index:label", best first
         datatype = "BYTES"
-        values = np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in top_k_indices(row, classes)]
+        values = np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in best(row, classes)]
                            for row in probabilities], dtype=object)
     elif name == LABELS:
         datatype = "BYTES"
         k = classes or getattr(model, "top_k", 5)
-        values = np.array([[labels[i] for i in top_k_indices(row, k)] for row in probabilities], dtype=object)
+        values = np.array([[labels[i] for i in best(row, k)] for row in probabilities], dtype=object)
     else:
         raise ProtocolError(400, f"unknown output {name!r}: this model gives {PROBABILITIES!r} and {LABELS!r}")
     output = {"name": name, "datatype": datatype, "shape": list(values.shape)}

@@ -181,9 +181,3 @@ def protocol_route(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
         except Exception as exc:
             return error_for(exc)
     return answer
-
-
-def top_k_indices(row: np.ndarray, k: int) -> np.ndarray:
-    """The indices of the k highest probabilities, highest first (ties: the lower index first)."""
-    return np.argsort(-row, kind="stable")[:k]
-

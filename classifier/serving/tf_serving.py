@@ -8,7 +8,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from .protocols import ProtocolError, Served, json_object, protocol_route, top_k_indices
+from ..labels import top_k
+from .protocols import ProtocolError, Served, json_object, protocol_route
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a tensor [H, W, 3] as preprocess makes it
 PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
@@ -114,8 +115,7 @@ async def _classify(served: Served, request: dict) -> JSONResponse:
         images.append(_b64(served, features[IMAGE_INPUT], f"example {number}"))
     probabilities, model = await served.probabilities(images, "the request's")
     k = getattr(model, "top_k", 5)
-    return JSONResponse({"results": [[[model.labels[i], float(row[i])] for i in top_k_indices(row, k)]
-                                     for row in probabilities]})
+    return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
 
 
 def _rows(served: Served, instances: Any) -> list[bytes] | np.ndarray:
