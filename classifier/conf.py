@@ -10,6 +10,9 @@ from typing import Any
 
 from .images import ALLOWED_FORMATS, RESIZES, Limits
 
+RUNTIMES = ("auto", "tensorflow", "litert", "openvino")  # auto: the fastest that agrees (classifier.engines)
+PRECISIONS = ("fp32", "bf16", "int8")  # bf16 and int8: OpenVINO, guarded by a top-1 agreement check
+
 _MISSING = object()
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)  # a plain dotted module name
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)  # one URL path segment: /v2/models/{name}
@@ -195,8 +198,15 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         if self.resize is not None and self.resize not in RESIZES:
             raise self._error(tf_keys + ("resize",), f"must be one of {list(RESIZES)}, not {self.resize!r}")
         self.runtime = self._str(*tf_keys, "runtime", default="auto")
-        if self.runtime not in ("auto", "tensorflow"):
-            raise self._error(tf_keys + ("runtime",), f"must be \"auto\" or \"tensorflow\", not {self.runtime!r}")
+        if self.runtime not in RUNTIMES:
+            raise self._error(tf_keys + ("runtime",), f"must be one of {list(RUNTIMES)}, not {self.runtime!r}")
+        self.precision = self._str(*tf_keys, "precision", default="fp32")
+        if self.precision not in PRECISIONS:
+            raise self._error(tf_keys + ("precision",), f"must be one of {list(PRECISIONS)}, not {self.precision!r}")
+        if self.precision != "fp32" and self.runtime not in ("auto", "openvino"):
+            raise self._error(tf_keys + ("precision",), f"{self.precision} is served by OpenVINO: set runtime to "
+                              f"\"auto\" or \"openvino\", not {self.runtime!r}")
+        self.calibration_photos = self._str(*tf_keys, "calibration_photos", default=None)
         limit_keys = ("http_server", "limits")
         formats = self._value(*limit_keys, "formats", default=list(ALLOWED_FORMATS))
         if not isinstance(formats, list) or not all(f in ALLOWED_FORMATS for f in formats) or not formats:

@@ -43,7 +43,7 @@ class Runtime:
     keep: Any = None  # what the function needs alive: a SavedModel's variables, a Keras model
     num_classes: int = 0
     applies_softmax: bool = False  # True when the model outputs logits and softmax is applied here
-    engine: str = "TensorFlow"  # what runs it: TensorFlow, or LiteRT once litert.accelerate has converted it
+    engine: str = "TensorFlow"  # what runs it: TensorFlow, or the engine engines.accelerate chose
     predict: Callable[[np.ndarray], np.ndarray] = None  # the raw model call; the TF function unless replaced
     convention: InputConvention | None = None  # what the model itself says of its input, if anything
     convention_source: str = ""  # where that came from, for the start-up log
@@ -56,7 +56,10 @@ class Runtime:
             self.predict = lambda batch: self.function(constant(batch)).numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.predict(batch)
+        return self.probabilities(self.predict(batch))
+
+    def probabilities(self, out: np.ndarray) -> np.ndarray:
+        """The model's raw outputs as probabilities (softmax if it gives logits)."""
         if self.applies_softmax:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
@@ -236,7 +239,7 @@ def _flat_layers(model: Any) -> list:
 def load_tflite(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
     """A .tflite file, float or quantized (int8/uint8), run by LiteRT as it is; labels from the labels file packed
     into it (what TFLite metadata writers do), when there is one."""
-    from .litert import LiteRTPredictor, threads
+    from .engines.litert import LiteRTPredictor, threads
 
     try:
         predictor = LiteRTPredictor(path, threads())
