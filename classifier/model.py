@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -102,8 +103,9 @@ class RetrainedClassificationModel(TFAiUcloudModel):
                             or self._load_with_tensorflow())
             self._size_labels_and_convention()
         if self._engine != "tensorflow" and self.runtime.function is not None:  # a .tflite is LiteRT already
-            self.runtime = engines.accelerate(self.runtime, self._check_batch(), self._check_name(), self._engine,
-                                              self._precision, self._calibration())
+            calibration, held_out = self._calibration()
+            self.runtime = engines.accelerate(self.runtime, np.concatenate([self._check_batch(), held_out]),
+                                              self._check_name(), self._engine, self._precision, calibration)
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
@@ -183,18 +185,23 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         views = [view for photo in photos for view in images.views(images.decode(photo))]
         return np.stack([self.preprocess(view) for view in views + [noise]])
 
-    def _calibration(self) -> np.ndarray | None:
-        """int8's calibration images: conf's calibration_photos folder (retraining names the training photos
-        there), else None (the check images calibrate)."""
+    def _calibration(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """int8's calibration images, and the photos held out of them for the check: conf's calibration_photos
+        (retraining names its training photos there), every other one calibrating and the rest checked, so that
+        the guard also sees the model's own kind of photo, unseen by the calibration. Without calibration_photos
+        (or for fp32 and bf16): (None, no images), and the check images calibrate."""
+        none = np.zeros((0, self.input_height, self.input_width, 3), np.float32)
         if self._precision != "int8" or not self._calibration_photos:
-            return None
+            return None, none
         folder = Path(self._calibration_photos)
-        photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
-        if not photos:
-            raise formats.ModelError(f"calibration_photos {folder} holds no .jpg, .jpeg or .png photos")
-        # At most CALIBRATION_SIZE, spread evenly over the sorted paths: every class folder has its share.
-        chosen = np.unique(np.linspace(0, len(photos) - 1, engines.openvino.CALIBRATION_SIZE).astype(int))
-        return np.stack([self.preprocess(images.decode(photos[index])) for index in chosen])
+        photos = sorted(Path(top) / name for top, _, names in os.walk(folder, followlinks=True)  # class folders
+                        for name in names if Path(name).suffix.lower() in PHOTO_SUFFIXES)  # may be symlinks
+        if len(photos) < 2:
+            raise formats.ModelError(f"calibration_photos {folder} holds fewer than two .jpg, .jpeg or .png photos")
+        # At most CALIBRATION_SIZE of each half, spread evenly over the sorted paths: every class has its share.
+        chosen = np.unique(np.linspace(0, len(photos) - 1, 2 * engines.openvino.CALIBRATION_SIZE).astype(int))
+        tensors = np.stack([self.preprocess(images.decode(photos[index])) for index in chosen])
+        return tensors[0::2], tensors[1::2]
 
     # The three steps.
     def preprocess(self, item: Any) -> np.ndarray:

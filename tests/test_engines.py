@@ -188,7 +188,7 @@ def test_the_precision_guard_refuses_an_int8_model_that_disagrees(tmp_path, capl
         Image.new("RGB", (224, 224), (grey,) * 3).save(tmp_path / "blank" / f"{n}.png")
     with caplog.at_level(logging.INFO, logger="classifier.engines"):
         model = classifier.load(reduced_twin(tmp_path, "int8", calibration_photos=str(tmp_path / "blank")))
-    refused = re.search(r"openvino int8 refused: the same top-1 as fp32 on (\d+)% of 41 check images", caplog.text)
+    refused = re.search(r"openvino int8 refused: the same top-1 as fp32 on (\d+)% of \d+ check images", caplog.text)
     assert refused and int(refused.group(1)) < 97, caplog.text[-2000:]
     assert "int8" not in model.runtime.engine and model.runtime.engine != "TensorFlow"
     assert model.execute([PHOTOS / "cat.jpeg"])[0][0][0] == "Egyptian cat"

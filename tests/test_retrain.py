@@ -43,7 +43,7 @@ def test_retrain_on_real_photos_is_accurate_and_servable(trained):
 
     out = options.output_dir
     assert {p.name for p in out.iterdir()} == {"frozen_inference_graph.pb", "label_map.txt", "label_map.pbtxt",
-                                               "saved_model", "report", "conf.json"}
+                                               "saved_model", "report", "conf.json", ".litert"}
     assert (out / "label_map.txt").read_text() == "birds\nflowers\nfruit\nmammals\n"
     report = out / "report"
     metrics = json.loads((report / "metrics.json").read_text())
@@ -53,6 +53,13 @@ def test_retrain_on_real_photos_is_accurate_and_servable(trained):
         assert Image.open(report / picture).size[0] > 300
     assert len(json.loads((report / "misclassified.json").read_text())) == round(
         (1 - summary.test_accuracy) * summary.split["testing"])
+
+    # The int8 twin, calibrated on the training photos, tested on the same test photos (or refused by the guard).
+    assert summary.int8.startswith(("written", "refused")), summary.int8
+    if summary.int8.startswith("written"):
+        assert metrics["int8_test_accuracy"] == summary.int8_test_accuracy >= 0.8
+        assert f"int8 model: written" in retrain.format_summary(summary)
+        assert list((out / ".litert").glob("*int8*.xml"))
 
     model = classifier.load(out / "conf.json")  # pointed at the new folder, nothing else changed
     assert model.runtime.format == "frozen graph" and model.labels == ["birds", "flowers", "fruit", "mammals"]
@@ -111,6 +118,7 @@ def make_dataset(folder: Path, classes: dict[str, tuple[int, int, int]], count: 
 
 def small_options(tmp_path: Path, image_dir: Path, **kwargs) -> retrain.Options:
     kwargs.setdefault("how_many_training_steps", 200)
+    kwargs.setdefault("int8", False)  # the int8 twin is tested on real photos (trained), not on these
     return retrain.Options(image_dir=image_dir, output_dir=tmp_path / "out", bottleneck_dir=tmp_path / "cache",
                            **kwargs)
 
@@ -189,6 +197,7 @@ def test_command_line(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "Trained on 24 photos in 2 classes (blue 12, red 12)" in run.stdout
     assert "Test accuracy:" in run.stdout and "Serve it: python app.py --conf" in run.stdout
+    assert "int8 model: " in run.stdout
     run = subprocess.run([sys.executable, "-m", "classifier.retrain", "--image_dir", str(tmp_path / "nope"),
                           "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 2 and "error: --image_dir" in run.stderr and "Traceback" not in run.stderr

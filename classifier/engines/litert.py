@@ -55,7 +55,8 @@ class LiteRTPredictor:
         from ai_edge_litert.interpreter import Interpreter
 
         # Held in memory, not mapped from the file: the cache file may be deleted or rewritten while we serve.
-        content = Path(model_path).read_bytes()
+        self.path = Path(model_path)
+        content = self.path.read_bytes()
         self._make = lambda n_threads: Interpreter(model_content=content, num_threads=n_threads)
         self.threads = threads
         self.engine = f"LiteRT XNNPACK, {threads} threads"

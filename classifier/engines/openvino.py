@@ -70,6 +70,7 @@ class OpenVINOPredictor:
     def __init__(self, xml: Path, precision: str, n_threads: int):
         import openvino as ov
 
+        self.path, self.precision = Path(xml), precision
         core = ov.Core()
         # Read into memory: the cache files may be replaced while we serve.
         model = core.read_model(Path(xml).read_bytes(), ov.Tensor(np.frombuffer(

@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
                  "random_crop", "random_scale", "random_brightness", "distorted_copies", "seed"):
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     parser.add_argument("--flip_left_right", action="store_true")
+    parser.add_argument("--no_int8", dest="int8", action="store_false",
+                        help="do not write the int8 model (quantized on the training photos) beside the fp32 one")
     for name in ("output_graph", "output_labels", "final_tensor_name", "saved_model_dir"):
         parser.add_argument(f"--{name}", default=getattr(defaults, name))
     parser.add_argument("--bottleneck_dir", type=Path, default=defaults.bottleneck_dir)

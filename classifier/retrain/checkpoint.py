@@ -12,6 +12,7 @@ import numpy as np
 from .. import labels as labels_module
 from .bottlenecks import FEATURE_TENSOR, FeatureExtractor
 from .options import Options, Summary
+from .quantize import write_int8
 from .report import write_report
 
 
@@ -67,8 +68,10 @@ def write_saved_model(graph_def, final_tensor_name: str, path: Path) -> None:
 
 
 def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.ndarray, bias: np.ndarray,
-                     label_names: list[str], summary: Summary, history: list[dict]) -> None:
-    """Everything goes into a temporary folder beside output_dir, renamed into place only when complete."""
+                     label_names: list[str], summary: Summary, history: list[dict],
+                     test_set: list[tuple[Path, str]] = ()) -> None:
+    """Everything goes into a temporary folder beside output_dir, renamed into place only when complete. The
+    engines' cache comes along: the converted models (LiteRT, OpenVINO, the int8 twin) and their checks."""
     output = Path(options.output_dir).resolve()
     previous = output.with_name(f".{output.name}.previous")
     if previous.is_dir() and not output.exists():  # a run killed between the two renames below: put it back
@@ -85,15 +88,19 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
         (staging / "label_map.pbtxt").write_text(labels_module.to_pbtxt(label_names), encoding="utf-8")
         write_saved_model(graph_def, options.final_tensor_name, staging / options.saved_model_dir)
         shutil.copy(staging / options.output_labels, staging / options.saved_model_dir / "label_map.txt")
-        write_report(staging / "report", summary, label_names, history)
         width, height = extractor.size
         # The input convention the base model was trained with, written out: served right even if defaults change.
+        # The training photos calibrate int8 (precision "int8").
         tensorflow_conf = {"model_dir": ".", "input_width": str(width), "input_height": str(height),
-                           "input_mean": 0, "input_std": 255, "resize": "squash"}
+                           "input_mean": 0, "input_std": 255, "resize": "squash",
+                           "calibration_photos": str(Path(options.image_dir).resolve())}
         if options.final_tensor_name != "final_result":
             tensorflow_conf["output_tensor"] = options.final_tensor_name
         if options.output_labels != "label_map.txt":
             tensorflow_conf["labels_file"] = options.output_labels
+        if options.int8:
+            write_int8(staging, tensorflow_conf, list(test_set), summary)
+        write_report(staging / "report", summary, label_names, history)
         (staging / "conf.json").write_text(json.dumps({"http_server": {
             "exec": {"main_class": "RetrainedClassificationModel", "main_file": "retrain_inference"},
             "tensorflow": tensorflow_conf}}, indent=2) + "\n")

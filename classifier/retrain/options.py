@@ -39,6 +39,7 @@ class Options:
     saved_model_dir: str = "saved_model"  # relative to output_dir
     base_model_dir: Path = DEFAULT_BASE_MODEL
     seed: int = 0
+    int8: bool = True  # also write the int8 twin (quantize.py); --no_int8 skips it
 
     @property
     def distorts(self) -> bool:
@@ -56,6 +57,8 @@ class Summary:
     bottlenecks_cached: int = 0
     training_steps: int = 0
     test_accuracy: float = float("nan")
+    int8_test_accuracy: float = float("nan")  # the int8 twin's, on the same test photos (quantize.py)
+    int8: str = ""  # what became of the int8 twin: written, refused by the guard, or not written and why
     per_class: dict[str, dict] = field(default_factory=dict)
     confusion_matrix: list[list[int]] = field(default_factory=list)
     misclassified: list[dict] = field(default_factory=list)

@@ -59,6 +59,9 @@ def format_summary(summary: Summary) -> str:
                      + ", ".join(Path(s["file"]).name for s in summary.skipped))
     tested = sum(c["test_images"] for c in summary.per_class.values())
     lines.append(f"Test accuracy: {summary.test_accuracy:.1%} ({tested} photos).")
+    if summary.int8:
+        int8 = summary.int8_test_accuracy
+        lines.append(f"int8 model: {summary.int8}" + (f"; test accuracy {int8:.1%}." if int8 == int8 else "."))
     for label, c in summary.per_class.items():
         precision = "–" if c["precision"] is None else f"{c['precision']:.0%}"
         recall = "–" if c["recall"] is None else f"{c['recall']:.0%}"

@@ -49,7 +49,8 @@ def retrain(options: Options) -> Summary:
     evaluate(test_x, test_y, test_files, weights, bias, label_names, summary)
     summary.output_dir = str(Path(options.output_dir).resolve())
     summary.seconds = round(time.monotonic() - started, 1)
-    write_checkpoint(options, extractor, weights, bias, label_names, summary, history)
+    test_set = [(path, label_names[index]) for path, index in zip(test_files, test_y)]
+    write_checkpoint(options, extractor, weights, bias, label_names, summary, history, test_set)
     return summary
 
 
