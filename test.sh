@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 
 # chromium: the browser tests' real browser (driven by Playwright; never `playwright install`).
 # tuxpaint-stamps-default: ~800 real labelled photos for the retraining tests.
-DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default)
+# wrk: the benchmark's load generator (bench/wrk.py), light enough that the server is what it measures.
+DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default wrk)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${DEBIAN_PACKAGES[@]}"

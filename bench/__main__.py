@@ -1,13 +1,15 @@
 """python -m bench [--quick]: measures, in one run on this machine, the numbers README's Performance table shows.
 
-a. the model-only ceiling: each engine on preprocessed tensors, at several batch sizes;
-b. decode + preprocess per photo of tests/photos;
-c. POST /service end to end on a real server (loopback), real JPEGs, concurrency 1, 4, 16, 64
-   (and concurrency 1 with batching off, for the no-added-latency check);
-d. Gradio's API through gradio_client, concurrency 1 and 8;
-e. the naive baseline (bench/naive_app.py: Keras model.predict per request) driven like c;
-f. POST /explain on a 224×224 photo, one at a time (the heatmap's cost; bench/explain.py compares the methods).
-Writes bench/results/latest.json and prints a Markdown table.
+a. the model-only ceiling of every engine and precision, on preprocessed tensors, at batch 1, 8 and 16;
+b. JPEG decoding: Pillow draft mode against simplejpeg, small photos and camera-sized ones (bench/decode.py);
+c. POST /service end to end on a real server (loopback) under wrk (bench/wrk.py: real JPEG bodies, one client
+   thread whose CPU share is reported): c1, c16, c64 with the default config and with the fastest precision the
+   guard allows, c1 with batching off, memory before and after a longer run, start to ready, RSS and PSS;
+d. Gradio's API through gradio_client, c1 and c8, beside Gradio's own floor (bench/gradio_floor.py);
+e. the naive demo (bench/naive_app.py: Keras model.predict per request) under the same wrk;
+f. POST /explain on a 224×224 photo, one at a time;
+g. the peer: LitServe serving the same engine with its own batching (bench/litserve_app.py), under the same wrk.
+Writes bench/results/latest.json and prints README's tables (bench/report.py).
 """
 from __future__ import annotations
 
@@ -25,11 +27,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench.load import drive_gradio, drive_http, markdown_row
+from bench import decode, wrk
+from bench.load import drive_gradio
+from bench.report import markdown
 from bench.server import ROOT, ServerProcess, conf_variant
 
 PHOTOS = ROOT / "tests" / "photos"
 JPEGS = sorted((ROOT / "examples").glob("*.jp*g"))  # real photos, 35–112 KB, 451×300 to 741×497
+ENGINES = {"tensorflow fp32": {"runtime": "tensorflow"}, "litert fp32": {"runtime": "litert"},
+           "openvino fp32": {"runtime": "openvino"}, "openvino bf16": {"precision": "bf16"},
+           "openvino int8": {"precision": "int8"}}
 
 
 def cpu_name() -> str:
@@ -48,37 +55,28 @@ def timed_rate(run, images_per_call: int, seconds: float) -> float:
     return count / (time.perf_counter() - started)
 
 
-def ceiling(seconds: float) -> dict:
-    """Images/s of each engine on already-preprocessed tensors."""
+def ceiling(folder: Path, seconds: float) -> dict:
+    """Images/s of each engine and precision on already-preprocessed tensors, and which ones the guard allowed."""
     import classifier
 
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        engines = {"tensorflow": classifier.load(conf_variant(folder, tensorflow={"runtime": "tensorflow"})),
-                   "litert": classifier.load(ROOT / "conf.json")}
-    tensor = engines["litert"].preprocess(JPEGS[0])
-    for name, model in engines.items():
-        assert name == "tensorflow" or model.runtime.engine.startswith("LiteRT"), model.runtime.engine
-        for batch_size in (1, 4, 8, 16, 32):
-            batch = np.stack([tensor] * batch_size)
-            results[f"{name}_b{batch_size}"] = round(timed_rate(lambda: model.forward(batch), batch_size, seconds), 1)
+    default = classifier.load(ROOT / "conf.json")
+    tensor = default.preprocess(JPEGS[0])
+    results = {"default_engine": default.runtime.engine, "engines": {}}
+    for name, keys in ENGINES.items():
+        (folder / name.replace(" ", "_")).mkdir()
+        model = classifier.load(conf_variant(folder / name.replace(" ", "_"), tensorflow=keys))
+        precision = keys.get("precision", "fp32")
+        allowed = precision in model.runtime.engine or precision == "fp32"  # refused: fp32 serves instead
+        rates = {f"b{size}": round(timed_rate(lambda: model.forward(np.stack([tensor] * size)), size, seconds), 1)
+                 for size in (1, 8, 16)} if allowed else {}
+        results["engines"][name] = {"engine": model.runtime.engine, "allowed": allowed, **rates}
+    best = {name: max(r["b1"], r["b8"], r["b16"]) for name, r in results["engines"].items() if r["allowed"]}
+    results["default_img_s"] = next(best[name] for name, r in results["engines"].items()
+                                    if r["engine"] == default.runtime.engine)
+    reduced = {name: rate for name, rate in best.items() if "fp32" not in name}
+    results["fastest_precision"] = ENGINES[max(reduced, key=reduced.get)]["precision"] if reduced else None
+    results["fastest_precision_img_s"] = max(reduced.values()) if reduced else None
     return results
-
-
-def decode_times(repeats: int) -> dict:
-    import classifier
-
-    model = classifier.load(ROOT / "conf.json")
-    times = {}
-    for photo in sorted(p for p in PHOTOS.iterdir() if p.suffix in (".png", ".jpg", ".jpeg")):
-        data = photo.read_bytes()
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model.preprocess(data)
-            samples.append((time.perf_counter() - started) * 1000)
-        times[photo.name] = round(statistics.median(samples), 2)
-    return times
 
 
 def explain_times(url: str, repeats: int) -> dict:
@@ -100,17 +98,6 @@ def explain_times(url: str, repeats: int) -> dict:
             "requests": repeats}
 
 
-def merge(runs: list) -> dict:
-    """One summary for several runs of the same kind."""
-    from bench.load import Stats
-
-    merged = Stats(runs[0].concurrency, sum(r.requests for r in runs), sum(r.seconds for r in runs),
-                   [latency for r in runs for latency in r.latencies_ms])
-    for r in runs:
-        merged.statuses.update(r.statuses)
-    return merged.summary()
-
-
 def naive_saved_model(folder: Path) -> Path:
     """The default model as a SavedModel, so the baseline runs the very same graph through Keras."""
     import tensorflow as tf
@@ -123,110 +110,113 @@ def naive_saved_model(folder: Path) -> Path:
     return folder / "saved_model"
 
 
+def under_load(server: ServerProcess, levels: tuple[int, ...], seconds: float, path: str = "/service") -> dict:
+    """wrk at each concurrency, after a short warm-up; the server's memory when it was ready and after."""
+    wrk.drive(server.url, JPEGS, 4, 1, path)
+    runs = {f"c{c}": wrk.drive(server.url, JPEGS, c, seconds, path) for c in levels}
+    return {**runs, "ready_s": round(server.ready_s, 1), "ready_rss_mb": round(server.ready_rss_mb),
+            "ready_pss_mb": round(server.ready_pss_mb), "rss_mb": round(server.rss_mb()[0]),
+            "pss_mb": round(server.pss_mb())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests and shorter runs (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (about three minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
+    if not wrk.available():
+        parser.error("wrk is not installed: apt-get install wrk (Debian's package; ./test.sh installs it as root)")
     quick = args.quick
-    per_level = 60 if quick else 1000  # requests per concurrency level
-    soak = 300 if quick else 10_000  # requests for the memory check
-    bodies = [p.read_bytes() for p in JPEGS]
+    seconds = 5 if quick else 20  # per wrk run
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": cpu_name(), "python": platform.python_version()},
                     "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M")}
+    folder = tempfile.TemporaryDirectory()
+    work = Path(folder.name)
     print("a. ceiling …", file=sys.stderr)
-    report["ceiling"] = ceiling(1.0 if quick else 4.0)
-    report["ceiling_img_s"] = max(report["ceiling"].values())
+    report["ceiling"] = ceiling(work, 1.0 if quick else 4.0)
     print("b. decode …", file=sys.stderr)
-    report["decode_ms"] = decode_times(5 if quick else 30)
+    import classifier
+
+    report["decode"] = decode.compare(classifier.load(ROOT / "conf.json"), JPEGS, 5 if quick else 30)
 
     print("c. /service …", file=sys.stderr)
-    folder = tempfile.TemporaryDirectory()
-    unbatched_conf = conf_variant(folder.name, batching={"max_batch_size": 1})
-    started = time.perf_counter()
-    server = ServerProcess()  # the model was converted and checked by a. above: it serves without TensorFlow
-    report["server_start"] = {"ready_s": round(time.perf_counter() - started, 1), "rss_mb": round(server.rss_mb()[0])}
-    unbatched = ServerProcess("--conf", str(unbatched_conf))
+    server = ServerProcess()  # the model was converted and checked by a.: it serves without TensorFlow
     try:
-        # Concurrency 1, with and without batching, in alternating rounds so that drift in this noisy machine's
-        # speed hits both alike.
-        for s in (server, unbatched):
-            drive_http(s.url, bodies, 4, 40)  # warm-up
-        rounds = {"batched": [], "unbatched": []}
-        for _ in range(5):
-            for name, s in (("batched", server), ("unbatched", unbatched)):
-                rounds[name].append(drive_http(s.url, bodies, 1, per_level // 10))
-        unbatched.stop()
-        report["service"] = {"c1": merge(rounds["batched"])}
-        report["service_unbatched_c1"] = merge(rounds["unbatched"])
-        report["service"].update({f"c{c}": drive_http(server.url, bodies, c, per_level).summary() for c in (4, 16, 64)})
-        rss_before = server.rss_mb()[0]
-        memory_run = drive_http(server.url, bodies, 16, soak).summary()
-        rss_after, rss_peak = server.rss_mb()
-        report["memory"] = {"requests": soak, "rss_before_mb": round(rss_before), "rss_after_mb": round(rss_after),
-                            "rss_peak_mb": round(rss_peak), "statuses": memory_run["statuses"]}
+        report["service"] = under_load(server, (1, 16, 64), seconds)
+        report["memory"] = {"rss_before_mb": round(server.rss_mb()[0])}
+        longer = wrk.drive(server.url, JPEGS, 16, 3 * seconds)
+        report["memory"].update(requests=longer["requests"], non_2xx=longer["non_2xx"],
+                                rss_after_mb=round(server.rss_mb()[0]), rss_peak_mb=round(server.rss_mb()[1]))
         print("d. Gradio API …", file=sys.stderr)
-        report["gradio"] = {f"c{c}": drive_gradio(server.url, JPEGS, c, 20 if quick else 200).summary()
-                            for c in (1, 8)}
+        floor = ServerProcess(script=ROOT / "bench" / "gradio_floor.py", ready_path="/healthz")
+        try:
+            calls = 20 if quick else 200
+            report["gradio"], report["gradio_floor"] = {}, {}
+            for c in (1, 8):  # ours and the floor in turn, so that drift hits both alike
+                report["gradio"][f"c{c}"] = drive_gradio(server.url, JPEGS, c, calls).summary()
+                report["gradio_floor"][f"c{c}"] = drive_gradio(floor.url, JPEGS, c, calls).summary()
+        finally:
+            floor.stop()
         print("f. /explain …", file=sys.stderr)
         report["explain"] = explain_times(server.url, 5 if quick else 20)
     finally:
         server.stop()
+
+    precision = report["ceiling"]["fastest_precision"]
+    if precision:
+        (work / "reduced").mkdir()
+        reduced = ServerProcess("--conf", str(conf_variant(work / "reduced", tensorflow={"precision": precision})))
+        try:
+            report["service_reduced"] = {"precision": precision, **under_load(reduced, (1, 16, 64), seconds)}
+        finally:
+            reduced.stop()
+    (work / "unbatched").mkdir()
+    unbatched = ServerProcess("--conf", str(conf_variant(work / "unbatched", batching={"max_batch_size": 1})))
+    try:
+        report["service_unbatched"] = under_load(unbatched, (1,), seconds)
+    finally:
         unbatched.stop()
 
+    print("g. LitServe …", file=sys.stderr)
+    peer = ServerProcess(script=ROOT / "bench" / "litserve_app.py", ready_path="/health")
+    try:
+        report["litserve"] = under_load(peer, (1, 16, 64), seconds, path="/predict")
+    finally:
+        peer.stop()
+
+    print("e. naive demo …", file=sys.stderr)
     with folder:
-        print("e. naive baseline …", file=sys.stderr)
-        saved_model = naive_saved_model(Path(folder.name))
+        saved_model = naive_saved_model(work)
         naive = ServerProcess("--saved-model", str(saved_model), "--labels",
                               str(ROOT / "checkpoint_dir" / "label_map.txt"), script=ROOT / "bench" / "naive_app.py",
                               ready_path="/healthz")
         try:
-            drive_http(naive.url, bodies, 1, 5)
-            report["naive"] = {f"c{c}": drive_http(naive.url, bodies, c, per_level // (2 if c == 1 else 1))
-                               .summary() for c in (1, 16)}
-            report["naive"]["peak_rss_mb"] = round(naive.rss_mb()[1])
+            report["naive"] = under_load(naive, (1, 16), seconds)
         finally:
             naive.stop()
-    report["naive_img_s"] = report["naive"]["c16"]["img_s"]
-    c16, c1 = report["service"]["c16"], report["service"]["c1"]
-    report["targets"] = {
-        "c16_over_ceiling": round(c16["img_s"] / report["ceiling_img_s"], 2),
-        "c16_over_naive": round(c16["img_s"] / report["naive_img_s"], 1),
-        "c1_p99_over_p50": round(c1["p99_ms"] / c1["p50_ms"], 2),
-        "c1_p50_over_unbatched_p50": round(c1["p50_ms"] / report["service_unbatched_c1"]["p50_ms"], 2)}
+    report["targets"] = targets(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
     return 0
 
 
-def markdown(r: dict) -> str:
-    rows = ["| path | concurrency | images/s | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|---|"]
-    for name, runs in (("POST /service", r["service"]), ("Gradio API (gradio_client)", r["gradio"]),
-                       ("naive: Keras model.predict per request", {k: v for k, v in r["naive"].items()
-                                                                    if k.startswith("c")})):
-        for level, s in runs.items():
-            rows.append(markdown_row(name, s))
-    rows.append(markdown_row("POST /service, batching off", r["service_unbatched_c1"]))
-    ceiling_rows = ", ".join(f"{k.replace('_b', ' batch ')}: {v}" for k, v in r["ceiling"].items())
-    m, t = r["memory"], r["targets"]
-    return "\n".join(rows + [
-        "", f"Model-only ceiling (images/s on preprocessed tensors): {ceiling_rows}. Best: {r['ceiling_img_s']}.",
-        "Decode + preprocess per photo (ms, median): "
-        + ", ".join(f"{k} {v}" for k, v in r["decode_ms"].items()) + ".",
-        f"Memory: server RSS {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
-        f"requests (peak {m['rss_peak_mb']} MB; statuses {m['statuses']}). "
-        f"Naive app peak RSS {r['naive']['peak_rss_mb']} MB.",
-        f"Server start to ready (/readyz 200): {r['server_start']['ready_s']} s, RSS then "
-        f"{r['server_start']['rss_mb']} MB.",
-        f"POST /explain of a 224×224 photo, one at a time: median {r['explain']['median_s']} s, worst "
-        f"{r['explain']['max_s']} s over {r['explain']['requests']} requests.",
-        f"Targets: /service c16 = {t['c16_over_ceiling']:.0%} of the ceiling, {t['c16_over_naive']}× the naive "
-        f"baseline; c1 p99/p50 = {t['c1_p99_over_p50']}; c1 p50 with/without batching = "
-        f"{t['c1_p50_over_unbatched_p50']}.",
-        f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['processor']}, Python {r['machine']['python']}; "
-        f"{'--quick' if r['quick'] else 'full'} run on {r['date']}."])
+def targets(r: dict) -> dict:
+    """Issue 15's targets, as ratios taken within this run."""
+    c16 = r["service"]["c16"]["img_s"]
+    found = {"c16_over_default_ceiling": round(c16 / r["ceiling"]["default_img_s"], 2),
+             "c16_over_naive": round(c16 / r["naive"]["c16"]["img_s"], 1),
+             "c16_over_litserve": round(c16 / r["litserve"]["c16"]["img_s"], 2),
+             "c64_over_litserve": round(r["service"]["c64"]["img_s"] / r["litserve"]["c64"]["img_s"], 2),
+             "gradio_c8_over_floor": round(r["gradio"]["c8"]["img_s"] / r["gradio_floor"]["c8"]["img_s"], 2),
+             "c1_p50_over_unbatched_p50": round(r["service"]["c1"]["p50_ms"]
+                                                / r["service_unbatched"]["c1"]["p50_ms"], 2)}
+    if "service_reduced" in r:
+        reduced = r["service_reduced"]["c16"]["img_s"]
+        found["reduced_c16_over_default_c16"] = round(reduced / c16, 2)
+        found["reduced_c16_over_naive"] = round(reduced / r["naive"]["c16"]["img_s"], 1)
+    return found
 
 
 if __name__ == "__main__":

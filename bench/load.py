@@ -93,7 +93,12 @@ def drive_gradio(url: str, photos: list[Path], concurrency: int, requests: int) 
     """`requests` calls of /classify through gradio_client, from `concurrency` threads with a client each."""
     from gradio_client import Client, handle_file
 
-    clients = [Client(url, verbose=False) for _ in range(concurrency)]
+    # A 60 s timeout, not httpx's 5 s: on a loaded 2-core machine a first upload may take longer, and a slow
+    # call is a figure to report, not a crash. One untimed call per client first: the server's first requests
+    # import what uploads and the queue need.
+    clients = [Client(url, verbose=False, httpx_kwargs={"timeout": 60}) for _ in range(concurrency)]
+    for client in clients:
+        client.predict(handle_file(str(photos[0])), api_name="/classify")
     stats = Stats(concurrency, requests, 0.0, [])
     counter = itertools.count()
 

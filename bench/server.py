@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,7 @@ class ServerProcess:
 
     def __init__(self, *args: str, script: Path = ROOT / "app.py", env: dict | None = None,
                  ready_path: str = "/readyz", timeout: float = 180):
+        started = time.perf_counter()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -55,6 +57,8 @@ class ServerProcess:
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         try:
             wait_until_ready(self.url + ready_path, self.process, timeout)
+            self.ready_s = time.perf_counter() - started  # from the start of the process to its first 200
+            self.ready_rss_mb, self.ready_pss_mb = self.rss_mb()[0], self.pss_mb()
         except RuntimeError as exc:
             output = self.output()  # before stop() deletes the log
             self.stop()
@@ -69,14 +73,47 @@ class ServerProcess:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines())
         return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
 
+    def processes(self) -> list[int]:
+        """The server's pid and those of every process it started (LitServe's workers), from /proc."""
+        found, pending = [], [self.pid]
+        while pending:
+            pid = pending.pop()
+            found.append(pid)
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:  # the process ended meanwhile
+                continue
+        return found
+
+    def pss_mb(self) -> float:
+        """Proportional set size of the server and every process it started, in MB: shared pages counted once
+        across them, so a multi-process server (LitServe's workers) is not counted twice for its libraries."""
+        total = 0
+        for pid in self.processes():
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            total += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        return total / 1024
+
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
+        # Not a process group of its own (start_new_session): under one, gradio_client's calls to our page
+        # stalled for ~4 s every other call here. The workers it started are found in /proc instead.
+        children = self.processes()[1:] if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        for pid in children:  # what outlived it (LitServe's worker processes)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         Path(self.log.name).unlink(missing_ok=True)

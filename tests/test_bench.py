@@ -4,20 +4,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, require_debian_package
 
 
 def test_quick_benchmark_runs(tmp_path):
+    require_debian_package(Path("/usr/bin/wrk"), "wrk")
     out = tmp_path / "latest.json"
     run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["ceiling_img_s"] > 0 and result["naive_img_s"] > 0
-    for level in ("c1", "c4", "c16", "c64"):
-        assert {"img_s", "p50_ms", "p99_ms"} <= set(result["service"][level])
-        assert result["service"][level]["statuses"] == {"200": result["service"][level]["requests"]}
-    assert result["memory"]["statuses"] == {"200": result["memory"]["requests"]}
-    assert "| POST /service | 16 |" in run.stdout
+    engines = result["ceiling"]["engines"]
+    assert engines["litert fp32"]["allowed"] and engines["openvino fp32"]["allowed"]
+    assert result["ceiling"]["default_img_s"] > 0 and set(result["decode"]) >= {"cat.jpeg", "cat_4032x3024.jpeg"}
+    for server in ("service", "litserve", "naive"):
+        for level in ("c1", "c16") + (("c64",) if server != "naive" else ()):
+            run_ = result[server][level]
+            assert run_["requests"] > 0 and run_["non_2xx"] == 0 and run_["socket_errors"] == 0, (server, run_)
+            assert 0 < run_["client_cpu_share"] < 0.5
+        assert result[server]["pss_mb"] > 0 and result[server]["ready_s"] > 0
+    assert result["memory"]["non_2xx"] == 0 and result["memory"]["requests"] > 0
+    assert result["gradio"]["c8"]["img_s"] > 0 and result["gradio_floor"]["c8"]["img_s"] > 0
+    assert "c16_over_litserve" in result["targets"] and "| POST /service | 16 |" in run.stdout
     assert 0 < result["explain"]["median_s"] <= result["explain"]["max_s"] and "POST /explain" in run.stdout

@@ -1,0 +1,80 @@
+"""README's Performance tables, written from one benchmark run's results (bench/results/latest.json)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def load_rows(r: dict) -> list[str]:
+    rows = [row("server", "path", "concurrency", "images/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
+                "client CPU"), row(*["---"] * 9)]
+    reduced = r.get("service_reduced", {})
+    for name, path, runs in (
+            (f"ours, default ({r['ceiling']['default_engine']})", "POST /service", r["service"]),
+            (f"ours, precision {reduced.get('precision')}", "POST /service", reduced),
+            ("ours, batching off", "POST /service", r["service_unbatched"]),
+            ("LitServe, same engine, its batching", "POST /predict", r["litserve"]),
+            ("naive demo (Keras model.predict per request)", "POST /service", r["naive"])):
+        for level, s in runs.items():
+            if level.startswith("c"):
+                rows.append(row(name, path, s["concurrency"], s["img_s"], s["p50_ms"], s["p90_ms"], s["p99_ms"],
+                                s["non_2xx"] + s["socket_errors"], f"{s['client_cpu_share']:.0%}"))
+    for name, runs in (("ours", r["gradio"]), ("Gradio's floor (a fixed answer)", r["gradio_floor"])):
+        for level, s in runs.items():
+            rows.append(row(name, "Gradio API (gradio_client)", s["concurrency"], s["img_s"], s["p50_ms"],
+                            s["p90_ms"], s["p99_ms"], 0, "—"))
+    return rows
+
+
+def engine_rows(r: dict) -> list[str]:
+    rows = [row("engine", "batch 1", "batch 8", "batch 16", "served as"), row(*["---"] * 5)]
+    for name, e in r["ceiling"]["engines"].items():
+        if e["allowed"]:
+            rows.append(row(name, e["b1"], e["b8"], e["b16"], e["engine"]))
+        else:
+            rows.append(row(name, "—", "—", "—", f"refused by the guard; {e['engine']} served"))
+    return rows
+
+
+def decode_rows(r: dict) -> list[str]:
+    rows = [row("photo", "KB", "Pillow draft ms", "simplejpeg ms", "same top-1"), row(*["---"] * 5)]
+    rows += [row(name, d["kb"], d["pillow_ms"], d["simplejpeg_ms"], "yes" if d["same_top1"] else "no")
+             for name, d in r["decode"].items()]
+    return rows
+
+
+def memory_rows(r: dict) -> list[str]:
+    rows = [row("server", "start to ready s", "RSS MB at ready", "PSS MB at ready", "RSS MB after its load runs",
+                "PSS MB after"), row(*["---"] * 6)]
+    for name, key in (("ours, default", "service"), ("ours, reduced precision", "service_reduced"),
+                      ("LitServe (2 workers; PSS counts all its processes)", "litserve"), ("naive demo", "naive")):
+        if key in r:
+            s = r[key]
+            rows.append(row(name, s["ready_s"], s["ready_rss_mb"], s["ready_pss_mb"], s["rss_mb"], s["pss_mb"]))
+    return rows
+
+
+def markdown(r: dict) -> str:
+    m, t = r["memory"], r["targets"]
+    return "\n".join(
+        ["Model-only ceiling (images/s on preprocessed tensors):", "", *engine_rows(r), "",
+         "Under load (wrk, one client thread; real JPEGs):", "", *load_rows(r), "",
+         *memory_rows(r), "",
+         f"Memory under load: {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
+         f"requests at c16 (peak {m['rss_peak_mb']} MB, {m['non_2xx']} non-2xx).", "",
+         "JPEG decode + resize + scale, per photo (median):", "", *decode_rows(r), "",
+         f"POST /explain of a 224×224 photo, one at a time: median {r['explain']['median_s']} s, worst "
+         f"{r['explain']['max_s']} s over {r['explain']['requests']} requests.", "",
+         "Targets (ratios within this run): " + ", ".join(f"{k} = {v}" for k, v in t.items()) + ".", "",
+         f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['processor']}, Python {r['machine']['python']}; "
+         f"{'--quick' if r['quick'] else 'full'} run on {r['date']}."])
+
+
+if __name__ == "__main__":  # python -m bench.report [results.json]: the tables again, from a saved run
+    print(markdown(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else
+                                   Path(__file__).with_name("results") / "latest.json").read_text())))
