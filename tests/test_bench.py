@@ -24,7 +24,7 @@ def test_quick_benchmark_runs(tmp_path):
             run_ = result[server][level]
             assert run_["requests"] > 0 and run_["non_2xx"] == 0 and run_["socket_errors"] == 0, (server, run_)
             assert 0 < run_["client_cpu_share"] < 0.5
-        assert result[server]["pss_mb"] > 0 and result[server]["ready_s"] > 0
+        assert result[server]["pss_mb"] > 0 and result[server]["ready_rss_mb"] > 0 and result[server]["ready_s"] > 0
     assert result["memory"]["non_2xx"] == 0 and result["memory"]["requests"] > 0
     assert result["gradio"]["c8"]["img_s"] > 0 and result["gradio_floor"]["c8"]["img_s"] > 0
     assert "c16_over_litserve" in result["targets"] and "| POST /service | 16 |" in run.stdout
