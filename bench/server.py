@@ -102,8 +102,8 @@ class ServerProcess:
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
-        # Not a process group of its own (start_new_session): under one, gradio_client's calls to our page
-        # stalled for ~4 s every other call here. The workers it started are found in /proc instead.
+        # The processes it started (LitServe's workers) are found in /proc now: once their parent is gone they
+        # are no longer its children, and LitServe's orphaned workers spin on a core each.
         children = self.processes()[1:] if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.terminate()

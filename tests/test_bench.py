@@ -18,7 +18,8 @@ def test_quick_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     engines = result["ceiling"]["engines"]
     assert engines["litert fp32"]["allowed"] and engines["openvino fp32"]["allowed"]
-    assert result["ceiling"]["default_img_s"] > 0 and set(result["decode"]) >= {"cat.jpeg", "cat_4032x3024.jpeg"}
+    assert result["ceiling"]["default_img_s"] > 0 and "cat.jpeg" in result["decode"]
+    assert any(name.endswith("_4032x3024.jpeg") for name in result["decode"])  # a camera-sized JPEG
     for server in ("service", "litserve", "naive"):
         for level in ("c1", "c16") + (("c64",) if server != "naive" else ()):
             run_ = result[server][level]
