@@ -55,8 +55,9 @@ def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice
     if precision != "fp32":
         reduced = _checked(runtime, key, openvino.NAME, precision, check, reference, calibration)
     # The candidates are timed side by side on the same batch, each logged; TensorFlow's figure too.
-    tensorflow = Candidate("tensorflow fp32", "tensorflow", "fp32", runtime.predict, images_per_s=0.0)
-    for candidate in [*fp32, *([reduced] if reduced else []), tensorflow]:
+    tensorflow = Candidate("tensorflow fp32", "tensorflow", "fp32", runtime.predict)
+    candidates = [*fp32, *([reduced] if reduced else []), tensorflow]
+    for candidate in candidates:
         candidate.images_per_s = _images_per_second(candidate.predict, check[:8])
         log.info("%s: %s %.0f images/s (batch of %d), max |Δp| against TensorFlow %.1e, top-1 agreement %.0f%%",
                  runtime.path.name, candidate.name, candidate.images_per_s, len(check[:8]), candidate.max_dp,
@@ -66,7 +67,7 @@ def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice
                         and tensorflow.images_per_s > TENSORFLOW_MARGIN * best.images_per_s):
         best = tensorflow
     log.info("%s: serving with %s", runtime.path, best.name)
-    _record(runtime, key, check_name, choice, precision, best, [*fp32, *([reduced] if reduced else []), tensorflow])
+    _record(runtime, key, check_name, choice, precision, best, candidates)
     if best is tensorflow:
         return runtime
     return dataclasses.replace(runtime, predict=best.predict, engine=best.engine)
