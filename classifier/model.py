@@ -105,7 +105,8 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         if self._engine != "tensorflow" and self.runtime.function is not None:  # a .tflite is LiteRT already
             calibration, held_out = self._calibration()
             self.runtime = engines.accelerate(self.runtime, np.concatenate([self._check_batch(), held_out]),
-                                              self._check_name(), self._engine, self._precision, calibration)
+                                              self._check_name(), self._engine, self._precision, calibration,
+                                              self._model_key)
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
@@ -116,10 +117,14 @@ class RetrainedClassificationModel(TFAiUcloudModel):
 
     def _recorded(self) -> engines.Recorded | None:
         """The model as its engines' cache records it, to be served with no TensorFlow (engines.Recorded)."""
+        self._model_key = None  # the hash of the model's files, made once here and reused by accelerate
         if self._engine == "tensorflow":
             return None
         _, path = formats.detect(self.model_path)
-        return engines.recorded(path) if path.suffix != ".tflite" else None
+        if path.suffix == ".tflite":
+            return None
+        self._model_key = engines.cache.model_key(path)
+        return engines.recorded(path, self._model_key)
 
     def _check_name(self) -> str:
         """What an agreement check depends on besides the model's files: the inputs it fed, the tensors it used."""

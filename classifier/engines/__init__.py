@@ -44,10 +44,11 @@ class Candidate:
 
 
 def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice: str = "auto",
-               precision: str = "fp32", calibration: np.ndarray | None = None) -> Runtime:
+               precision: str = "fp32", calibration: np.ndarray | None = None, key: str | None = None) -> Runtime:
     """The model run by the fastest engine allowed by choice and precision that agrees with TensorFlow (runtime)
-    on `check`; runtime itself if none does. The decision is recorded under check_name (what the check fed)."""
-    key = cache.model_key(runtime.path)
+    on `check`; runtime itself if none does. The decision is recorded under check_name (what the check fed).
+    key: the model's cache.model_key, if the caller has it already (hashing the files is not free)."""
+    key = key or cache.model_key(runtime.path)
     reference = runtime.probabilities(runtime.predict(check))
     names = list(ENGINES) if choice == "auto" else [choice]
     fp32 = [c for c in (_checked(runtime, key, name, "fp32", check, reference) for name in names) if c]
@@ -165,9 +166,10 @@ class Recorded:
         return dataclasses.replace(self.runtime, predict=predict, engine=predict.engine)
 
 
-def recorded(path: Path) -> Recorded | None:
-    """The model at path (a model file, or a SavedModel's folder) as its cache's record knows it, or None."""
-    record = cache.read_record(path, cache.model_key(path))
+def recorded(path: Path, key: str | None = None) -> Recorded | None:
+    """The model at path (a model file, or a SavedModel's folder) as its cache's record knows it, or None.
+    key: its cache.model_key, if the caller has it already."""
+    record = cache.read_record(path, key or cache.model_key(path))
     if not record.get("decisions"):
         return None
     convention = record["convention"]
