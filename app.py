@@ -35,14 +35,18 @@ from classifier.serving import metrics
 from classifier.serving.batching import Batcher
 from classifier.serving import explanations, open_inference, tf_serving
 from classifier.serving.connections import with_read_timeout
+from classifier.serving.guard import GuardConf, gradio_login_check
 from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
-from classifier.serving.service import Health, create_app
-from classifier.serving.ui import CSS, build_demo, delete_old_uploads
+from classifier.serving.service import Health, create_app, request_limit
+from classifier.serving.ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
 MAX_ZIP_BYTES = 500 * 1024 * 1024
+# Gradio's JSON routes (events, queue): a few photos' names and labels; 4 MiB leaves room for a base64 photo.
+GRADIO_JSON_LIMIT = 4 * 1024 * 1024
+MULTIPART_OVERHEAD = 1024 * 1024  # an upload's form fields and boundaries, beside the file itself
 KEEP_ALIVE_SECONDS = 5
 log = logging.getLogger("app")
 
@@ -60,6 +64,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
     parser.add_argument("--flagging-dir", type=Path, default=ROOT / "flagged",
                         help="where the Flag button saves photos and their labels (default: ./flagged)")
+    parser.add_argument("--max-flagged", type=int, default=FlagBudget.max_photos, metavar="PHOTOS",
+                        help="photos the flagging folder may hold; past it, Flag is refused (default: %(default)s)")
+    parser.add_argument("--max-flagged-mb", type=int, default=FlagBudget.max_bytes // 2 ** 20, metavar="MB",
+                        help="megabytes the flagging folder may hold (default: %(default)s)")
     parser.add_argument("--train-dir", type=Path, default=ROOT / "trained",
                         help="where the Train tab writes new models (default: ./trained)")
     parser.add_argument("--no-train", action="store_true", help="turn the Train tab off (for public demos)")
@@ -76,6 +84,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-connections", type=int, default=min(1000, file_limit // 2),
                         help="open connections at once; past it, requests get 503 at once (default: 1000, or half "
                              "the process's file limit if that is lower)")
+    parser.add_argument("--streams-per-client", type=int, default=32,
+                        help="Gradio event streams one client address may hold open (a browser tab or a "
+                             "gradio_client holds two or three); more get 429 (default: 32)")
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and LiteRT's own start-up lines (or set CLASSIFIER_VERBOSE=1)")
     # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
@@ -158,7 +169,7 @@ health = Health()
 training_off = why_training_is_off(args, credentials)
 explainer = explanations.Explainer(batcher)
 demo = build_demo(model, batcher, explainer, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint,
-                  training_off)
+                  training_off, FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20))
 demo.queue(max_size=batcher.conf.max_queue)
 
 
@@ -189,16 +200,23 @@ async def lifespan(_app):
     await batcher.close()
 
 
-app = create_app(batcher, limits, health, credentials, reloader, lifespan=lifespan)
+# Gradio's upload limit is the image limit, unless the Train tab is on: then it must admit a .zip of photos.
+upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
+# Before any route: the login, each route's body limit (first matching prefix), the cap on open event streams.
+guard = GuardConf(credentials, body_limits=[("/service", request_limit(limits)), ("/explain", limits.max_bytes),
+                                            ("/v1/", request_limit(limits)), ("/v2/", request_limit(limits)),
+                                            ("/gradio_api/upload", upload_limit + MULTIPART_OVERHEAD),
+                                            ("/gradio_api/", GRADIO_JSON_LIMIT)],
+                  streams_per_client=args.streams_per_client)
+app = create_app(batcher, limits, health, credentials, reloader, guard, lifespan=lifespan)
 # The protocols existing clients speak (tritonclient, KServe; TF Serving's REST), on the same batcher and limits.
 served = Served(batcher, limits, credentials, health)
 app.include_router(open_inference.create_router(served))
 app.include_router(tf_serving.create_router(served))
 app.include_router(explanations.create_router(explainer, limits, credentials))
-# Gradio is mounted last: a mount at "/" takes every path that no route above has claimed. Its upload limit is
-# the image limit, unless the Train tab is on: then it must admit a .zip of photos.
-upload_limit = limits.max_bytes if training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
+# Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
 app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS)
+guard.logged_in = gradio_login_check(app.routes[-1].app)  # the mount's Gradio app holds the login tokens
 # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only once
 # the Blocks "has launched"; launch() sets that, mount_gradio_app does not, so any {"path": "/etc/…"} was
 # accepted. Set it as Gradio's own reload mode does for a mounted app (utils.SourceFileReloader.swap_blocks).

@@ -109,3 +109,28 @@ def server(flagging_dir):
     running = Server("--flagging-dir", str(flagging_dir))
     yield running
     running.stop()
+
+
+AUTH = ("émile", "pässwörd")  # non-ASCII on purpose: credentials are compared as bytes
+
+
+@pytest.fixture(scope="session")
+def guarded(tmp_path_factory):
+    """Two servers, open and under --auth, each with its own Gradio cache, flagging and train folders (so that
+    every copy it makes can be searched), a flag budget of 3 photos and 4 event streams per client. Started on
+    first use, shared by the tests of the second security review (test_hole_*.py)."""
+    started: dict = {}
+
+    def get(auth: tuple[str, str] | None):
+        if auth not in started:
+            folder = tmp_path_factory.mktemp("auth" if auth else "open")
+            args = ["--flagging-dir", str(folder / "flagged"), "--train-dir", str(folder / "trained"),
+                    "--max-flagged", "3", "--streams-per-client", "4"]
+            if auth:
+                args += ["--auth", ":".join(auth)]
+            started[auth] = (Server(*args, env={"GRADIO_TEMP_DIR": str(folder / "gradio")}), folder)
+        return started[auth]
+
+    yield get
+    for running, _ in started.values():
+        running.stop()

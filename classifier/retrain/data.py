@@ -133,10 +133,16 @@ def write_labelled(photos: list[tuple[Path, str]], image_dir: Path) -> None:
             shutil.copy(photo, folder / f"flagged_{number}{photo.suffix.lower()}")
 
 
+MAX_LABEL_BYTES = 200  # a folder name: file systems allow 255 bytes, and a suffix may be added
+
+
 def check_folder_name(label: str) -> None:
     """A label becomes a class folder: it must be one plain name, never a path ("/tmp/x", "../x", "a/b")."""
     if not label:
         return
+    if len(label.encode()) > MAX_LABEL_BYTES:
+        raise RetrainError(f"the label {label[:40]!r}… is {len(label.encode())} bytes long; a label can be at most "
+                           f"{MAX_LABEL_BYTES} bytes")
     if label.startswith(".") or any(c in label for c in "/\\\0") or not normalise_label(label).strip():
         raise RetrainError(f"the label {label!r} cannot be a folder name: use letters, digits and spaces, "
                            "without / or \\ or a leading dot")
@@ -146,6 +152,19 @@ def images_needed(options: Options) -> int:
     """Per class: enough that each held-out split gets about one image."""
     held_out = [p for p in (options.validation_percentage, options.testing_percentage) if p > 0]
     return max(2, math.ceil(100 / min(held_out))) if held_out else 1
+
+
+def check_split(counts: dict[str, int], split: dict[str, int], options: Options) -> None:
+    """Each split the options ask for gets photos: the split is a hash of each file name, so a few photos per
+    class can leave one empty (24 photos, 10 % testing: none at all), and its accuracy would be nan."""
+    for name, percentage in (("validation", options.validation_percentage), ("testing", options.testing_percentage),
+                             ("training", 100 - options.validation_percentage - options.testing_percentage)):
+        if percentage > 0 and not split.get(name):
+            needed = max(math.ceil(300 / percentage / len(counts)), images_needed(options) + 1)
+            raise RetrainError(
+                f"the {sum(counts.values())} photos ({', '.join(f'{label} {n}' for label, n in counts.items())}) "
+                f"left no {name} photos for {percentage:g}% {name}; add photos: about {needed} per class are needed "
+                f"to give every split some")
 
 
 def check_class_sizes(counts: dict[str, int], options: Options, what: str = "images") -> None:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .bottlenecks import FeatureExtractor, compute_bottlenecks
 from .checkpoint import write_checkpoint
-from .data import check_class_sizes, list_images, split_of
+from .data import check_class_sizes, check_split, list_images, split_of
 from .options import SPLITS, Options, RetrainError, Summary
 
 
@@ -24,6 +24,7 @@ def retrain(options: Options) -> Summary:
              for files in classes.values() for path in files}
     summary = Summary(classes={label: len(files) for label, files in classes.items()},
                       split={name: sum(s == name for s in split.values()) for name in SPLITS})
+    check_split(summary.classes, summary.split, options)  # before any photo is read
 
     extractor = FeatureExtractor(options.base_model_dir)
     features = compute_bottlenecks([(path, split[path]) for files in classes.values() for path in files],
@@ -32,6 +33,7 @@ def retrain(options: Options) -> Summary:
     check_class_sizes({label: len(files) for label, files in usable.items()}, options, "readable images")
     summary.classes = {label: len(files) for label, files in usable.items()}
     summary.split = {name: sum(split[p] == name for files in usable.values() for p in files) for name in SPLITS}
+    check_split(summary.classes, summary.split, options)
 
     def arrays(name: str, with_distortions: bool = False):
         keys = [(p, v, i) for i, files in enumerate(usable.values()) for p in files if split[p] == name

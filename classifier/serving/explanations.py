@@ -12,7 +12,8 @@ from PIL import Image
 from ..explain import Explanation, heat, hidden, hiding_masks, label_index, stand_in
 from ..images import Limits, decode
 from .batching import Batcher, Overloaded
-from .service import basic_auth_ok, error, error_for, json_response, read_image_body
+from .guard import basic_auth_ok
+from .service import error, error_for, json_response, read_image_body
 
 # Explanations at once: each holds up to CHUNKS_IN_FLIGHT × max_batch_size copies of the photo (600 KB each at
 # 224²) and 100 model inputs' worth of the engine; more wait their turn instead of crowding out /service.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -61,7 +62,8 @@ def describe_model(model: Any, load_seconds: float) -> None:
     """Publishes which model serves (one series with value 1; the previous one is removed)."""
     MODEL_INFO.clear()
     runtime = getattr(model, "runtime", None)
-    MODEL_INFO.labels(str(getattr(model, "model_dir", "")), str(getattr(model, "version", "") or ""),
+    # The model folder's name, not its path: /metrics needs no login, and the server's folders are nobody's business.
+    MODEL_INFO.labels(Path(str(getattr(model, "model_dir", ""))).name, str(getattr(model, "version", "") or ""),
                       getattr(runtime, "format", type(model).__name__), getattr(runtime, "engine", ""),
                       str(len(getattr(model, "labels", [])))).set(1)
     MODEL_LOAD_SECONDS.set(load_seconds)

@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) over REST, as Triton speaks it: /v2 health, metadata and infer."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -11,12 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..labels import best
-from .protocols import ProtocolError, Served, json_object, protocol_route
+from .protocols import ProtocolError, Served, byte_count, check_count, protocol_route
 
 log = logging.getLogger(__name__)
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # encoded images (BYTES [N]); ready tensors (FP32 [N, H, W, 3])
 PROBABILITIES, LABELS = "probabilities", "labels"  # FP32 [N, classes]; the top-k label names, BYTES [N, k]
+OUTPUTS = (PROBABILITIES, LABELS)
 EXTENSIONS = ["binary_tensor_data", "classification"]  # Triton's names for the two extensions spoken here
 PLATFORMS = {"frozen graph": "tensorflow_graphdef", "SavedModel": "tensorflow_savedmodel", "Keras": "keras"}
 
@@ -89,20 +91,19 @@ def metadata(served: Served) -> dict:
 
 async def _infer(served: Served, request: Request) -> Response:
     body = await served.body(request)
-    header, binary = _split(body, request.headers.get("inference-header-content-length"))
-    if not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
-        raise ProtocolError(400, f"send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded images) or "
-                                 f"{TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
-    tensor = header["inputs"][0]
-    if not isinstance(tensor, dict):
-        raise ProtocolError(400, "an input must be a JSON object with name, shape, datatype and data")
-    items = _input_items(served, tensor, binary)
+    # Off the event loop: a large body takes a while to parse, and every other request would wait for it.
+    header, tensor, items = await asyncio.to_thread(_read_request, served, body,
+                                                    request.headers.get("inference-header-content-length"))
     probabilities, model = await served.probabilities(items, f"input {tensor.get('name')!r}")
     parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
     binary_default = parameters.get("binary_data_output") is True
     requested = header.get("outputs") or [{"name": PROBABILITIES}]
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise ProtocolError(400, "outputs must be a list of objects with a name")
+    names = [wanted.get("name") for wanted in requested]
+    if len(names) != len(set(map(str, names))) or len(names) > len(OUTPUTS):  # each answer is [N, classes] big
+        raise ProtocolError(400, f"outputs must name each of {', '.join(map(repr, OUTPUTS))} at most once, "
+                                 f"not {len(names)} outputs")
     outputs, blobs = [], []
     for wanted in requested:
         output, blob = _output(wanted, probabilities, model, binary_default)
@@ -119,16 +120,29 @@ async def _infer(served: Served, request: Request) -> Response:
                     headers={"Inference-Header-Content-Length": str(len(head))})
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def _read_request(served: Served, body: bytes, header_length: str | None) -> tuple[dict, dict, list | np.ndarray]:
+    """The request's JSON header, its one input tensor, and that input's images or tensors."""
+    header, binary = _split(served, body, header_length)
+    if not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
+        raise ProtocolError(400, f"send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded images) or "
+                                 f"{TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
+    tensor = header["inputs"][0]
+    if not isinstance(tensor, dict):
+        raise ProtocolError(400, "an input must be a JSON object with name, shape, datatype and data")
+    return header, tensor, _input_items(served, tensor, binary)
+
+
+def _split(served: Served, body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON header and the binary part after it (the binary tensor extension), or the whole JSON body."""
+    length = byte_count(header_length)
     if header_length is None:
         head, binary = body, b""
-    elif header_length.strip().isdigit() and int(header_length) <= len(body):
-        head, binary = body[:int(header_length)], body[int(header_length):]
+    elif length is not None and length <= len(body):
+        head, binary = body[:length], body[length:]
     else:
         raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} must be a byte count no larger "
                                  f"than the body ({len(body)} bytes)")
-    return json_object(head, "the inference request"), binary
+    return served.json(head, "the inference request"), binary
 
 
 def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | np.ndarray:
@@ -153,9 +167,15 @@ def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | n
         raw = binary[:size]
     elif "data" not in tensor:
         raise ProtocolError(400, f"input {name!r} has neither data nor binary_data_size")
-    count = int(np.prod(shape))
+    where = f"input {name!r}"
+    check_count(shape[0], where)  # before anything is converted: 16 million empty elements are not 16 million images
+    count = int(np.prod(shape, dtype=np.int64))
     if name == TENSOR_INPUT:
-        values = np.frombuffer(raw, "<f4") if size is not None else tensor["data"]
+        width, height = served.input_size or (0, 0)
+        if shape[1:] != [height, width, 3]:
+            raise ProtocolError(400, f"{where}: the shape must be [N, {height}, {width}, 3] (RGB, as the model's "
+                                     f"preprocess makes it), not {shape}")
+        values = np.frombuffer(raw[:len(raw) // 4 * 4], "<f4") if size is not None else tensor["data"]
         try:
             array = np.asarray(values, dtype=np.float32).reshape(shape)
         except (TypeError, ValueError) as exc:
@@ -164,10 +184,10 @@ def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | n
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise ProtocolError(400, f"input {name!r}: one encoded image per element, shape [N] or [N, 1], not {shape}")
     if size is not None:
-        images = _length_prefixed(raw, name, served.limits.max_bytes)
+        images = _length_prefixed(raw, name, served.limits.max_bytes, count)
     else:
         data = tensor["data"]
-        elements = list(_flatten(data)) if isinstance(data, list) else [data]
+        elements = _flatten(data, count) if isinstance(data, list) else [data]
         images = [served.image(element, f"input {name!r} element {index}") for index, element in enumerate(elements)]
     if len(images) != count:
         raise ProtocolError(400, f"input {name!r}: the shape {shape} holds {count} images but the data has "
@@ -175,19 +195,30 @@ def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | n
     return images
 
 
-def _flatten(data: list) -> Iterator[Any]:
-    """The elements of nested JSON lists, row-major (the spec allows the data flat or nested)."""
-    for element in data:
-        if isinstance(element, list):
-            yield from _flatten(element)
+def _flatten(data: list, most: int) -> list[Any]:
+    """The elements of nested JSON lists, row-major (the spec allows the data flat or nested), without recursion,
+    stopping once there are more than `most` (the caller then says the count is wrong)."""
+    elements: list[Any] = []
+    pending: list[Iterator[Any]] = [iter(data)]
+    while pending and len(elements) <= most:
+        element = next(pending[-1], _END)
+        if element is _END:
+            pending.pop()
+        elif isinstance(element, list):
+            pending.append(iter(element))
         else:
-            yield element
+            elements.append(element)
+    return elements
 
 
-def _length_prefixed(raw: bytes, name: str, max_bytes: int) -> list[bytes]:
-    """Triton's binary BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+_END = object()
+
+
+def _length_prefixed(raw: bytes, name: str, max_bytes: int, count: int) -> list[bytes]:
+    """Triton's binary BYTES elements: each a 4-byte little-endian length, then that many bytes; parsing stops
+    past `count` (the shape's count, itself at most MAX_IMAGES), where the caller refuses the mismatch."""
     images, offset = [], 0
-    while offset < len(raw):
+    while offset < len(raw) and len(images) <= count:
         if offset + 4 > len(raw):
             raise ProtocolError(400, f"input {name!r}: the binary data ends inside an element's length")
         (length,) = struct.unpack_from("<I", raw, offset)

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse
 from ..conf import ArchJsonConfLoader
 from ..images import Limits
 from .batching import Batcher, Scores
-from .service import BodyTooLarge, basic_auth_ok, error, error_for, read_limited
+from .guard import basic_auth_ok, byte_count
+from .service import BodyTooLarge, error, error_for, read_limited, request_limit
 
 MAX_IMAGES = 32  # images (or tensors) in one protocol request, as in one multipart /service request
-MIN_BODY_LIMIT = 64 * 1024 * 1024  # a JSON body is held in memory whole: 32 base64 photos or 32 float tensors
 
 
 class ProtocolError(Exception):
@@ -36,7 +36,7 @@ class Served:
 
     def __init__(self, batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None, health: Any):
         self.batcher, self.limits, self.credentials, self.health = batcher, limits, credentials, health
-        self.body_limit = max(MIN_BODY_LIMIT, 2 * limits.max_bytes)
+        self.body_limit = request_limit(limits)  # a JSON body is held in memory whole
         self._named: tuple[Any, str] | None = None  # (model, its name): read from its conf once per model
 
     @property
@@ -49,6 +49,17 @@ class Served:
         if self._named is None or self._named[0] is not model:  # a hot reload may bring another conf
             self._named = (model, ArchJsonConfLoader(model.conf).get_model_name())
         return self._named[1]
+
+    @property
+    def max_containers(self) -> int:
+        """JSON arrays and objects the largest request can need: MAX_IMAGES tensors as nested lists
+        ([N][H][W][3]: one per row and pixel), or MAX_IMAGES {"b64": …} objects; and room for the rest."""
+        width, height = self.input_size or (0, 0)
+        return MAX_IMAGES * (height * (width + 1) + 1) + 1024
+
+    def json(self, body: bytes, what: str) -> dict:
+        """json_object with this model's bound."""
+        return json_object(body, what, self.max_containers)
 
     @property
     def version(self) -> str:
@@ -111,9 +122,11 @@ class Served:
             raise ProtocolError(400, f"{where}: not valid base64; send the image's bytes base64-encoded") from None
 
     def tensors(self, values: Any, where: str) -> np.ndarray:
-        """Ready model inputs, [N, H, W, 3] as the model's preprocess makes them (its input convention)."""
+        """Ready model inputs, [N, H, W, 3] as the model's preprocess makes them (its input convention). The count
+        is checked before the (slow) conversion of nested lists."""
         if self.input_size is None:
             raise ProtocolError(400, f"{where}: the serving model takes encoded images only, not tensors")
+        check_count(len(values), where)
         width, height = self.input_size
         try:
             array = np.asarray(values, dtype=np.float32)
@@ -129,11 +142,7 @@ class Served:
     async def probabilities(self, items: list[bytes] | np.ndarray, where: str) -> tuple[np.ndarray, Any]:
         """Probability rows [N, classes] for encoded images or ready tensors, through the shared batcher (each
         item joins the batches of every other request), and the model that gave them."""
-        count = len(items)
-        if count == 0:
-            raise ProtocolError(400, f"{where}: no images")
-        if count > MAX_IMAGES:
-            raise ProtocolError(400, f"{where}: {count} images; at most {MAX_IMAGES} per request")
+        check_count(len(items), where)
         prepared = isinstance(items, np.ndarray)
         results = await asyncio.gather(*(self.batcher.classify(item, probabilities=True, prepared=prepared)
                                          for item in items), return_exceptions=True)
@@ -148,12 +157,31 @@ class Served:
         return np.stack([s.probabilities for s in scores]).astype(np.float32), scores[0].model
 
 
-def json_object(text: bytes, what: str) -> dict:
-    """The body's JSON object, or the 400 that says what is wrong with it."""
+def check_count(count: int, where: str) -> None:
+    """The 400 for a request of no images or of more than MAX_IMAGES: checked before anything is converted."""
+    if count == 0:
+        raise ProtocolError(400, f"{where}: no images")
+    if count > MAX_IMAGES:
+        raise ProtocolError(400, f"{where}: {count} images; at most {MAX_IMAGES} per request")
+
+
+def json_object(text: bytes, what: str, max_containers: int) -> dict:
+    """The body's JSON object, or the 400 that says what is wrong with it. Call it in a worker thread: a large
+    body takes a while to parse.
+
+    Before parsing, its arrays and objects are counted (a byte count: ~10 ms for 64 MB) against what the largest
+    request this server takes can hold: 55 MB of `[],` would otherwise become 18 million Python lists, seconds of
+    one core with the GIL held and 2 GB of memory, before any check could refuse it."""
+    containers = text.count(b"[") + text.count(b"{")
+    if containers > max_containers:
+        raise ProtocolError(413, f"{what} holds {containers} JSON arrays and objects; a request of at most "
+                                 f"{MAX_IMAGES} images needs at most {max_containers}")
     try:
         value = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError(400, f"{what} must be a JSON object")
     return value

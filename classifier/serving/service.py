@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -18,10 +16,12 @@ from ..explain import LabelError
 from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
 from . import metrics
 from .batching import Batcher, Overloaded
+from .guard import Guard, basic_auth_ok, byte_count
 
 log = logging.getLogger(__name__)
 
 MAX_FILES = 32  # files in one multipart request
+REQUEST_LIMIT = 64 * 1024 * 1024  # one whole request body (multipart, JSON), unless a single image may be larger
 RETRY_AFTER_SECONDS = 1
 
 _STATUS = [(ImageTooLarge, 413), (UnsupportedFormat, 415), (EmptyImage, 400), (CorruptImage, 400),
@@ -59,21 +59,6 @@ class Health:
         self.reason = "warming up"
 
 
-def basic_auth_ok(request: Request, credentials: tuple[str, str] | None) -> bool:
-    if credentials is None:
-        return True
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
-    except ValueError:
-        return False
-    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
-    return (secrets.compare_digest(user, credentials[0].encode()) &
-            secrets.compare_digest(password, credentials[1].encode()))
-
-
 def create_router(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
                   reloader: Any = None) -> APIRouter:
     router = APIRouter()
@@ -99,7 +84,7 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             return error_for(exc)
 
     async def _multipart(request: Request) -> Any:
-        limit = MAX_FILES * limits.max_bytes
+        limit = request_limit(limits)
         if too_large := _over_length(request, limit):  # refused before a byte is read, when the header says so
             return too_large
         try:
@@ -164,6 +149,12 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
     return router
 
 
+def request_limit(limits: Limits) -> int:
+    """The bytes one request body may hold (a multipart body of photos, a protocol's JSON): MAX_FILES images or
+    REQUEST_LIMIT, whichever is less, but always room for two images (base64 takes a third more)."""
+    return max(2 * limits.max_bytes, min(MAX_FILES * limits.max_bytes, REQUEST_LIMIT))
+
+
 def media_type(request: Request) -> str:
     """The Content-Type without its parameters, lower-cased: media types are case-insensitive (RFC 9110)."""
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -191,8 +182,8 @@ def limited(request: Request, limit: int) -> Request:
 
 
 def _over_length(request: Request, limit: int) -> JSONResponse | None:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    length = byte_count(request.headers.get("content-length"))
+    if length is not None and length > limit:
         return error(413, f"the request body is larger than the limit of {limit} bytes")
     return None
 
@@ -217,9 +208,13 @@ async def read_image_body(request: Request, limit: int) -> bytes | JSONResponse:
 
 
 def create_app(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
-               reloader: Any = None, **fastapi_kwargs: Any) -> FastAPI:
-    """The FastAPI app with the HTTP API and /metrics; app.py mounts the Gradio UI at / after these routes."""
+               reloader: Any = None, guard: Any = None, **fastapi_kwargs: Any) -> FastAPI:
+    """The FastAPI app with the HTTP API and /metrics; app.py mounts the Gradio UI at / after these routes.
+    guard: a guard.GuardConf, for the middleware that every request passes first (inside the metrics, so that
+    what it refuses is counted)."""
     app = FastAPI(title="Image classifier", **fastapi_kwargs)
     app.include_router(create_router(batcher, limits, health, credentials, reloader))
+    if guard is not None:
+        app.add_middleware(Guard, conf=guard)
     app.add_middleware(metrics.MetricsMiddleware)
     return app

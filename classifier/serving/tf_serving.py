@@ -1,6 +1,7 @@
 """TensorFlow Serving's REST API: /v1/models/{name} status and metadata, :predict (rows or columns) and :classify."""
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..labels import top_k
-from .protocols import ProtocolError, Served, json_object, protocol_route
+from .protocols import ProtocolError, Served, check_count, protocol_route
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a tensor [H, W, 3] as preprocess makes it
 PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
@@ -48,10 +49,14 @@ def create_router(served: Served) -> APIRouter:
             raise ProtocolError(404, f"no such method: POST /v1/models/{target}; use "
                                      "/v1/models/{name}[/versions/{v}]:predict or :classify")
         served.check(request, match["name"], match["version"])
-        body = json_object(await served.body(request), "the request")
-        if match["verb"] == "predict":
-            return await _predict(served, body)
-        return await _classify(served, body)
+        # Off the event loop: a large body takes a while to parse and convert, and every request would wait.
+        read = _predict_items if match["verb"] == "predict" else _classify_items
+        key, items = await asyncio.to_thread(read, served, await served.body(request))
+        probabilities, model = await served.probabilities(items, "the request's")
+        if match["verb"] == "predict":  # the one output, given bare (TF Serving names outputs only when several)
+            return JSONResponse({key: probabilities.tolist()})
+        k = getattr(model, "top_k", 5)
+        return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
 
     return router
 
@@ -79,9 +84,10 @@ def _tensor_info(dtype: str, shape: list[int]) -> dict:
             "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in shape], "unknown_rank": False}}
 
 
-async def _predict(served: Served, request: dict) -> JSONResponse:
-    """Row format ({"instances": [...]}) → {"predictions": [...]}; columnar ({"inputs": ...}) → {"outputs": ...}.
-    The one output, probabilities, is given bare (TF Serving names outputs only when there are several)."""
+def _predict_items(served: Served, body: bytes) -> tuple[str, list[bytes] | np.ndarray]:
+    """Row format ({"instances": [...]}) answers as {"predictions": [...]}; columnar ({"inputs": ...}) as
+    {"outputs": ...}: the answer's key, and the images or tensors to classify."""
+    request = served.json(body, "the request")
     signature = request.get("signature_name", PREDICT_SIGNATURE)
     if signature != PREDICT_SIGNATURE:
         raise ProtocolError(400, f"signature {signature!r} has no predict method; :predict serves "
@@ -90,22 +96,20 @@ async def _predict(served: Served, request: dict) -> JSONResponse:
         raise ProtocolError(400, 'send either "instances" (row format) or "inputs" (columnar format), not both '
                                  "or neither")
     if "instances" in request:
-        items = _rows(served, request["instances"])
-    else:
-        items = _columns(served, request["inputs"])
-    probabilities, _ = await served.probabilities(items, "the request's")
-    key = "predictions" if "instances" in request else "outputs"
-    return JSONResponse({key: probabilities.tolist()})
+        return "predictions", _rows(served, request["instances"])
+    return "outputs", _columns(served, request["inputs"])
 
 
-async def _classify(served: Served, request: dict) -> JSONResponse:
-    """{"examples": [{"image": {"b64": …}}, …]} → {"results": [[[label, score], …], …]}, top-k, best first."""
+def _classify_items(served: Served, body: bytes) -> tuple[str, list[bytes]]:
+    """{"examples": [{"image": {"b64": …}}, …]}: answered as {"results": [[[label, score], …], …]}, top-k."""
+    request = served.json(body, "the request")
     signature = request.get("signature_name", CLASSIFY_SIGNATURE)
     if signature not in (CLASSIFY_SIGNATURE, PREDICT_SIGNATURE):
         raise ProtocolError(400, f"signature {signature!r} not found; :classify serves {CLASSIFY_SIGNATURE!r}")
     examples = request.get("examples")
     if not isinstance(examples, list):
         raise ProtocolError(400, 'send "examples": a list of {"image": {"b64": "<base64 image>"}} objects')
+    check_count(len(examples), '"examples"')
     context = request.get("context") if isinstance(request.get("context"), dict) else {}
     images = []
     for number, example in enumerate(examples):
@@ -113,15 +117,14 @@ async def _classify(served: Served, request: dict) -> JSONResponse:
         if not features or IMAGE_INPUT not in features:
             raise ProtocolError(400, f'example {number}: expected {{"{IMAGE_INPUT}": {{"b64": "<base64 image>"}}}}')
         images.append(_b64(served, features[IMAGE_INPUT], f"example {number}"))
-    probabilities, model = await served.probabilities(images, "the request's")
-    k = getattr(model, "top_k", 5)
-    return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
+    return "results", images
 
 
 def _rows(served: Served, instances: Any) -> list[bytes] | np.ndarray:
     """Each instance is one image ({"b64": …}), one tensor ([H][W][3]), or an object naming its input."""
     if not isinstance(instances, list) or not instances:
         raise ProtocolError(400, '"instances" must be a non-empty list')
+    check_count(len(instances), '"instances"')  # before a single one is converted
     named = [instance[IMAGE_INPUT] if _names(instance, IMAGE_INPUT) else
              instance[TENSOR_INPUT] if _names(instance, TENSOR_INPUT) else instance for instance in instances]
     if all(_is_b64(value) for value in named):
@@ -139,6 +142,7 @@ def _columns(served: Served, inputs: Any) -> list[bytes] | np.ndarray:
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError(400, '"inputs" must hold a non-empty list: of {"b64": …} images, or a float tensor '
                                  "[N][H][W][3]")
+    check_count(len(inputs), '"inputs"')
     if all(_is_b64(value) for value in inputs):
         return [_b64(served, value, f"input {number}") for number, value in enumerate(inputs)]
     return served.tensors(inputs, '"inputs"')

@@ -11,10 +11,11 @@ from ..batching import Batcher
 from ..explanations import Explainer
 from .batch import batch_tab
 from .classify import classify_tab
+from .flagging import FlagBudget
 from .train import train_tab
 from .uploads import delete_old_uploads
 
-__all__ = ["CSS", "build_demo", "delete_old_uploads"]
+__all__ = ["CSS", "FlagBudget", "build_demo", "delete_old_uploads"]
 
 # Pictures and text fit their boxes at any width (the Train tab's matrix and curve were cropped and its summary
 # ran past the panel).
@@ -26,11 +27,13 @@ CSS = """
 
 
 def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path,
-               train_dir: Path, serve_checkpoint: Callable[[Path], str], training_off: str | None = None) -> gr.Blocks:
+               train_dir: Path, serve_checkpoint: Callable[[Path], str], training_off: str | None = None,
+               flag_budget: FlagBudget = FlagBudget()) -> gr.Blocks:
     """training_off: why the Train tab is disabled (None: enabled)."""
     with gr.Blocks(title="Image classifier") as demo:
         with gr.Tab("Classify"):
-            classify_tab(batcher, explainer, examples, flagging_dir, describe(model), getattr(model, "top_k", 5))
+            classify_tab(batcher, explainer, examples, flagging_dir, describe(model), getattr(model, "top_k", 5),
+                         flag_budget)
         with gr.Tab("Batch"):
             batch_tab(batcher)
         with gr.Tab("Train"):

@@ -7,16 +7,19 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, AsyncIterator, Iterator
 
 import gradio as gr
 from PIL import Image
 
 from ...images import ImageError, Limits, decode, limits_of, read_bytes
 from ..batching import Batcher
+from .uploads import received_upload
 
 MAX_PHOTOS = 500  # photos in one batch, from files and zips together
 CHUNK = 64  # photos classified at once: the batcher groups them; progress moves after each chunk
+CHUNK_BYTES = 64 * 1024 * 1024  # photo bytes held at once: a chunk is cut short when its photos reach this
+MAX_UNPACKED_BYTES = 2 * 1024 ** 3  # all the photos of one batch, read from its files and zips
 THUMBNAIL = 192  # px, the gallery's pictures
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 ORDERS = ["as dropped", "by label", "most confident first", "least confident first"]
@@ -28,15 +31,16 @@ def batch_tab(batcher: Batcher) -> None:
 
     async def classify_all(paths: list[str] | None, order: str, progress=gr.Progress()) -> tuple:
         limits = limits_of(batcher.model)
-        photos = await asyncio.to_thread(collect, paths or [], limits)
-        if not photos:
+        paths = [received_upload(path) for path in paths or []]
+        total = await asyncio.to_thread(count_photos, paths)
+        if not total:
             raise gr.Error("Drop photos (JPEG, PNG, …) or a .zip of photos first.")
         rows: list[dict] = []
-        for start in range(0, len(photos), CHUNK):
-            progress((start, len(photos)), desc="Classifying", unit="photos")
-            part = photos[start:start + CHUNK]
-            results = await asyncio.gather(*(classify_one(batcher, name, body, limits) for name, body in part))
-            rows += results
+        # Read, classify and let go a chunk at a time: only one chunk of photo bytes is ever held (a zip of
+        # 20 MiB members of zeros would otherwise be unpacked whole into memory first).
+        async for part in chunks(read_photos(paths, limits)):
+            progress((len(rows), total), desc="Classifying", unit="photos")
+            rows += await asyncio.gather(*(classify_one(batcher, name, body, limits) for name, body in part))
         for number, row in enumerate(rows):
             row["number"] = number
         path = await asyncio.to_thread(write_csv, rows, csv_folder, getattr(batcher.model, "top_k", 5))
@@ -68,45 +72,82 @@ def batch_tab(batcher: Batcher) -> None:
     order.change(resort, [results, shown_rows, order], [results, shown_rows], api_visibility="private")
 
 
-def collect(paths: list[str], limits: Limits) -> list[tuple[str, bytes | ImageError]]:
-    """(file name, its bytes or why it cannot be read) for each photo, the members of each zip included."""
-    photos: list[tuple[str, bytes | ImageError]] = []
+def count_photos(paths: list[str]) -> int:
+    """How many photos the files and zips hold (from the zips' directories: nothing is unpacked); gr.Error past
+    MAX_PHOTOS."""
+    total = 0
     for path in paths:
-        if Path(path).suffix.lower() == ".zip":
-            photos += zip_photos(Path(path), limits, MAX_PHOTOS - len(photos))
-        else:
-            try:
-                photos.append((Path(path).name, read_bytes(path, limits)))
-            except ImageError as exc:
-                photos.append((Path(path).name, exc))
-        if len(photos) > MAX_PHOTOS:
+        total += len(photo_members(path)) if Path(path).suffix.lower() == ".zip" else 1
+        if total > MAX_PHOTOS:
             raise gr.Error(f"More than {MAX_PHOTOS} photos: send them in several batches.")
-    return photos
+    return total
 
 
-def zip_photos(path: Path, limits: Limits, room: int) -> list[tuple[str, bytes | ImageError]]:
-    """The photos in a zip (by their names' suffixes), each read only if its size is within the limit."""
+def photo_members(path: str | Path) -> list[zipfile.ZipInfo]:
+    """The members of a zip that are photos (by their names' suffixes), hidden files and folders left out."""
     try:
-        archive = zipfile.ZipFile(path)
+        with zipfile.ZipFile(path) as archive:
+            return [m for m in archive.infolist() if not m.is_dir() and not PurePosixPath(m.filename).name
+                    .startswith(".") and PurePosixPath(m.filename).suffix.lower() in PHOTO_SUFFIXES]
     except (zipfile.BadZipFile, OSError) as exc:
-        raise gr.Error(f"{path.name} is not a readable .zip: {exc}") from None
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir() and PurePosixPath(m.filename).suffix.lower()
-                   in PHOTO_SUFFIXES and not PurePosixPath(m.filename).name.startswith(".")]
-        if len(members) > room:
-            raise gr.Error(f"More than {MAX_PHOTOS} photos: send them in several batches.")
-        photos = []
+        raise gr.Error(f"{Path(path).name} is not a readable .zip: {exc}") from None
+
+
+def read_photos(paths: list[str], limits: Limits) -> Iterator[tuple[str, bytes | ImageError]]:
+    """(file name, its bytes or why it cannot be read) for each photo, the members of each zip included, read
+    one at a time; gr.Error once they add up to more than MAX_UNPACKED_BYTES."""
+    unpacked = 0
+    for path in paths:
+        for name, body in (zip_photos(Path(path), limits) if Path(path).suffix.lower() == ".zip"
+                           else [(Path(path).name, _read(path, limits))]):
+            unpacked += len(body) if isinstance(body, bytes) else 0
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise gr.Error(f"The photos add up to more than {MAX_UNPACKED_BYTES // 2 ** 20} MB: send them in "
+                               "several batches.")
+            yield name, body
+
+
+def _read(path: str, limits: Limits) -> bytes | ImageError:
+    try:
+        return read_bytes(path, limits)
+    except ImageError as exc:
+        return exc
+
+
+def zip_photos(path: Path, limits: Limits) -> Iterator[tuple[str, bytes | ImageError]]:
+    """The photos in a zip, one at a time, each read only if its size is within the limit (and never more than
+    the limit + 1 bytes of it, whatever its header claims)."""
+    members = photo_members(path)
+    with zipfile.ZipFile(path) as archive:
         for member in members:
             name = PurePosixPath(member.filename).name
             if member.file_size > limits.max_bytes:
-                photos.append((name, ImageError(f"larger than the limit of {limits.max_bytes} bytes")))
+                yield name, ImageError(f"larger than the limit of {limits.max_bytes} bytes")
                 continue
             try:
                 with archive.open(member) as data:
-                    photos.append((name, data.read(limits.max_bytes + 1)))
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-                photos.append((name, ImageError(f"cannot be read from the zip: {exc}")))
-        return photos
+                    body = data.read(limits.max_bytes + 1)
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
+                yield name, ImageError(f"cannot be read from the zip: {exc}")
+                continue
+            yield name, body
+
+
+async def chunks(photos: Iterator[tuple[str, bytes | ImageError]]) -> AsyncIterator[list]:
+    """The photos in lists of at most CHUNK photos and about CHUNK_BYTES, each read in a worker thread."""
+    part: list = []
+    held = 0
+    try:
+        while (photo := await asyncio.to_thread(next, photos, None)) is not None:
+            part.append(photo)
+            held += len(photo[1]) if isinstance(photo[1], bytes) else 0
+            if len(part) == CHUNK or held >= CHUNK_BYTES:
+                yield part
+                part, held = [], 0
+        if part:
+            yield part
+    finally:
+        await asyncio.to_thread(photos.close)  # an error or a stop mid-way: the open zip is closed
 
 
 async def classify_one(batcher: Batcher, name: str, body: bytes | ImageError, limits: Limits) -> dict:

@@ -6,18 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.flagging import CSVLogger, FlagMethod
 from PIL import Image
 
 from ...explain import overlay
 from ...images import decode, limits_of
 from ..batching import Batcher
 from ..explanations import Explainer
+from .flagging import FlagBudget, Flagging
 from .uploads import Photo, photo_bytes
 
 
 def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path, model_line: str,
-                 top_k: int) -> None:
+                 top_k: int, flag_budget: FlagBudget = FlagBudget()) -> None:
     async def classify(image: str | bytes | None) -> dict[str, float] | None:
         if image is None:  # the photo was cleared
             return None
@@ -70,8 +70,7 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
     wanted.change(show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
     why_label.input(explain, [photo, why_label], heatmap, api_name="explain")
 
-    # Flagging as gr.Interface wires it (the same CSV, read by the Train tab; the same "Flag" event).
-    flagging = CSVLogger()
-    flagging.setup([photo, labels], str(flagging_dir))
-    flag.click(FlagMethod(flagging, "Flag", None), [photo, labels], flag, preprocess=False, queue=False,
+    # Flagging as gr.Interface wires it (the same CSV, read by the Train tab; the same "Flag" event), bounded.
+    flagging = Flagging([photo, labels], flagging_dir, flag_budget, lambda: limits_of(batcher.model))
+    flag.click(flagging.flag, [photo, labels], flag, preprocess=False, queue=False, api_name="Flag",
                api_visibility="undocumented")

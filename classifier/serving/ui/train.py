@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from ... import retrain
+from .uploads import received_upload
 
 
 def _rows(table) -> list[list]:
@@ -20,6 +21,21 @@ def _rows(table) -> list[list]:
     if hasattr(table, "values"):
         return table.values.tolist()
     return table.get("data", []) if isinstance(table, dict) else list(table)
+
+
+def _inside(photo: Path, folder: Path) -> str:
+    try:
+        return Path(photo).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return Path(photo).name
+
+
+def _redacted(message: str, folders: dict[Path, str]) -> str:
+    """The message with each server folder named in words instead (the visitor has no use for our paths)."""
+    for folder, words in folders.items():
+        for spelling in {str(Path(folder).resolve()), str(folder)}:
+            message = message.replace(spelling, words)
+    return message
 
 
 def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str]) -> None:
@@ -46,18 +62,24 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
             served = gr.Markdown()
     checkpoint = gr.State()
 
+    def flagged_photos() -> dict[str, Path]:
+        """The flagged photos by their names on the page: paths inside the flagging folder (the server's own
+        folders are not shown to visitors)."""
+        return {_inside(photo, flagging_dir): photo for photo, _ in retrain.read_flagged(flagging_dir)}
+
     def show_flagged():
         rows = retrain.read_flagged(flagging_dir)
         if not rows:
-            raise gr.Error(f"No flagged photos yet in {flagging_dir}: use the Flag button on the Classify tab.")
-        return [[str(photo), predicted, predicted] for photo, predicted in rows]
+            raise gr.Error("No flagged photos yet: use the Flag button on the Classify tab.")
+        return [[_inside(photo, flagging_dir), predicted, predicted] for photo, predicted in rows]
 
     def train(zip_path: str | None, labelled, how_many_steps: float, progress=gr.Progress(track_tqdm=True)):
-        # Only photos that were flagged here: the table's paths are checked against the flagging folder.
-        known = {str(photo): photo for photo, _ in retrain.read_flagged(flagging_dir)}
+        # Only photos that were flagged here: the table's names are looked up in the flagging folder.
+        known = flagged_photos()
         pairs = [(known[row[0]], str(row[2] or "")) for row in _rows(labelled) if row and row[0] in known]
         if not zip_path and not any(label.strip() for _, label in pairs):
             raise gr.Error("Upload a .zip of class folders, or label flagged photos, first.")
+        zip_path = received_upload(zip_path) if zip_path else None
         train_dir.mkdir(parents=True, exist_ok=True)
         upload = Path(tempfile.mkdtemp(prefix=".upload-", dir=train_dir))
         output = train_dir / time.strftime("model-%Y%m%d-%H%M%S")
@@ -66,8 +88,9 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
             retrain.write_labelled(pairs, image_dir)
             summary = retrain.retrain(retrain.Options(image_dir=image_dir, output_dir=output,
                                                       how_many_training_steps=int(how_many_steps)))
-        except retrain.RetrainError as exc:
-            raise gr.Error(str(exc)) from None
+        except retrain.RetrainError as exc:  # in the visitor's words: no server folder in it
+            raise gr.Error(_redacted(str(exc), {upload: "the uploaded photos", train_dir: "the train folder"})) \
+                from None
         finally:  # the upload is not kept, whatever happened: the zip in Gradio's cache and what it unpacked to
             shutil.rmtree(upload, ignore_errors=True)
             if zip_path:

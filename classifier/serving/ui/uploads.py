@@ -1,17 +1,39 @@
-"""What the page receives: photos handed over undecoded (Photo), their bytes, and uploads deleted after a while."""
+"""What the page receives: only files Gradio took in as uploads, photos handed over undecoded, old uploads deleted."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
+import os
 from typing import Any
 
 import gradio as gr
+from gradio.context import LocalContext
 from gradio.route_utils import delete_files_created_by_app
+from gradio.utils import get_upload_folder, is_in_or_equal
 
 from ...images import limits_of, read_bytes
 
 log = logging.getLogger(__name__)
+
+
+def received_upload(path: Any) -> str:
+    """`path`, if it names a file that Gradio received as an upload for this app (or cached for the page: the
+    examples); else gr.Error. Every event that takes a file calls this first.
+
+    Gradio itself checks a file payload only when it carries `"meta": {"_type": "gradio.FileData"}`, and then
+    only that it lies in the upload folder; a payload without `meta`, or an event with preprocess=False (Flag),
+    would hand any server path to our code ({"path": "/etc/passwd"}, {"path": "/dev/zero"}).
+    """
+    blocks = LocalContext.blocks.get(None)
+    if not isinstance(path, (str, os.PathLike)) or blocks is None:
+        raise gr.Error("no uploaded file was received: upload the file first")
+    absolute = os.path.abspath(path)
+    # Membership tests only: the event loop adds to these sets while a handler runs in a worker thread.
+    known = any(absolute in files for files in list(blocks.temp_file_sets))
+    if not known or not is_in_or_equal(absolute, get_upload_folder()):
+        raise gr.Error(f"{os.path.basename(absolute)} was not uploaded to this page: upload the file first")
+    return absolute
 
 
 class Photo(gr.Image):
@@ -27,14 +49,14 @@ class Photo(gr.Image):
         if payload is None:
             return None
         if payload.path:
-            return payload.path
+            return received_upload(payload.path)
         if payload.url and payload.url.startswith("data:") and "," in payload.url:  # base64 from API callers
             return base64.b64decode(payload.url.split(",", 1)[1])
         raise gr.Error("no image file was received")
 
 
 async def photo_bytes(image: str | bytes | None, model: Any) -> bytes:
-    """The bytes of a photo the page received (a file Gradio took in as an upload; it refuses any other path),
+    """The bytes of a photo the page received (Photo.preprocess has checked that Gradio took it in as an upload),
     within the serving model's limits. Raises gr.Error with the same message /service would send."""
     if not image:
         raise gr.Error("Add a photo first: drop one on the box, paste it, or take one with the webcam.")

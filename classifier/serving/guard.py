@@ -1,0 +1,162 @@
+"""What every request passes before a route reads it: the login, a body limit per route, a cap on open streams."""
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from starlette.requests import HTTPConnection
+
+
+# Without the login, only these answer under --auth: the probes, and what the page needs to show its login form.
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", "/", "/login", "/login/",
+                "/logout", "/config", "/theme.css", "/favicon.ico", "/manifest.json", "/robots.txt",
+                "/gradio_api/login_check", "/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id",
+                "/gradio_api/startup-events", "/gradio_api/theme.css"}
+PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
+# Gradio's long-lived responses (event streams): a tab or a gradio_client holds two or three at once.
+STREAM_PREFIXES = ("/gradio_api/heartbeat/", "/gradio_api/queue/data", "/gradio_api/call/", "/gradio_api/stream/",
+                   "/gradio_api/upload_progress")
+
+
+@dataclass
+class GuardConf:
+    """credentials: --auth's (None: open). body_limits: (path prefix, bytes), the first match applies;
+    default_body_limit: every other route. logged_in: whether a request carries a valid Gradio login cookie."""
+
+    credentials: tuple[str, str] | None = None
+    body_limits: list[tuple[str, int]] = field(default_factory=list)
+    default_body_limit: int = 1024 * 1024
+    streams_per_client: int = 32
+    logged_in: Callable[[HTTPConnection], bool] = lambda connection: False
+
+
+class Guard:
+    """Pure ASGI middleware (no buffering: Gradio's event streams pass through untouched).
+
+    - Under --auth, a request outside PUBLIC_PATHS without the login (HTTP Basic, or Gradio's login cookie) is
+      answered 401 before a byte of its body is read: Gradio's own check runs only after it has parsed the body.
+    - A body is refused with 413 as soon as it passes its route's limit, by its Content-Length or while it
+      streams in (chunked), and every 413 closes the connection: otherwise the server reads, and throws away, the
+      rest of a body that may never end (as nginx does, the connection is closed instead).
+    - Each client may hold `streams_per_client` of Gradio's event streams open at once; more get 429.
+    """
+
+    def __init__(self, app: Callable, conf: GuardConf):
+        self.app, self.conf = app, conf
+        self.streams: Counter[str] = Counter()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        connection = HTTPConnection(scope)
+        if self.conf.credentials and not self._public(path) and not self._authenticated(connection):
+            return await _refuse(send, 401, "authentication required", ("www-authenticate", 'Basic realm="classifier"'))
+        limit = next((size for prefix, size in self.conf.body_limits if path.startswith(prefix)),
+                     self.conf.default_body_limit)
+        length = byte_count(connection.headers.get("content-length"))
+        if length is not None and length > limit:
+            return await _refuse(send, 413, f"the request body is larger than the limit of {limit} bytes")
+        if scope["method"] == "GET" and path.startswith(STREAM_PREFIXES):
+            client = scope["client"][0] if scope.get("client") else ""
+            if self.streams[client] >= self.conf.streams_per_client:
+                return await _refuse(send, 429, f"this client has {self.streams[client]} event streams open, the "
+                                                "most allowed; close a tab", ("retry-after", "5"))
+            self.streams[client] += 1
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.streams[client] -= 1
+                if not self.streams[client]:
+                    del self.streams[client]
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: dict, receive: Callable, send: Callable, limit: int) -> None:
+        """The app, with the body cut off at `limit`: past it, the app's receive() raises, and whatever the app
+        answers then is replaced by a 413 that closes the connection."""
+        state = {"received": 0, "over": False, "started": False}
+
+        async def limited_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > limit:
+                    state["over"] = True
+                    raise BodyTooLargeForRoute(limit)
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if state["over"]:
+                return  # the app's own answer to the cut-off body: the 413 below is sent instead
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                if message["status"] == 413:  # the routes' own limits too: never read the rest of the body
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLargeForRoute:
+            pass
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await _refuse(send, 413, f"the request body is larger than the limit of {limit} bytes")
+
+    def _public(self, path: str) -> bool:
+        return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+    def _authenticated(self, connection: HTTPConnection) -> bool:
+        if "authorization" in connection.headers and basic_auth_ok(connection, self.conf.credentials):
+            return True
+        return self.conf.logged_in(connection)
+
+
+class BodyTooLargeForRoute(Exception):
+    """Raised into the app from receive() once the body passes its route's limit."""
+
+
+async def _refuse(send: Callable, status: int, message: str, *headers: tuple[str, str]) -> None:
+    """A JSON error answered by the guard itself; the connection is closed after it (its body is never read)."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *((k.encode(), v.encode()) for k, v in headers)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def basic_auth_ok(request: HTTPConnection, credentials: tuple[str, str] | None) -> bool:
+    if credentials is None:
+        return True
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
+    except ValueError:
+        return False
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
+    return (secrets.compare_digest(user, credentials[0].encode()) &
+            secrets.compare_digest(password, credentials[1].encode()))
+
+
+def byte_count(text: str | None) -> int | None:
+    """A header's byte count: ASCII digits only (str.isdigit() admits "²", which int() refuses), else None."""
+    text = (text or "").strip()
+    return int(text) if text and text.isascii() and text.isdigit() else None
+
+
+def gradio_login_check(gradio_app: Any) -> Callable[[HTTPConnection], bool]:
+    """Whether a request carries the cookie of a user logged in to the mounted Gradio app (its /login sets it)."""
+    def logged_in(connection: HTTPConnection) -> bool:
+        cookies = connection.cookies
+        token = (cookies.get(f"access-token-{gradio_app.cookie_id}")
+                 or cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
+        return token is not None and token in gradio_app.tokens
+    return logged_in
+

@@ -1,0 +1,160 @@
+"""Second review, connections (issue 23 items 5, 6 and 7): the login comes before the body, a body past its limit
+closes the connection, and no client holds more than its share of open streams."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import select
+import socket
+import time
+import uuid
+
+import httpx
+import pytest
+
+from bench.server import conf_variant
+from classifier.serving.connections import LINGER_BYTES
+from conftest import AUTH, PHOTOS, Server
+from test_security import Attacker
+
+AFTER = LINGER_BYTES + 8_000_000  # what the server reads after answering before it closes, and socket buffers
+MAX_BYTES = 150_000  # the image limit of this module's server: request bodies up to 32 × that (4.8 MB)
+BASIC = "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A server under --auth with small limits (150 KB images; Gradio uploads as small: --no-train)."""
+    conf = conf_variant(tmp_path_factory.mktemp("small"), limits={"max_bytes": MAX_BYTES})
+    running = Server("--conf", str(conf), "--no-train", "--auth", ":".join(AUTH), "--streams-per-client", "4")
+    yield running
+    running.stop()
+
+
+PART = (b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n")  # a multipart body's first part, whose file then never ends
+
+
+def send_until_answered(url: str, path: str, headers: dict[str, str], total: int, chunked: bool = False,
+                        seconds: float = 30) -> tuple[int, int, int]:
+    """Sends a body of `total` bytes (or until the server answers); returns (status, bytes sent before the answer,
+    bytes the server still took after it, within 2 s: at most LINGER_BYTES and the socket buffers when it closes
+    the connection, as it must)."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}")
+    chunk = b"0" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+    sent, after, answer = 0, 0, b""
+    deadline = time.monotonic() + seconds
+    with socket.create_connection((host, int(port)), timeout=seconds) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if "multipart" in headers.get("Content-Type", ""):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(PART), PART) if chunked else PART)
+        sock.setblocking(False)
+        while b"\r\n" not in answer and time.monotonic() < deadline:
+            if select.select([sock], [], [], 0)[0]:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+            elif sent < total and select.select([], [sock], [], 0.01)[1]:
+                try:
+                    sent += sock.send(piece)
+                except BlockingIOError:
+                    continue
+                except OSError:  # reset: the answer may have been lost with it
+                    break
+            elif sent >= total:
+                time.sleep(0.01)
+        closed_by = time.monotonic() + 3
+        while time.monotonic() < closed_by:  # does the server keep reading (and throwing away) the body?
+            try:
+                if select.select([sock], [], [], 0)[0] and not sock.recv(65536):
+                    break  # EOF: it closed the connection
+                if select.select([], [sock], [], 0.01)[1]:
+                    after += sock.send(piece)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                break  # reset: closed
+    assert answer.startswith(b"HTTP/1.1 "), f"no answer to {path} after {sent} bytes"
+    return int(answer.split(b" ")[1]), sent, after
+
+
+@pytest.mark.parametrize("path", ["/gradio_api/run/predict", "/gradio_api/queue/join", "/service", "/v1/models/x:predict"])
+def test_without_the_login_a_large_body_is_refused_before_it_is_read(small, path):
+    status, sent, after = send_until_answered(small.url, path, {"Content-Type": "application/json"}, 52_000_000)
+    assert status == 401
+    assert sent < 8_000_000, f"{path} read {sent} bytes before answering 401"  # (socket buffers hold some)
+    assert after < AFTER, f"{path} went on reading {after} bytes after its 401"
+
+
+def test_logged_in_gradio_json_is_capped(small):
+    attacker = Attacker(small.url, AUTH)
+    big = {"data": ["x" * 5_000_000], "fn_index": 0, "session_hash": uuid.uuid4().hex}
+    answer = attacker.http.post(f"{small.url}/gradio_api/queue/join", json=big)
+    assert answer.status_code == 413 and "limit of 4194304 bytes" in answer.json()["error"]
+    assert answer.headers.get("connection") == "close"
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/service", "multipart/form-data; boundary=b0undary"), ("/service", "image/jpeg"), ("/explain", "image/jpeg"),
+    ("/v1/models/checkpoint_dir:predict", "application/json"),
+    ("/v2/models/checkpoint_dir/infer", "application/json"),
+    ("/gradio_api/upload", "multipart/form-data; boundary=b0undary")])
+def test_a_chunked_body_past_the_limit_gets_413_and_the_connection_closes(small, path, content_type):
+    headers = {"Content-Type": content_type, "Authorization": BASIC}
+    if path.startswith("/gradio_api"):
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in Attacker(small.url, AUTH).http.cookies.items())
+    status, sent, after = send_until_answered(small.url, path, headers, 2_000_000_000, chunked=True)
+    assert status == 413
+    assert sent < 4 * 32 * MAX_BYTES + 2**23, f"{path}: {sent} bytes read before the 413"
+    assert after < AFTER, f"{path}: the server went on reading {after} bytes after its 413"
+
+
+def test_a_declared_length_past_the_limit_is_refused_unread(small):
+    status, sent, after = send_until_answered(small.url, "/service", {"Authorization": BASIC}, 500_000_000)
+    assert status == 413 and sent < 8_000_000 and after < AFTER
+
+
+def test_event_streams_need_the_login_and_are_capped_per_client(small):
+    url = f"{small.url}/gradio_api/heartbeat/{uuid.uuid4().hex}"
+    for _ in range(20):  # without the login: refused at once, nothing held open
+        assert httpx.get(url, timeout=5).status_code == 401
+    attacker = Attacker(small.url, AUTH)
+    with contextlib.ExitStack() as streams:
+        for _ in range(4):  # --streams-per-client 4
+            stream = streams.enter_context(attacker.http.stream("GET", f"{small.url}/gradio_api/heartbeat/"
+                                                                       f"{uuid.uuid4().hex}"))
+            assert stream.status_code == 200
+        fifth = attacker.http.get(f"{small.url}/gradio_api/heartbeat/{uuid.uuid4().hex}")
+        assert fifth.status_code == 429 and "Retry-After" in fifth.headers
+        assert httpx.get(f"{small.url}/healthz", timeout=5).status_code == 200
+        served = httpx.put(f"{small.url}/service", content=(PHOTOS / "cat.jpeg").read_bytes()[:MAX_BYTES],
+                           auth=AUTH, timeout=30)
+        assert served.status_code in (200, 400)  # answered (cat.jpeg cut to the limit may not decode)
+    # The closed ones are given back once the server notices the client went (Gradio looks every ~0.25 s).
+    deadline, status = time.monotonic() + 20, 429
+    while status == 429 and time.monotonic() < deadline:
+        with attacker.http.stream("GET", f"{small.url}/gradio_api/heartbeat/{uuid.uuid4().hex}") as stream:
+            status = stream.status_code
+        time.sleep(0.2)
+    assert status == 200
+
+
+def test_the_page_and_its_login_still_work_under_auth(small):
+    from gradio_client import Client, handle_file
+
+    assert httpx.get(f"{small.url}/", timeout=10).status_code == 200
+    assert httpx.get(f"{small.url}/config", timeout=10).status_code == 401
+    client = Client(small.url, auth=AUTH, verbose=False)
+    try:
+        photo = PHOTOS / "coffee.jpeg"
+        assert photo.stat().st_size < MAX_BYTES
+        answer = client.predict(handle_file(str(photo)), api_name="/classify")
+        assert answer["label"] in {"espresso", "cup", "coffee mug"}
+    finally:
+        client.close()  # its heartbeat stream would hold the server's shutdown
+    assert json.loads(httpx.get(f"{small.url}/readyz", timeout=5).text)["status"] == "ready"
