@@ -1,4 +1,4 @@
-"""python -m bench [--quick]: measures, in one run on this machine, the numbers README's Performance table shows.
+"""python -m bench [--quick | --smoke]: measures, in one run on this machine, the numbers README's Performance table shows.
 
 a. the model-only ceiling of every engine and precision, on preprocessed tensors, at batch 1, 8 and 16;
 b. JPEG decoding: Pillow draft mode against simplejpeg, small photos and camera-sized ones (bench/decode.py);
@@ -123,22 +123,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs (about three minutes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the shortest runs that still write every figure (tests/test_bench.py): they show that "
+                             "the benchmark works, and are too short to mean anything")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     if not wrk.available():
         parser.error("wrk is not installed: apt-get install wrk (Debian's package; ./test.sh installs it as root)")
-    quick = args.quick
-    seconds = 5 if quick else 20  # per wrk run
+    quick = args.quick or args.smoke
+    seconds = 1 if args.smoke else 5 if quick else 20  # per wrk run
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": cpu_name(), "python": platform.python_version()},
-                    "quick": quick, "date": time.strftime("%Y-%m-%d %H:%M")}
+                    "quick": quick, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d %H:%M")}
     folder = tempfile.TemporaryDirectory()
     work = Path(folder.name)
     print("a. ceiling …", file=sys.stderr)
-    report["ceiling"] = ceiling(work, 1.0 if quick else 4.0)
+    report["ceiling"] = ceiling(work, 0.2 if args.smoke else 1.0 if quick else 4.0)
     print("b. decode …", file=sys.stderr)
     import classifier
 
-    report["decode"] = decode.compare(classifier.load(ROOT / "conf.json"), JPEGS, 5 if quick else 30)
+    report["decode"] = decode.compare(classifier.load(ROOT / "conf.json"), JPEGS, 1 if args.smoke else 5 if quick else 30)
 
     print("c. /service …", file=sys.stderr)
     server = ServerProcess()  # the model was converted and checked by a.: it serves without TensorFlow
@@ -151,7 +154,7 @@ def main() -> int:
         print("d. Gradio API …", file=sys.stderr)
         floor = ServerProcess(script=ROOT / "bench" / "gradio_floor.py", ready_path="/healthz")
         try:
-            calls = 20 if quick else 200
+            calls = 4 if args.smoke else 20 if quick else 200
             report["gradio"], report["gradio_floor"] = {}, {}
             for c in (1, 8):  # ours and the floor in turn, so that drift hits both alike
                 report["gradio"][f"c{c}"] = drive_gradio(server.url, JPEGS, c, calls).summary()
@@ -159,9 +162,21 @@ def main() -> int:
         finally:
             floor.stop()
         print("f. /explain …", file=sys.stderr)
-        report["explain"] = explain_times(server.url, 5 if quick else 20)
+        report["explain"] = explain_times(server.url, 2 if args.smoke else 5 if quick else 20)
     finally:
         server.stop()
+
+    # Each agreeing fp32 engine forced, beside auto's row: a wrong choice shows at a glance.
+    report["service_engines"] = {}
+    for name, engine in report["ceiling"]["engines"].items():
+        if name.endswith("fp32") and engine["allowed"] and not name.startswith("tensorflow"):
+            (work / f"forced-{name.split()[0]}").mkdir()
+            forced = ServerProcess("--conf", str(conf_variant(work / f"forced-{name.split()[0]}",
+                                                              tensorflow={"runtime": name.split()[0]})))
+            try:
+                report["service_engines"][name] = under_load(forced, (1, 16), seconds)
+            finally:
+                forced.stop()
 
     precision = report["ceiling"]["fastest_precision"]
     if precision:
@@ -212,6 +227,9 @@ def targets(r: dict) -> dict:
              "gradio_c8_over_floor": round(r["gradio"]["c8"]["img_s"] / r["gradio_floor"]["c8"]["img_s"], 2),
              "c1_p50_over_unbatched_p50": round(r["service"]["c1"]["p50_ms"]
                                                 / r["service_unbatched"]["c1"]["p50_ms"], 2)}
+    best = max((runs["c16"]["img_s"] for runs in r.get("service_engines", {}).values()), default=None)
+    if best:
+        found["auto_c16_over_best_forced_engine_c16"] = round(c16 / best, 2)
     if "service_reduced" in r:
         reduced = r["service_reduced"]["c16"]["img_s"]
         found["reduced_c16_over_default_c16"] = round(reduced / c16, 2)

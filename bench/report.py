@@ -14,8 +14,9 @@ def load_rows(r: dict) -> list[str]:
     rows = [row("server", "path", "concurrency", "images/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
                 "client CPU"), row(*["---"] * 9)]
     reduced = r.get("service_reduced", {})
+    forced = [(f"ours, {name} forced", "POST /service", runs) for name, runs in r.get("service_engines", {}).items()]
     for name, path, runs in (
-            (f"ours, default ({r['ceiling']['default_engine']})", "POST /service", r["service"]),
+            (f"ours, default: auto ({r['ceiling']['default_engine']})", "POST /service", r["service"]), *forced,
             (f"ours, precision {reduced.get('precision')}", "POST /service", reduced),
             ("ours, batching off", "POST /service", r["service_unbatched"]),
             ("LitServe, same engine, its batching", "POST /predict", r["litserve"]),

@@ -11,7 +11,7 @@ from typing import Any
 from .images import ALLOWED_FORMATS, RESIZES, Limits
 
 RUNTIMES = ("auto", "tensorflow", "litert", "openvino")  # auto: the fastest that agrees (classifier.engines)
-PRECISIONS = ("fp32", "bf16", "int8")  # bf16 and int8: OpenVINO, guarded by a top-1 agreement check
+PRECISIONS = ("fp32", "bf16", "int8")  # bf16: OpenVINO; int8: OpenVINO or LiteRT; guarded by a top-1 check
 
 _MISSING = object()
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)  # a plain dotted module name
@@ -203,9 +203,12 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.precision = self._str(*tf_keys, "precision", default="fp32")
         if self.precision not in PRECISIONS:
             raise self._error(tf_keys + ("precision",), f"must be one of {list(PRECISIONS)}, not {self.precision!r}")
-        if self.precision != "fp32" and self.runtime not in ("auto", "openvino"):
-            raise self._error(tf_keys + ("precision",), f"{self.precision} is served by OpenVINO: set runtime to "
-                              f"\"auto\" or \"openvino\", not {self.runtime!r}")
+        engines = {"fp32": ("auto", "litert", "openvino", "tensorflow"), "bf16": ("auto", "openvino"),
+                   "int8": ("auto", "litert", "openvino")}[self.precision]  # which engines run each precision
+        if self.runtime not in engines:
+            raise self._error(tf_keys + ("precision",), f"{self.precision} is served by "
+                              f"{' or '.join(e for e in engines if e != 'auto')}: set runtime to "
+                              f"{' or '.join(repr(e) for e in engines)}, not {self.runtime!r}")
         self.calibration_photos = self._str(*tf_keys, "calibration_photos", default=None)
         limit_keys = ("http_server", "limits")
         formats = self._value(*limit_keys, "formats", default=list(ALLOWED_FORMATS))

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,8 @@ TEACHABLE_MACHINE = images.InputConvention(mean=127.5, std=127.5, resize="center
 # Photos shipped with the project: an engine must agree with TensorFlow on them (and views of them) to serve.
 CHECK_PHOTOS = Path(__file__).resolve().parent.parent / "examples"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Set to 1 (python -m classifier --retime does): time the engines again on this machine, whatever was recorded.
+RETIME_VARIABLE = "CLASSIFIER_RETIME"
 
 
 def uai_request(body: bytes) -> SimpleNamespace:
@@ -99,14 +102,15 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         if recorded:
             # Converted and checked before: served without TensorFlow, unless never checked for this conf's
             # convention, engine choice and precision, or the engine's version changed.
-            self.runtime = (recorded.serve(self._check_name(), self._engine, self._precision)
+            self.runtime = (recorded.serve(self._check_name(), self._engine, self._precision, self._check_batch(),
+                                           self._decoding(), retime=os.environ.get(RETIME_VARIABLE) == "1")
                             or self._load_with_tensorflow())
             self._size_labels_and_convention()
         if self._engine != "tensorflow" and self.runtime.function is not None:  # a .tflite is LiteRT already
             calibration, held_out = self._calibration()
             self.runtime = engines.accelerate(self.runtime, np.concatenate([self._check_batch(), held_out]),
                                               self._check_name(), self._engine, self._precision, calibration,
-                                              self._model_key)
+                                              self._model_key, self._decoding())
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
@@ -142,7 +146,8 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     def _read_labels(self) -> tuple[list[str], Path, bool]:
         """The labels: conf's labels_file, else a labels file beside the model (a version folder's own, else
         model_dir's), else those packed in the model file. And whether they are Teachable Machine's numbered lines."""
-        folders = list(dict.fromkeys([self.model_path, Path(self.model_dir)]))  # one folder when unversioned
+        # One folder when unversioned; a model_dir that is one file has its labels beside it.
+        folders = list(dict.fromkeys(p.parent if p.is_file() else p for p in (self.model_path, Path(self.model_dir))))
         for number, folder in enumerate(folders):
             try:
                 path = labels.find_labels_file(folder, self._labels_file)
@@ -189,6 +194,13 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         # model's own preprocess, so the check sees what serving will.
         views = [view for photo in photos for view in images.views(images.decode(photo))]
         return np.stack([self.preprocess(view) for view in views + [noise]])
+
+    def _decoding(self) -> Callable[[], None]:
+        """One unit of what serving's decoders do beside the model, for timing the engines as they serve: an
+        example photo decoded and preprocessed, the next one each call."""
+        photos = [p.read_bytes() for p in sorted(CHECK_PHOTOS.glob("*")) if p.suffix.lower() in PHOTO_SUFFIXES]
+        turns = itertools.count()
+        return lambda: self.preprocess(photos[next(turns) % len(photos)])
 
     def _calibration(self) -> tuple[np.ndarray | None, np.ndarray]:
         """int8's calibration images, and the photos held out of them for the check: conf's calibration_photos

@@ -1,4 +1,5 @@
-"""The benchmark runs end to end (python -m bench --quick) and writes the keys README's table comes from."""
+"""The benchmark runs end to end (python -m bench --smoke: every step, the shortest runs) and writes the keys
+README's table comes from."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from conftest import ROOT, require_debian_package
 def test_quick_benchmark_runs(tmp_path):
     require_debian_package(Path("/usr/bin/wrk"), "wrk")
     out = tmp_path / "latest.json"
-    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -26,6 +27,9 @@ def test_quick_benchmark_runs(tmp_path):
             assert run_["requests"] > 0 and run_["non_2xx"] == 0 and run_["socket_errors"] == 0, (server, run_)
             assert 0 < run_["client_cpu_share"] < 0.5
         assert result[server]["pss_mb"] > 0 and result[server]["ready_rss_mb"] > 0 and result[server]["ready_s"] > 0
+    assert set(result["service_engines"]) == {"litert fp32", "openvino fp32"}  # each engine forced, beside auto
+    assert all(runs["c16"]["non_2xx"] == 0 for runs in result["service_engines"].values())
+    assert "auto_c16_over_best_forced_engine_c16" in result["targets"]
     assert result["memory"]["non_2xx"] == 0 and result["memory"]["requests"] > 0
     assert result["gradio"]["c8"]["img_s"] > 0 and result["gradio_floor"]["c8"]["img_s"] > 0
     assert "c16_over_litserve" in result["targets"] and "| POST /service | 16 |" in run.stdout

@@ -13,7 +13,7 @@ from PIL import Image
 
 import classifier
 from classifier import engines
-from classifier.engines import cache, litert, openvino
+from classifier.engines import cache, litert, openvino, timing
 from conftest import COLOURS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
 
 
@@ -41,7 +41,7 @@ def test_each_engine_gives_tensorflows_answers(runtime, tmp_path):
     assert np.abs(model.forward(batch) - reference.forward(batch)).max() <= engines.TOLERANCE
 
 
-def test_auto_serves_the_fastest_agreeing_engine_and_logs_each_figure(tmp_path, caplog):
+def test_auto_serves_the_engine_that_serves_fastest_and_logs_each_figure(tmp_path, caplog):
     shutil.copytree(ROOT / "checkpoint_dir", tmp_path / "model", ignore=shutil.ignore_patterns(".litert"))
     with caplog.at_level(logging.INFO, logger="classifier.engines"):
         model = classifier.load(write_conf(tmp_path, model_dir=str(tmp_path / "model"), size=224))
@@ -49,8 +49,8 @@ def test_auto_serves_the_fastest_agreeing_engine_and_logs_each_figure(tmp_path, 
     assert set(figures) == {"litert fp32", "openvino fp32", "tensorflow fp32"}
     served = re.search(r"serving with (\w+ fp32)", caplog.text).group(1)
     assert model.runtime.engine.lower().startswith(served.split()[0])
-    converted = {name: rate for name, rate in figures.items() if name != "tensorflow fp32"}
-    assert served == max(converted, key=converted.get) or figures["tensorflow fp32"] > 1.1 * max(converted.values())
+    # The simplest engine, unless another was clearly faster as serving runs it (engines.timing.choose).
+    assert served == timing.choose(figures, ["litert fp32", "openvino fp32", "tensorflow fp32"])[0]
 
 
 def test_converted_model_is_cached_beside_the_model(tmp_path, monkeypatch):
@@ -109,9 +109,9 @@ def test_conf_can_turn_litert_off(tmp_path):
     (tmp_path / "conf.json").write_text(json.dumps(conf))
     with pytest.raises(classifier.ConfError, match="runtime must be one of"):
         classifier.load(tmp_path / "conf.json")
-    conf["http_server"]["tensorflow"].update(runtime="litert", precision="int8")
+    conf["http_server"]["tensorflow"].update(runtime="tensorflow", precision="int8")
     (tmp_path / "conf.json").write_text(json.dumps(conf))
-    with pytest.raises(classifier.ConfError, match="int8 is served by OpenVINO"):
+    with pytest.raises(classifier.ConfError, match="int8 is served by litert or openvino"):
         classifier.load(tmp_path / "conf.json")
 
 

@@ -9,8 +9,9 @@ start serves it without importing TensorFlow (Recorded).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import logging
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,22 +20,21 @@ import numpy as np
 from ..formats import Runtime
 from ..images import InputConvention
 from ..quiet import native_stderr_filtered
-from . import cache, litert, openvino
+from . import cache, litert, openvino, timing
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max |Δprobability| against TensorFlow for an fp32 engine to serve
 MIN_TOP1_AGREEMENT = 0.97  # share of the check images on which bf16 or int8 must give fp32's top-1
+# Simplest first: the chooser keeps the first that agrees unless a later one is clearly faster (timing.MARGIN);
+# TensorFlow comes last (it costs ~900 MB more memory and seconds more at every start).
 ENGINES = {litert.NAME: litert, openvino.NAME: openvino}
-# TensorFlow serves instead of a converted engine only if this much faster: it costs ~900 MB more memory and
-# seconds more at every start.
-TENSORFLOW_MARGIN = 1.1
 
 
 @dataclasses.dataclass
 class Candidate:
     name: str  # "litert fp32", "openvino bf16", …
-    engine: str
+    engine: str  # the module's NAME, or "tensorflow"
     precision: str
     predict: Callable[[np.ndarray], np.ndarray]
     file: Path | None = None
@@ -44,34 +44,45 @@ class Candidate:
 
 
 def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice: str = "auto",
-               precision: str = "fp32", calibration: np.ndarray | None = None, key: str | None = None) -> Runtime:
-    """The model run by the fastest engine allowed by choice and precision that agrees with TensorFlow (runtime)
-    on `check`; runtime itself if none does. The decision is recorded under check_name (what the check fed).
+               precision: str = "fp32", calibration: np.ndarray | None = None, key: str | None = None,
+               busy: Callable[[], None] | None = None) -> Runtime:
+    """The model run by the engine allowed by choice and precision that agrees with TensorFlow (runtime) on
+    `check` and serves fastest on this machine (timing.py: batches as the batcher makes them, `busy` running
+    beside them, the simplest engine kept unless another is clearly faster); runtime itself if none agrees. The
+    decision is recorded under check_name (what the check fed) with this CPU's description.
     key: the model's cache.model_key, if the caller has it already (hashing the files is not free)."""
     key = key or cache.model_key(runtime.path)
     reference = runtime.probabilities(runtime.predict(check))
     names = list(ENGINES) if choice == "auto" else [choice]
     fp32 = [c for c in (_checked(runtime, key, name, "fp32", check, reference) for name in names) if c]
-    reduced = None
+    reduced = []
     if precision != "fp32":
-        reduced = _checked(runtime, key, openvino.NAME, precision, check, reference, calibration)
-    # The candidates are timed side by side on the same batch, each logged; TensorFlow's figure too.
+        reduced = [c for c in (_checked(runtime, key, name, precision, check, reference, calibration)
+                               for name in names if precision in ENGINES[name].PRECISIONS) if c]
     tensorflow = Candidate("tensorflow fp32", "tensorflow", "fp32", runtime.predict)
-    candidates = [*fp32, *([reduced] if reduced else []), tensorflow]
-    for candidate in candidates:
-        candidate.images_per_s = _images_per_second(candidate.predict, check[:8])
-        log.info("%s: %s %.0f images/s (batch of %d), max |Δp| against TensorFlow %.1e, top-1 agreement %.0f%%",
-                 runtime.path.name, candidate.name, candidate.images_per_s, len(check[:8]), candidate.max_dp,
-                 100 * candidate.top1_agreement)
-    best = reduced or max(fp32, key=lambda c: c.images_per_s, default=None)
-    if best is None or (choice == "auto" and not reduced
-                        and tensorflow.images_per_s > TENSORFLOW_MARGIN * best.images_per_s):
-        best = tensorflow
-    log.info("%s: serving with %s", runtime.path, best.name)
-    _record(runtime, key, check_name, choice, precision, best, candidates)
+    # The precision asked for, if it passed its guard; else fp32, where TensorFlow may win if auto may choose it.
+    contenders = reduced or [*fp32, *([tensorflow] if choice == "auto" or not fp32 else [])]
+    best, reason = _timed(runtime, contenders, check, busy)
+    _record(runtime, key, check_name, choice, precision, best, contenders, reason)
+    _store_reference(runtime.path, key, check_name, reference)
     if best is tensorflow:
         return runtime
-    return dataclasses.replace(runtime, predict=best.predict, engine=best.engine)
+    return dataclasses.replace(runtime, predict=best.predict, engine=best.predict.engine)
+
+
+def _timed(runtime: Runtime, contenders: list[Candidate], check: np.ndarray,
+           busy: Callable[[], None] | None) -> tuple[Candidate, str]:
+    """The contenders timed side by side as serving runs them, each figure logged; the one chosen, and why."""
+    with native_stderr_filtered():
+        rates = timing.side_by_side({c.name: c.predict for c in contenders}, check, busy)
+    for candidate in contenders:
+        candidate.images_per_s = rates[candidate.name]
+        log.info("%s: %s %.0f images/s serving, max |Δp| against TensorFlow %.1e, top-1 agreement %.0f%%",
+                 runtime.path.name, candidate.name, candidate.images_per_s, candidate.max_dp,
+                 100 * candidate.top1_agreement)
+    chosen, reason = timing.choose(rates, [c.name for c in contenders])
+    log.info("%s: serving with %s: %s", runtime.path, chosen, reason)
+    return next(c for c in contenders if c.name == chosen), reason
 
 
 def _checked(runtime: Runtime, key: str, name: str, precision: str, check: np.ndarray, reference: np.ndarray,
@@ -91,35 +102,35 @@ def _checked(runtime: Runtime, key: str, name: str, precision: str, check: np.nd
         log.warning("%s: %s conversion failed (%s: %s)", runtime.path, label, type(exc).__name__,
                     str(exc).splitlines()[0] if str(exc) else "")
         return None
-    candidate = Candidate(label, predict.engine, precision, predict, file,
-                          max_dp=float(np.abs(probabilities - reference).max()),
-                          top1_agreement=float((probabilities.argmax(1) == reference.argmax(1)).mean()))
+    candidate = Candidate(label, name, precision, predict, file)
+    return candidate if _agrees(runtime, candidate, probabilities, reference) else None
+
+
+def _agrees(runtime: Runtime, candidate: Candidate, probabilities: np.ndarray, reference: np.ndarray) -> bool:
+    """Whether the candidate's probabilities on the check images are TensorFlow's (fp32: within TOLERANCE; bf16
+    and int8: the same top-1 on MIN_TOP1_AGREEMENT of them); its figures are set, and a refusal logged."""
+    label, precision = candidate.name, candidate.precision
+    candidate.max_dp = float(np.abs(probabilities - reference).max())
+    candidate.top1_agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
     if precision == "fp32" and candidate.max_dp > TOLERANCE:
         log.warning("%s: %s disagrees with TensorFlow (max |Δp| %.1e > %.0e); not served", runtime.path, label,
                     candidate.max_dp, TOLERANCE)
-        return None
+        return False
     if precision != "fp32" and candidate.top1_agreement < MIN_TOP1_AGREEMENT:
         log.warning("%s: %s refused: the same top-1 as fp32 on %.0f%% of %d check images (at least %.0f%% needed); "
-                    "serving fp32", runtime.path, label, 100 * candidate.top1_agreement, len(check),
+                    "serving fp32", runtime.path, label, 100 * candidate.top1_agreement, len(reference),
                     100 * MIN_TOP1_AGREEMENT)
-        return None
-    return candidate
+        return False
+    return True
 
 
 def _build(runtime: Runtime, key: str, name: str, precision: str, calibration: np.ndarray) -> Path:
+    if name == litert.NAME and precision == "int8":
+        return litert.int8_file(runtime, key, calibration)
     tflite = litert.tflite_file(runtime, key)  # every engine starts from it: OpenVINO reads .tflite files
     if name == litert.NAME:
         return tflite
     return openvino.ir_file(tflite, runtime.path, key, precision, calibration)
-
-
-def _images_per_second(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, seconds: float = 0.4) -> float:
-    predict(batch)  # warm-up: the first call allocates
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        predict(batch)
-        count += len(batch)
-    return count / (time.perf_counter() - started)
 
 
 def _decision(check_name: str, choice: str, precision: str) -> str:
@@ -127,20 +138,44 @@ def _decision(check_name: str, choice: str, precision: str) -> str:
 
 
 def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision: str, best: Candidate,
-            candidates: list[Candidate]) -> None:
+            candidates: list[Candidate], reason: str) -> None:
     """What serving from the converted files needs to know of the model, and the decision, in the cache."""
     record = cache.read_record(runtime.path, key)
     record.update(format=runtime.format, num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
                   input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
                   convention_source=runtime.convention_source)
-    engine = best.name.split()[0]
-    record.setdefault("decisions", {})[_decision(check_name, choice, precision)] = {
-        "engine": engine, "precision": best.precision, "file": best.file.name if best.file else None,
-        "version": ENGINES[engine].version() if engine in ENGINES else cache.tensorflow_version(),
-        "candidates": {c.name: {"images_per_s": round(c.images_per_s, 1), "max_dp": c.max_dp,
-                                "top1_agreement": c.top1_agreement} for c in candidates}}
+    record.setdefault("decisions", {})[_decision(check_name, choice, precision)] = _decided(best, candidates, reason)
     cache.write_record(runtime.path, key, record)
+
+
+def _decided(best: Candidate, candidates: list[Candidate], reason: str) -> dict:
+    """A decision as the record keeps it: the engine chosen, why, on which CPU, and every candidate's figures and
+    file, simplest first (so that another CPU can time them again without TensorFlow)."""
+    return {"engine": best.engine, "precision": best.precision, "file": best.file.name if best.file else None,
+            "version": _version(best.engine), "cpu": timing.cpu(), "reason": reason,
+            "candidates": {c.name: {"engine": c.engine, "precision": c.precision,
+                                    "file": c.file.name if c.file else None, "version": _version(c.engine),
+                                    "images_per_s": round(c.images_per_s, 1), "max_dp": c.max_dp,
+                                    "top1_agreement": c.top1_agreement} for c in candidates}}
+
+
+def _version(engine: str) -> str:
+    return ENGINES[engine].version() if engine in ENGINES else cache.tensorflow_version()
+
+
+def _store_reference(path: Path, key: str, check_name: str, reference: np.ndarray) -> None:
+    """TensorFlow's probabilities on the check images, kept so that a re-timing elsewhere can check again."""
+    buffer = io.BytesIO()
+    np.save(buffer, reference.astype(np.float32))
+    try:
+        cache.store(path, _reference_name(key, check_name), buffer.getvalue())
+    except OSError as exc:
+        log.info("cannot keep the reference answers of %s (%s)", path, exc)
+
+
+def _reference_name(key: str, check_name: str) -> str:
+    return f"{key}-{hashlib.sha256(check_name.encode()).hexdigest()[:12]}.reference.npy"
 
 
 @dataclasses.dataclass
@@ -149,27 +184,74 @@ class Recorded:
 
     runtime: Runtime  # format, classes, input size and convention; no predict until serve()
     record: dict
+    key: str  # the model's cache.model_key: the record's and the converted files' names
 
-    def serve(self, check_name: str, choice: str, precision: str) -> Runtime | None:
+    def serve(self, check_name: str, choice: str, precision: str, check: np.ndarray | None = None,
+              busy: Callable[[], None] | None = None, retime: bool = False) -> Runtime | None:
         """The runtime with the engine recorded for this check, choice and precision, if its files are cached and
-        its engine's version is the one installed; else None (TensorFlow is needed to convert or check)."""
+        its engine's version is the one installed; else None (TensorFlow is needed to convert or check).
+
+        A decision made on another CPU (or none recorded: an older cache), or retime=True, is timed again here
+        from the converted files, with no TensorFlow: each candidate is checked again against the reference
+        answers kept with the record, timed as accelerate() times them on `check`, and the record updated."""
         decision = self.record.get("decisions", {}).get(_decision(check_name, choice, precision))
-        module = ENGINES.get(decision["engine"]) if decision else None
-        file = cache.find(self.runtime.path, decision["file"]) if module and decision["file"] else None
+        if not decision or decision["engine"] not in ENGINES:
+            return None
+        here = timing.cpu()
+        if check is not None and (retime or decision.get("cpu") != here):
+            decision = self._retimed(check_name, choice, precision, decision, check, busy, here, retime)
+            if decision is None:
+                return None
+        module = ENGINES[decision["engine"]]
+        file = cache.find(self.runtime.path, decision["file"]) if decision["file"] else None
         if file is None or decision["version"] != module.version():
             return None
         predict = module.load(file, decision["precision"])
-        log.info("%s: serving with %s, without TensorFlow (as recorded when it was converted and checked: %s)",
-                 self.runtime.path, predict.engine, ", ".join(
-                     f"{name} {figures['images_per_s']:.0f} images/s" for name, figures in
-                     decision["candidates"].items()))
+        log.info("%s: serving with %s, without TensorFlow (%s)", self.runtime.path, predict.engine,
+                 decision.get("reason") or ", ".join(f"{name} {figures['images_per_s']:.0f} images/s" for name, figures
+                                                     in decision["candidates"].items()))
         return dataclasses.replace(self.runtime, predict=predict, engine=predict.engine)
+
+    def _retimed(self, check_name: str, choice: str, precision: str, decision: dict, check: np.ndarray,
+                 busy: Callable[[], None] | None, here: dict, asked: bool) -> dict | None:
+        """The decision made again on this machine from the recorded candidates' files; None if they are gone
+        (TensorFlow then converts and checks them again)."""
+        path = self.runtime.path
+        why = "asked to" if asked else (f"recorded on {decision['cpu']['model']} ({decision['cpu']['cores']} cores, "
+                                        f"{' '.join(decision['cpu']['flags'])})" if decision.get("cpu")
+                                        else "recorded before CPUs were recorded")
+        log.info("%s: timing the engines again on %s (%d cores, %s): %s", path, here["model"], here["cores"],
+                 " ".join(here["flags"]), why)
+        reference_file = cache.find(path, _reference_name(self.key, check_name))
+        reference = np.load(reference_file) if reference_file else None
+        contenders = []
+        for name, figures in decision["candidates"].items():
+            module = ENGINES.get(figures.get("engine", name.split()[0]))
+            file = cache.find(path, figures["file"]) if module and figures.get("file") else None
+            if file is None or figures.get("version") != module.version():
+                continue
+            candidate = Candidate(name, module.NAME, figures["precision"], module.load(file, figures["precision"]),
+                                  file)
+            if reference is not None and len(reference) == len(check):
+                with native_stderr_filtered():
+                    if not _agrees(self.runtime, candidate, self.runtime.probabilities(candidate.predict(check)),
+                                   reference):
+                        continue
+            contenders.append(candidate)
+        if not contenders:
+            return None
+        best, reason = _timed(self.runtime, contenders, check, busy)
+        decided = _decided(best, contenders, reason)
+        self.record["decisions"][_decision(check_name, choice, precision)] = decided
+        cache.write_record(path, self.key, self.record)
+        return decided
 
 
 def recorded(path: Path, key: str | None = None) -> Recorded | None:
     """The model at path (a model file, or a SavedModel's folder) as its cache's record knows it, or None.
     key: its cache.model_key, if the caller has it already."""
-    record = cache.read_record(path, key or cache.model_key(path))
+    key = key or cache.model_key(path)
+    record = cache.read_record(path, key)
     if not record.get("decisions"):
         return None
     convention = record["convention"]
@@ -182,4 +264,4 @@ def recorded(path: Path, key: str | None = None) -> Recorded | None:
                             num_classes=record["num_classes"], applies_softmax=record["applies_softmax"],
                             engine="not loaded", predict=unloaded,
                             convention=InputConvention(**convention) if convention else None,
-                            convention_source=record["convention_source"]), record)
+                            convention_source=record["convention_source"]), record, key)

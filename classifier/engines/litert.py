@@ -1,6 +1,7 @@
 """The LiteRT engine: a TensorFlow model converted to a .tflite file, run by LiteRT's XNNPACK interpreters."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +13,10 @@ import numpy as np
 from ..formats import Runtime
 from ..quiet import import_tensorflow, native_stderr_filtered
 from . import cache
+from .settings import settings
 
 NAME = "litert"
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "int8")  # int8: full-integer kernels (XNNPACK's), float input and output
 
 
 def version() -> str:
@@ -31,16 +33,29 @@ def tflite_file(runtime: Runtime, key: str) -> Path:
     return cache.find(runtime.path, f"{key}.tflite") or cache.store(runtime.path, f"{key}.tflite", convert(runtime))
 
 
-def convert(runtime: Runtime) -> bytes:
+def int8_file(runtime: Runtime, key: str, calibration: np.ndarray) -> Path:
+    """The model quantized to full integer by TensorFlow's converter, calibrated on `calibration` (its hash is in
+    the file name), with float input and output so that it takes the same tensors as the fp32 model."""
+    digest = hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:12]
+    name = f"{key}-int8-{digest}.tflite"
+    return cache.find(runtime.path, name) or cache.store(runtime.path, name, convert(runtime, calibration))
+
+
+def convert(runtime: Runtime, calibration: np.ndarray | None = None) -> bytes:
+    """The .tflite model: fp32, or with calibration full-integer int8 (weights and activations)."""
     # The converter wants the object that owns the function's variables; a frozen graph has none.
     tf = import_tensorflow()
     trackable = runtime.keep if isinstance(runtime.keep, tf.Module) else tf.Module()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([runtime.function], trackable)
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return converter.convert()
 
 
 def load(tflite: Path, precision: str = "fp32") -> "LiteRTPredictor":
-    return LiteRTPredictor(tflite, threads())
+    return LiteRTPredictor(tflite, threads(), settings(NAME)["layout"])
 
 
 class LiteRTPredictor:
@@ -51,15 +66,15 @@ class LiteRTPredictor:
     img/s, where one interpreter with 2 threads peaked at 170 (batch 4) and fell at larger batches.
     """
 
-    def __init__(self, model_path: Path, threads: int):
+    def __init__(self, model_path: Path, threads: int, layout: str = "per-core"):
         from ai_edge_litert.interpreter import Interpreter
 
         # Held in memory, not mapped from the file: the cache file may be deleted or rewritten while we serve.
         self.path = Path(model_path)
         content = self.path.read_bytes()
         self._make = lambda n_threads: Interpreter(model_content=content, num_threads=n_threads)
-        self.threads = threads
-        self.engine = f"LiteRT XNNPACK, {threads} threads"
+        self.threads, self.per_core = threads, layout == "per-core"
+        self.engine = f"LiteRT XNNPACK, {threads} threads" + ("" if self.per_core else " (one interpreter)")
         with native_stderr_filtered():  # the first interpreter announces XNNPACK when its tensors are allocated
             probe = self._make(1)
             probe.allocate_tensors()
@@ -76,10 +91,11 @@ class LiteRTPredictor:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = self._as_input(batch)
-        if len(batch) == 1 or self.threads == 1:
+        if len(batch) == 1 or self.threads == 1 or not self.per_core:
             with self._solo_lock:
-                out = np.concatenate([self._prepared(self._solo, self.threads, image[None])(image[None])
-                                      for image in batch])
+                out = (np.concatenate([self._prepared(self._solo, self.threads, image[None])(image[None])
+                                       for image in batch]) if self.per_core
+                       else self._prepared(self._solo, self.threads, batch)(batch))
         else:
             out = np.concatenate(list(self._pool.map(self._run_alone, batch)))
         if self._output_scale is not None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import cache
 from .litert import threads
+from .settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class OpenVINOPredictor:
             Path(xml).with_suffix(".bin").read_bytes(), np.uint8)))
         hint = "bf16" if precision == "bf16" else "f32"  # int8 layers run in int8 whatever this says
         self._compiled = core.compile_model(model, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": n_threads, "INFERENCE_PRECISION_HINT": hint})
+            "INFERENCE_NUM_THREADS": n_threads, "INFERENCE_PRECISION_HINT": hint, **settings(NAME)})
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(2):
             self._requests.put(self._compiled.create_infer_request())
