@@ -30,6 +30,7 @@ import uvicorn
 from gradio import networking
 
 import classifier
+from classifier.from_path import chosen_conf
 from classifier.images import limits_of
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
@@ -53,8 +54,14 @@ log = logging.getLogger("app")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--conf", type=Path, default=Path(os.environ.get("UAI_SERVICE_CONFIG", ROOT / "conf.json")),
-                        help="conf.json to serve (default: $UAI_SERVICE_CONFIG, else the project's conf.json)")
+    parser.add_argument("--conf", type=Path, default=None,
+                        help="conf.json to serve (default: $UAI_SERVICE_CONFIG, else --model's, else the project's "
+                             "conf.json)")
+    parser.add_argument("--model", default=os.environ.get("CLASSIFIER_MODEL"), metavar="PATH",
+                        help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5 or .tflite "
+                             "file, or a Teachable Machine .zip export (default: $CLASSIFIER_MODEL; --conf wins)")
+    parser.add_argument("--labels", default=None, metavar="FILE",
+                        help="with --model: its labels file (default: the one beside the model, or packed in it)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, as the UAI service)")
@@ -153,6 +160,12 @@ def open_share_link(port: int) -> None:
 # force: TensorFlow (absl) has already put a handler on the root logger, which would swallow our INFO lines.
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 args = parse_args(sys.argv[1:])
+try:
+    if args.conf is None and os.environ.get("UAI_SERVICE_CONFIG"):
+        args.conf = Path(os.environ["UAI_SERVICE_CONFIG"])
+    args.conf = chosen_conf(args.conf or (None if args.model else ROOT / "conf.json"), args.model, args.labels)
+except classifier.ConfError as exc:
+    sys.exit(f"error: cannot start: {exc}")
 credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
 if args.auth and not credentials:
     sys.exit("error: --auth must be USER:PASS")
@@ -216,7 +229,8 @@ app.include_router(tf_serving.create_router(served))
 app.include_router(explanations.create_router(explainer, limits, credentials))
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
 app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS)
-guard.logged_in = gradio_login_check(app.routes[-1].app)  # the mount's Gradio app holds the login tokens
+gradio_app = app.routes[-1].app  # the mount's Gradio app: its login tokens, its stop event
+guard.logged_in = gradio_login_check(gradio_app)
 # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only once
 # the Blocks "has launched"; launch() sets that, mount_gradio_app does not, so any {"path": "/etc/…"} was
 # accepted. Set it as Gradio's own reload mode does for a mounted app (utils.SourceFileReloader.swap_blocks).
@@ -237,9 +251,20 @@ def main() -> None:
     # --read-timeout (connections.with_read_timeout: uvicorn has no such deadline); an idle keep-alive connection
     # is closed after 5 s (uvicorn's timeout_keep_alive); past --max-connections, uvicorn answers 503 at once
     # (limit_concurrency) instead of queueing.
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",
-                http=with_read_timeout(args.read_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
-                limit_concurrency=args.max_connections)
+    config = uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",
+                            http=with_read_timeout(args.read_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                            limit_concurrency=args.max_connections)
+    StoppingGradio(config).run()
+
+
+class StoppingGradio(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or Ctrl-C also tells the mounted Gradio app to stop, as Gradio's own
+    launch() does: its heartbeat streams (one per open tab) then end at once, instead of holding the graceful
+    shutdown for its whole 30 s while requests in flight still finish."""
+
+    def handle_exit(self, sig: int, frame) -> None:
+        gradio_app.stop_event.set()
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

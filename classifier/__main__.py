@@ -1,4 +1,4 @@
-"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json]."""
+"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json] [--retime]."""
 from __future__ import annotations
 
 import argparse
@@ -9,30 +9,54 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import DEFAULT_CONF, ConfError, LabelsError, load, quiet
+    from . import ConfError, LabelsError, load, quiet
     from .results import plain
 
     parser = argparse.ArgumentParser(prog="python -m classifier", description="Classify images with the model "
                                      "that conf.json names; print the top-k labels of each.")
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     parser.add_argument("--conf", type=Path, default=None,
                         help="conf.json to load (default: ./conf.json, else the project's own)")
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5 or .tflite "
+                             "file, or a Teachable Machine .zip export (--conf wins when both are given)")
+    parser.add_argument("--labels", default=None, metavar="FILE", help="with --model: its labels file, one per line "
+                        "(default: the one beside the model, or packed in it)")
     parser.add_argument("--top-k", type=int, default=None, help="how many labels per image (default: conf's top_k)")
     parser.add_argument("--json", action="store_true", help="print one JSON object {path: result} instead")
     parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up log lines")
+    parser.add_argument("--retime", action="store_true",
+                        help="time the engines again on this machine and record the choice (no TensorFlow needed "
+                             "once the model is converted); with no IMAGE, only that")
     args = parser.parse_args(argv)
+    if not args.images and not args.retime:
+        parser.error("give at least one IMAGE (or --retime)")
+    if args.retime:
+        import logging
+        import os
+
+        from .model import RETIME_VARIABLE
+
+        os.environ[RETIME_VARIABLE] = "1"
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # the figures and the choice are the answer
     if args.verbose:
         quiet.set_verbose()  # before TensorFlow loads, with the model
     from .formats import ModelError
 
-    conf = args.conf or (Path("conf.json") if Path("conf.json").is_file() else DEFAULT_CONF)
+    from .from_path import chosen_conf
+
     try:
+        conf = chosen_conf(args.conf, args.model, args.labels)
         model = load(conf)
     except (ConfError, ModelError, LabelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.top_k:
         model.top_k = args.top_k
+    if args.retime:
+        print(f"serving with {model.runtime.engine}")
+        if not args.images:
+            return 0
     results = classify_files(model, args.images)
 
     failed = sum(isinstance(result, dict) for result in results)

@@ -91,7 +91,13 @@ def latest_version(model_dir: Path) -> tuple[Path, int | None]:
 
 def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
     """The format from the folder's contents: a SavedModel, a single .keras, .h5 or .tflite file, or a frozen
-    GraphDef (.pb)."""
+    GraphDef (.pb); or model_dir is that one file itself."""
+    if model_dir.is_file():
+        loader = {".keras": load_keras, ".h5": load_keras, ".tflite": load_tflite, ".pb": load_frozen_graph}.get(
+            model_dir.suffix.lower())
+        if loader is None:
+            raise ModelError(f"{model_dir} is not a model file: give a .pb, .keras, .h5 or .tflite file, or a folder")
+        return loader, model_dir
     if (model_dir / "saved_model.pb").is_file():
         return load_saved_model, model_dir
     for suffix, loader in ((".keras", load_keras), (".h5", load_keras), (".tflite", load_tflite)):

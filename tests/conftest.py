@@ -134,3 +134,17 @@ def guarded(tmp_path_factory):
     yield get
     for running, _ in started.values():
         running.stop()
+
+
+# The quick tier (./test.sh -m "not slow") leaves out the end-to-end tests that take tens of seconds each: the
+# benchmark, the browser, training, Ray, kills and the soak. CI runs them all.
+SLOW_MODULES = {"test_bench", "test_browser", "test_retrain", "test_train_tab", "test_ray_serve", "test_resources",
+                "test_engine_choice", "test_front_door"}
+SLOW_TESTS = {"test_short_soak", "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
+              "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

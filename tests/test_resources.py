@@ -138,18 +138,17 @@ def test_a_kill_while_flagging_leaves_complete_entries_and_a_clean_start(tmp_pat
     running = Server("--flagging-dir", str(flagged_dir), env={"GRADIO_TEMP_DIR": str(tmp_path / "gradio")})
     attacker = Attacker(running.url)
     flag = attacker.fn_index("Flag")
-    photo = io.BytesIO()
-    Image.open(PHOTOS / "cat.jpeg").save(photo, "JPEG")
+    photos = [photo.read_bytes() for photo in distinct_photos(tmp_path, 6)]  # each photo is flagged once only
     done = 0
     try:
         deadline = time.monotonic() + 60
         while done < 5 and time.monotonic() < deadline:
             [path] = attacker.http.post(f"{running.url}/gradio_api/upload",
-                                        files={"files": (f"p{done}.jpg", photo.getvalue())}).json()
+                                        files={"files": (f"p{done}.jpg", photos[done])}).json()
             done += attacker.event(flag, [server_file(path), {"label": "tabby"}])[0]
         # The next flag's event is sent and the server killed while it is being written.
         [path] = attacker.http.post(f"{running.url}/gradio_api/upload",
-                                    files={"files": ("last.jpg", photo.getvalue())}).json()
+                                    files={"files": ("last.jpg", photos[5])}).json()
         attacker.http.post(f"{running.url}/gradio_api/queue/join",
                            json={"data": [server_file(path), {"label": "tabby"}], "fn_index": flag,
                                  "session_hash": "killed"})

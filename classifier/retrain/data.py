@@ -8,10 +8,9 @@ import logging
 import math
 import re
 import shutil
-import zipfile
-import zlib
 from pathlib import Path
 
+from ..archives import ArchiveError, unpack
 from .options import Options, RetrainError
 
 log = logging.getLogger(__name__)
@@ -65,32 +64,13 @@ def _is_hidden(path: Path) -> bool:
 
 def extract_zip(zip_path: Path, destination: Path, max_bytes: int = 2 * 1024 ** 3,
                 max_files: int = 50_000) -> Path:
-    """Unpacks an uploaded .zip of class folders and returns the folder that holds them.
-
-    Refuses members that would land outside destination, and archives that unpack to more than max_bytes or
-    max_files. A zip holding one top folder (as "Compress folder" makes) is looked into.
-    """
+    """Unpacks an uploaded .zip of class folders (archives.unpack: safely, within max_bytes and max_files) and
+    returns the folder that holds them. A zip holding one top folder (as "Compress folder" makes) is looked into."""
     destination = Path(destination).resolve()
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            members = archive.infolist()
-            if len(members) > max_files or sum(m.file_size for m in members) > max_bytes:
-                raise RetrainError(f"the zip unpacks to more than {max_files} files or {max_bytes} bytes")
-            for member in members:
-                if not (destination / member.filename).resolve().is_relative_to(destination):
-                    raise RetrainError(f"the zip holds an unsafe path: {member.filename!r}")
-            archive.extractall(destination)
-    except RetrainError:
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
-        raise RetrainError(f"not a readable .zip file: {exc}") from None
-    except RuntimeError as exc:  # zipfile's word for an encrypted member
-        raise RetrainError(f"the .zip is password-protected ({exc}); zip the photos without a password") from None
-    except NotImplementedError as exc:  # AES (WinZip), LZMA variants, …
-        raise RetrainError(f"the .zip uses a compression method Python cannot read ({exc}); "
-                           "make it with ordinary (deflate) compression") from None
-    except (OSError, ValueError) as exc:  # a damaged member that fails its CRC, a bad header, a full disk
-        raise RetrainError(f"could not unpack the .zip: {exc}") from None
+        unpack(zip_path, destination, max_bytes, max_files)
+    except ArchiveError as exc:
+        raise RetrainError(str(exc).replace("zip the files without", "zip the photos without")) from None
     root = destination
     while True:
         entries = [p for p in root.iterdir() if not _is_hidden(p)]
