@@ -66,6 +66,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, as the UAI service)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    parser.add_argument("--root-path", default=os.environ.get("CLASSIFIER_ROOT_PATH", ""), metavar="PREFIX",
+                        help="the public path prefix when a reverse proxy serves the app under one (e.g. "
+                             "/classifier, the proxy stripping it): the page, its API, /service and the "
+                             "protocols all work at https://host/PREFIX/… (default: $CLASSIFIER_ROOT_PATH, none)")
     parser.add_argument("--auth", default=os.environ.get("CLASSIFIER_AUTH"), metavar="USER:PASS",
                         help="require this login for the page, its API and /service (default: $CLASSIFIER_AUTH)")
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
@@ -160,6 +164,7 @@ def open_share_link(port: int) -> None:
 # force: TensorFlow (absl) has already put a handler on the root logger, which would swallow our INFO lines.
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 args = parse_args(sys.argv[1:])
+root_path = "/" + args.root_path.strip("/") if args.root_path.strip("/") else ""  # "/classifier", or none
 try:
     if args.conf is None and os.environ.get("UAI_SERVICE_CONFIG"):
         args.conf = Path(os.environ["UAI_SERVICE_CONFIG"])
@@ -228,7 +233,8 @@ app.include_router(open_inference.create_router(served))
 app.include_router(tf_serving.create_router(served))
 app.include_router(explanations.create_router(explainer, limits, credentials))
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
-app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS)
+app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS,
+                          root_path=root_path or None)
 gradio_app = app.routes[-1].app  # the mount's Gradio app: its login tokens, its stop event
 guard.logged_in = gradio_login_check(gradio_app)
 # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only once
@@ -242,6 +248,8 @@ def main() -> None:
     print(f"* Model: {classifier.describe(model)} (from {getattr(model, 'model_dir', args.conf)})", flush=True)
     print(f"* Page:    http://{shown}:{args.port}/", flush=True)
     print(f"* Service: curl -T photo.jpg http://{shown}:{args.port}/service", flush=True)
+    if root_path:
+        print(f"* Behind the proxy: https://<host>{root_path}/ (--root-path)", flush=True)
     if training_off and not args.no_train:
         print(f"* Train tab: off, because {training_off}.", flush=True)
     if args.share and not credentials:
@@ -253,7 +261,7 @@ def main() -> None:
     # (limit_concurrency) instead of queueing.
     config = uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=30, log_level="info",
                             http=with_read_timeout(args.read_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
-                            limit_concurrency=args.max_connections)
+                            limit_concurrency=args.max_connections, root_path=root_path)
     StoppingGradio(config).run()
 
 

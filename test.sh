@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 # chromium: the browser tests' real browser (driven by Playwright; never `playwright install`).
 # tuxpaint-stamps-default: ~800 real labelled photos for the retraining tests.
 # wrk: the benchmark's load generator (bench/wrk.py), light enough that the server is what it measures.
-DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default wrk)
+# nginx: the reverse proxy the sub-path test puts in front (tests/test_proxy.py).
+DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default wrk nginx)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${DEBIAN_PACKAGES[@]}"

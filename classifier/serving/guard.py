@@ -52,7 +52,7 @@ class Guard:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        path = route_path(scope)
         connection = HTTPConnection(scope)
         if self.conf.credentials and not self._public(path) and not self._authenticated(connection):
             return await _refuse(send, 401, "authentication required", ("www-authenticate", 'Basic realm="classifier"'))
@@ -115,6 +115,12 @@ class Guard:
         if "authorization" in connection.headers and basic_auth_ok(connection, self.conf.credentials):
             return True
         return self.conf.logged_in(connection)
+
+
+def route_path(scope: dict) -> str:
+    """The request's path as the routes see it: without the --root-path prefix (uvicorn puts it in front)."""
+    path, prefix = scope["path"], scope.get("root_path", "")
+    return (path[len(prefix):] or "/") if prefix and path.startswith(prefix) else path
 
 
 class BodyTooLargeForRoute(Exception):

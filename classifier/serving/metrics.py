@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .guard import route_path
+
 REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
 LATENCY = Histogram("classifier_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -42,7 +44,7 @@ class MetricsMiddleware:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        endpoint = endpoint_of(scope["path"])
+        endpoint = endpoint_of(route_path(scope))
         started = time.perf_counter()
         status = {"code": 500}
 
