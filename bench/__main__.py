@@ -207,7 +207,8 @@ def main() -> int:
                               str(ROOT / "checkpoint_dir" / "label_map.txt"), script=ROOT / "bench" / "naive_app.py",
                               ready_path="/healthz")
         try:
-            report["naive"] = under_load(naive, (1, 16), seconds)
+            # At least 4 s: at c16 each of its answers takes ~0.7 s, so a 1 s smoke run might see none at all.
+            report["naive"] = under_load(naive, (1, 16), max(seconds, 4))
         finally:
             naive.stop()
     report["targets"] = targets(report)
