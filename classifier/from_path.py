@@ -62,7 +62,8 @@ def chosen_conf(conf: Path | None, model: str | None, labels: str | None) -> Pat
 
 def _unpacked(zip_path: Path) -> Path:
     """The zip unpacked into the cache, once per content; a zip holding one top folder is looked into."""
-    digest = hashlib.file_digest(open(zip_path, "rb"), "sha256").hexdigest()[:16]
+    with open(zip_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     for folder in _folders():
         target = folder / digest
         if not target.is_dir():

@@ -73,6 +73,9 @@ def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice
 def _timed(runtime: Runtime, contenders: list[Candidate], check: np.ndarray,
            busy: Callable[[], None] | None) -> tuple[Candidate, str]:
     """The contenders timed side by side as serving runs them, each figure logged; the one chosen, and why."""
+    if len(contenders) == 1:  # a runtime named in conf (or the only one that agrees): nothing to choose between
+        log.info("%s: serving with %s, the only candidate (not timed)", runtime.path, contenders[0].name)
+        return contenders[0], f"{contenders[0].name}: the only candidate"
     with native_stderr_filtered():
         rates = timing.side_by_side({c.name: c.predict for c in contenders}, check, busy)
     for candidate in contenders:
