@@ -139,9 +139,15 @@ def guarded(tmp_path_factory):
 # The quick tier (./test.sh -m "not slow") leaves out the end-to-end tests that take tens of seconds each: the
 # benchmark, the browser, training, Ray, kills and the soak. CI runs them all.
 SLOW_MODULES = {"test_bench", "test_browser", "test_retrain", "test_train_tab", "test_ray_serve", "test_resources",
-                "test_engine_choice", "test_front_door"}
+                "test_engine_choice", "test_front_door", "test_proxy", "test_operations", "test_deploy",
+                "test_conventions", "test_hole_connections"}
 SLOW_TESTS = {"test_short_soak", "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
-              "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time"}
+              "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time",
+              "test_the_precision_guard_refuses_an_int8_model_that_disagrees",
+              "test_a_recorded_conversion_serves_without_tensorflow",
+              "test_bf16_serves_where_the_cpu_runs_it_and_keeps_the_answers",
+              "test_each_engine_gives_tensorflows_answers", "test_name_versions_auth_and_reload",
+              "test_a_refused_version_is_retried_when_its_files_change"}
 
 
 def pytest_collection_modifyitems(items) -> None:
