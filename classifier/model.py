@@ -102,7 +102,8 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         if recorded:
             # Converted and checked before: served without TensorFlow, unless never checked for this conf's
             # convention, engine choice and precision, or the engine's version changed.
-            self.runtime = (recorded.serve(self._check_name(), self._engine, self._precision, self._check_batch(),
+            # The check images (41 decoded views) are made only if the engines must be timed again here.
+            self.runtime = (recorded.serve(self._check_name(), self._engine, self._precision, self._check_batch,
                                            self._decoding(), retime=os.environ.get(RETIME_VARIABLE) == "1")
                             or self._load_with_tensorflow())
             self._size_labels_and_convention()

@@ -1,10 +1,11 @@
-"""Engines: what runs a model's batches (TensorFlow, LiteRT, OpenVINO), and the choice of the fastest that agrees.
+"""Engines: what runs a model's batches (TensorFlow, LiteRT, OpenVINO), and the choice among those that agree.
 
 Every engine module has the same face: NAME, PRECISIONS, version(), a cached file made from the model, and
 load(file, precision) → a callable, float32 [N, H, W, 3] → raw outputs [N, classes]. TensorFlow is the reference:
 an engine serves only if it agrees with it on the check images (fp32: within TOLERANCE in probability; bf16 and
-int8: the same top-1 for MIN_TOP1_AGREEMENT of them). What was chosen is recorded beside the model, so the next
-start serves it without importing TensorFlow (Recorded).
+int8: the same top-1 for MIN_TOP1_AGREEMENT of them); timing.py chooses among them as serving runs them. What
+was chosen is recorded beside the model, with the CPU, so the next start serves it without importing TensorFlow
+(Recorded).
 """
 from __future__ import annotations
 
@@ -189,20 +190,21 @@ class Recorded:
     record: dict
     key: str  # the model's cache.model_key: the record's and the converted files' names
 
-    def serve(self, check_name: str, choice: str, precision: str, check: np.ndarray | None = None,
+    def serve(self, check_name: str, choice: str, precision: str, check: Callable[[], np.ndarray] | None = None,
               busy: Callable[[], None] | None = None, retime: bool = False) -> Runtime | None:
         """The runtime with the engine recorded for this check, choice and precision, if its files are cached and
         its engine's version is the one installed; else None (TensorFlow is needed to convert or check).
 
         A decision made on another CPU (or none recorded: an older cache), or retime=True, is timed again here
         from the converted files, with no TensorFlow: each candidate is checked again against the reference
-        answers kept with the record, timed as accelerate() times them on `check`, and the record updated."""
+        answers kept with the record, timed as accelerate() times them on the images check() makes (only then),
+        and the record updated."""
         decision = self.record.get("decisions", {}).get(_decision(check_name, choice, precision))
         if not decision or decision["engine"] not in ENGINES:
             return None
         here = timing.cpu()
-        if check is not None and (retime or decision.get("cpu") != here):
-            decision = self._retimed(check_name, choice, precision, decision, check, busy, here, retime)
+        if check is not None and (retime or decision.get("cpu") != here):  # the check images made only then
+            decision = self._retimed(check_name, choice, precision, decision, check(), busy, here, retime)
             if decision is None:
                 return None
         module = ENGINES[decision["engine"]]
