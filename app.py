@@ -30,6 +30,7 @@ import uvicorn
 from gradio import networking
 
 import classifier
+from classifier.engines.cache import tensorflow_installed
 from classifier.from_path import chosen_conf
 from classifier.images import limits_of
 from classifier.serving import metrics
@@ -55,16 +56,18 @@ log = logging.getLogger("app")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--conf", type=Path, default=None,
-                        help="conf.json to serve (default: $UAI_SERVICE_CONFIG, else --model's, else the project's "
+                        help="conf.json to serve (default: --model's, else $UAI_SERVICE_CONFIG, else the project's "
                              "conf.json)")
     parser.add_argument("--model", default=os.environ.get("CLASSIFIER_MODEL"), metavar="PATH",
                         help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5 or .tflite "
                              "file, or a Teachable Machine .zip export (default: $CLASSIFIER_MODEL; --conf wins)")
     parser.add_argument("--labels", default=None, metavar="FILE",
                         help="with --model: its labels file (default: the one beside the model, or packed in it)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080, as the UAI service)")
+    parser.add_argument("--host", default=os.environ.get("CLASSIFIER_HOST", "127.0.0.1"),
+                        help="address to listen on (default: $CLASSIFIER_HOST, else 127.0.0.1, this machine only; "
+                             "0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("CLASSIFIER_PORT", 8080)),
+                        help="port (default: $CLASSIFIER_PORT, else 8080, as the UAI service)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     parser.add_argument("--root-path", default=os.environ.get("CLASSIFIER_ROOT_PATH", ""), metavar="PREFIX",
                         help="the public path prefix when a reverse proxy serves the app under one (e.g. "
@@ -108,6 +111,8 @@ def why_training_is_off(args: argparse.Namespace, credentials: tuple[str, str] |
     """Training writes files and swaps the served model: without a login, only on this machine's loopback."""
     if args.no_train:
         return "--no-train was given"
+    if not tensorflow_installed():
+        return "TensorFlow, which retrains, is not installed here (a serving-only install)"
     if credentials or args.train:
         return None
     if args.share:
@@ -166,9 +171,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 args = parse_args(sys.argv[1:])
 root_path = "/" + args.root_path.strip("/") if args.root_path.strip("/") else ""  # "/classifier", or none
 try:
-    if args.conf is None and os.environ.get("UAI_SERVICE_CONFIG"):
-        args.conf = Path(os.environ["UAI_SERVICE_CONFIG"])
-    args.conf = chosen_conf(args.conf or (None if args.model else ROOT / "conf.json"), args.model, args.labels)
+    args.conf = chosen_conf(args.conf, args.model, args.labels, default=ROOT / "conf.json")
 except classifier.ConfError as exc:
     sys.exit(f"error: cannot start: {exc}")
 credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None

@@ -9,7 +9,10 @@ cd "$(dirname "$0")"
 # tuxpaint-stamps-default: ~800 real labelled photos for the retraining tests.
 # wrk: the benchmark's load generator (bench/wrk.py), light enough that the server is what it measures.
 # nginx: the reverse proxy the sub-path test puts in front (tests/test_proxy.py).
-DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default wrk nginx)
+# docker.io, mmdebstrap: the image built and run for real, on a Debian base made here (tests/test_docker.py).
+DEBIAN_PACKAGES=(chromium tuxpaint-stamps-default wrk nginx docker.io mmdebstrap)
+# What the Docker test makes once and keeps between runs: the Debian base image's tarball, the wheelhouse.
+export CLASSIFIER_TEST_CACHE="${CLASSIFIER_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/classifier-tests}"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${DEBIAN_PACKAGES[@]}"

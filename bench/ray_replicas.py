@@ -7,19 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reports usage unless told not to
 
 from bench.load import drive_http, markdown_row
-from bench.server import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.server import ROOT, free_port
 
 
 def start(replicas: int, port: int) -> str:

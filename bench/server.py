@@ -41,15 +41,20 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 180) 
     raise RuntimeError(f"not ready in {timeout:.0f} s")
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class ServerProcess:
     """`python <script> --host 127.0.0.1 --port <free> <args>`, waited on until `ready_path` answers 200."""
 
     def __init__(self, *args: str, script: Path = ROOT / "app.py", env: dict | None = None,
                  ready_path: str = "/readyz", timeout: float = 180):
         started = time.perf_counter()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.process = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json] [--retime]."""
+"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json] [--retime] [--convert]."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "that conf.json names; print the top-k labels of each.")
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     parser.add_argument("--conf", type=Path, default=None,
-                        help="conf.json to load (default: ./conf.json, else the project's own)")
+                        help="conf.json to load (default: --model's, else $UAI_SERVICE_CONFIG, else ./conf.json, else "
+                             "the project's own)")
     parser.add_argument("--model", default=None, metavar="PATH",
                         help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5 or .tflite "
                              "file, or a Teachable Machine .zip export (--conf wins when both are given)")
@@ -28,16 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retime", action="store_true",
                         help="time the engines again on this machine and record the choice (no TensorFlow needed "
                              "once the model is converted); with no IMAGE, only that")
+    parser.add_argument("--convert", action="store_true",
+                        help="convert the model for the engines and check them against TensorFlow (once: the "
+                             "result is cached beside the model), so that an install without TensorFlow serves "
+                             "it; with no IMAGE, only that")
     args = parser.parse_args(argv)
-    if not args.images and not args.retime:
-        parser.error("give at least one IMAGE (or --retime)")
-    if args.retime:
+    if not args.images and not (args.retime or args.convert):
+        parser.error("give at least one IMAGE (or --retime, or --convert)")
+    if args.retime or args.convert:
         import logging
         import os
 
         from .model import RETIME_VARIABLE
 
-        os.environ[RETIME_VARIABLE] = "1"
+        if args.retime:
+            os.environ[RETIME_VARIABLE] = "1"
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # the figures and the choice are the answer
     if args.verbose:
         quiet.set_verbose()  # before TensorFlow loads, with the model
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.top_k:
         model.top_k = args.top_k
-    if args.retime:
+    if args.retime or args.convert:
         print(f"serving with {model.runtime.engine}")
         if not args.images:
             return 0

@@ -45,9 +45,13 @@ def conf_for(model: str | os.PathLike, labels: str | os.PathLike | None = None, 
     return _write(f"conf-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json", text), f"{what}: {model_dir}"
 
 
-def chosen_conf(conf: Path | None, model: str | None, labels: str | None) -> Path:
-    """--conf if given, else a conf made for --model (saying what it inferred), else ./conf.json or the project's."""
+def chosen_conf(conf: Path | None, model: str | None, labels: str | None, default: Path | None = None) -> Path:
+    """--conf if given, else a conf made for --model (saying what it inferred), else $UAI_SERVICE_CONFIG (UAI's
+    own variable), else `default`, else ./conf.json or the project's."""
     from . import DEFAULT_CONF
+
+    if conf is None and not model and os.environ.get("UAI_SERVICE_CONFIG"):
+        conf = Path(os.environ["UAI_SERVICE_CONFIG"])
 
     if conf:
         if model:
@@ -57,7 +61,7 @@ def chosen_conf(conf: Path | None, model: str | None, labels: str | None) -> Pat
         made, inferred = conf_for(model, labels)
         print(f"--model: {inferred} (its input size, labels and convention from the model)", file=sys.stderr)
         return made
-    return Path("conf.json") if Path("conf.json").is_file() else DEFAULT_CONF
+    return default or (Path("conf.json") if Path("conf.json").is_file() else DEFAULT_CONF)
 
 
 def _unpacked(zip_path: Path) -> Path:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from . import engines, formats, images, labels
+from . import engines, formats, images, labels, quiet
 from .conf import ArchJsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,15 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         return self.runtime
 
     def _load_with_tensorflow(self) -> formats.Runtime:
-        return formats.load(self.model_path, self.input_size, *self._tensor_names)
+        try:
+            return formats.load(self.model_path, self.input_size, *self._tensor_names)
+        except quiet.TensorFlowMissing:
+            raise formats.ModelError(
+                f"{self.model_path} has not been converted for this conf's engine, and TensorFlow, which converts "
+                "it, is not installed here (a serving-only install: requirements-serve.txt, or the Docker image). "
+                "Convert it once where TensorFlow is: `python -m classifier --convert --conf <its conf.json>` "
+                "(in Docker: the image's `full` target, the model's folder mounted writable; docs/deploy.md), "
+                "or serve a .tflite file, which needs no conversion") from None
 
     def _recorded(self) -> engines.Recorded | None:
         """The model as its engines' cache records it, to be served with no TensorFlow (engines.Recorded)."""

@@ -59,10 +59,20 @@ def native_stderr_filtered() -> Iterator[None]:
                 sys.stderr.flush()
 
 
+class TensorFlowMissing(ImportError):
+    """TensorFlow is needed (to load a model it has not converted yet, or to retrain) and is not installed: a
+    serving-only install (requirements-serve.txt, the Docker image)."""
+
+
 def import_tensorflow() -> ModuleType:
     """TensorFlow, imported with its start-up noise filtered (the core's modules import it through here)."""
-    with native_stderr_filtered():
-        import tensorflow
+    try:
+        with native_stderr_filtered():
+            import tensorflow
+    except ModuleNotFoundError as exc:
+        if exc.name != "tensorflow":
+            raise
+        raise TensorFlowMissing("TensorFlow is not installed here (a serving-only install)") from None
     python_logger = tensorflow.get_logger()  # made here, with a handler of its own that would print each line twice
     python_logger.handlers.clear()  # its lines go to the application's handlers, once, in the application's format
     if not verbose():  # its Python INFO lines too ("Assets written to …" at each LiteRT conversion)

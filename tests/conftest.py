@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,8 @@ def guarded(tmp_path_factory):
 # The quick tier (./test.sh -m "not slow") leaves out the end-to-end tests that take tens of seconds each: the
 # benchmark, the browser, training, Ray, kills and the soak. CI runs them all.
 SLOW_MODULES = {"test_bench", "test_browser", "test_retrain", "test_train_tab", "test_ray_serve", "test_resources",
-                "test_engine_choice", "test_front_door", "test_proxy", "test_operations", "test_deploy",
-                "test_conventions", "test_hole_connections"}
+                "test_engine_choice", "test_front_door", "test_proxy", "test_operations",
+                "test_conventions", "test_hole_connections", "test_docker"}
 SLOW_TESTS = {"test_short_soak", "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
               "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time",
               "test_the_precision_guard_refuses_an_int8_model_that_disagrees",
@@ -148,6 +149,20 @@ SLOW_TESTS = {"test_short_soak", "test_auth_protects_page_api_and_service", "tes
               "test_bf16_serves_where_the_cpu_runs_it_and_keeps_the_answers",
               "test_each_engine_gives_tensorflows_answers", "test_name_versions_auth_and_reload",
               "test_a_refused_version_is_retried_when_its_files_change"}
+
+
+def pytest_collection_finish(session) -> None:
+    """The Docker image takes minutes of pip and disk to build: begun now, beside the other tests."""
+    if any(item.module.__name__ == "test_docker" for item in session.items):
+        import test_docker
+
+        test_docker.start_building()
+
+
+def pytest_sessionfinish(session) -> None:
+    test_docker = sys.modules.get("test_docker")
+    if test_docker:
+        test_docker.BUILDING.stop()  # and dockerd, if the build started it
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -97,6 +97,46 @@ def test_a_decision_made_on_another_cpu_is_timed_again_without_tensorflow(tmp_pa
     assert [r[0][0] for r in model.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS
 
 
+WITHOUT_TENSORFLOW = "import sys; sys.modules['tensorflow'] = None; "  # as a serving-only install has it
+
+
+def test_a_serving_only_install_times_the_others_when_tensorflow_was_chosen(tmp_path):
+    """The Docker runtime image has no TensorFlow: a record that chose it (TensorFlow was fastest where the model
+    was converted) is timed again among the converted engines, without TensorFlow."""
+    write_colour_graph(tmp_path / "model")
+    conf = write_conf(tmp_path)
+    classifier.load(conf)
+    record, key = record_of(tmp_path)
+    [decision] = record["decisions"].values()
+    decision.update(engine="tensorflow", precision="fp32", file=None)
+    cache.write_record(tmp_path / "model" / "frozen_inference_graph.pb", key, record)
+    code = (WITHOUT_TENSORFLOW + f"import logging, classifier; logging.basicConfig(level=logging.INFO); "
+            f"m = classifier.load({str(conf)!r}); print('ENGINE', m.runtime.engine); "
+            f"print('TOP', m.execute([{str(ROOT / 'examples' / 'cat.jpeg')!r}], 1)[0][0][0])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "TensorFlow was chosen, and is not installed here" in run.stderr
+    assert "ENGINE LiteRT" in run.stdout or "ENGINE OpenVINO" in run.stdout
+
+
+def test_a_serving_only_install_says_how_to_convert_a_model_it_cannot(tmp_path):
+    write_colour_graph(tmp_path / "model")
+    conf = write_conf(tmp_path)
+    run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW + "import runpy; sys.argv = ['classifier', "
+                          f"'--conf', {str(conf)!r}, {str(ROOT / 'examples' / 'cat.jpeg')!r}]; "
+                          "runpy.run_module('classifier', run_name='__main__')"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "has not been converted" in run.stderr and "python -m classifier --convert" in run.stderr
+    convert = subprocess.run([sys.executable, "-m", "classifier", "--convert", "--conf", str(conf)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert convert.returncode == 0 and "serving with" in convert.stdout, convert.stderr[-2000:]
+    served = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW + "import classifier; "
+                             f"print(classifier.load({str(conf)!r}).runtime.engine)"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert served.returncode == 0 and ("LiteRT" in served.stdout or "OpenVINO" in served.stdout), served.stderr
+
+
 def test_retime_times_again_on_demand(tmp_path):
     write_colour_graph(tmp_path / "model")
     conf = write_conf(tmp_path)

@@ -1,11 +1,10 @@
 """Behind Debian's nginx under a sub-path (--root-path): the page in Chromium, curl and gradio_client, through
-the nginx block docs/deploy.md gives."""
+the nginx block README gives."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.server import free_port
 from conftest import CAT_LABELS, PHOTOS, ROOT, Server, require_debian_package
 from test_browser import CHROMIUM, DROP_ZONE, FLAGS, TOP_LABEL
 
@@ -21,8 +21,8 @@ PREFIX = "/classifier"
 
 
 def documented_block(port: int) -> tuple[str, str]:
-    """docs/deploy.md's nginx block, pointed at `port`: (its http-level lines, its location block)."""
-    text = (ROOT / "docs" / "deploy.md").read_text()
+    """README's nginx block, pointed at `port`: (its http-level lines, its location block)."""
+    text = (ROOT / "README.md").read_text()
     block = re.search(r"```nginx\n(.*?)```", text, re.S).group(1).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
     head, _, location = block.partition("\n\n")
     return head, location
@@ -33,9 +33,7 @@ def proxied(tmp_path_factory):
     require_debian_package(NGINX, "nginx")
     folder = tmp_path_factory.mktemp("nginx")
     app = Server("--root-path", PREFIX, "--no-train")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     head, location = documented_block(app.port)
     temp = "\n".join(f"  {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
                                                                            "scgi"))

@@ -18,22 +18,27 @@ OPTIONAL = {ROOT / "classifier" / "serving" / "ray_serve.py": "requirements-ray.
 
 
 def requirement_names(path: Path) -> set[str]:
+    """The distributions a requirements file names, with those of the files it includes (-r)."""
     names = set()
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
+        if line.startswith(("-r ", "--requirement ")):
+            names |= requirement_names(path.parent / line.split(None, 1)[1])
+        elif line and not line.startswith("-"):
             names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-"))
     return names
 
 
-def third_party_imports(path: Path) -> set[str]:
-    """Top-level modules a file imports, other than the standard library and the project's own."""
+def third_party_imports(path: Path, module_level_only: bool = False) -> set[str]:
+    """Top-level modules a file imports (anywhere, or only at module level: what importing it needs), other than
+    the standard library and the project's own."""
     from classifier.uai_modules import UAI_NAMES  # uai.*: UAI's module names, which the project provides
 
     local = {p.stem for folder in (ROOT, path.parent) for p in folder.iterdir()}
     local |= {name.split(".")[0] for name in UAI_NAMES}
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in tree.body if module_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -41,12 +46,12 @@ def third_party_imports(path: Path) -> set[str]:
     return {name for name in found if name not in sys.stdlib_module_names and name not in local}
 
 
-def unnamed_imports(paths: list[Path], allowed_for) -> list[str]:
+def unnamed_imports(paths: list[Path], allowed_for, module_level_only: bool = False) -> list[str]:
     """Each third-party import in paths whose package is not among allowed_for(path)'s requirement names."""
     owners = packages_distributions()
     missing = []
     for path in paths:
-        for module in sorted(third_party_imports(path)):
+        for module in sorted(third_party_imports(path, module_level_only)):
             distributions = {d.lower().replace("_", "-") for d in owners.get(module, [])}
             assert distributions, f"{path.relative_to(ROOT)} imports {module}, which no installed package provides"
             if not distributions & allowed_for(path):
@@ -60,6 +65,19 @@ def test_requirements_txt_names_every_package_the_app_and_library_import():
         [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
         lambda path: required | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set()))
     assert not missing, "requirements.txt does not name: " + "; ".join(missing)
+
+
+def test_requirements_serve_txt_names_what_importing_the_app_needs():
+    """The serving-only install (the Docker image's runtime stage) has no TensorFlow: every module of the app and
+    the library must import with requirements-serve.txt alone; TensorFlow, Keras and NNCF are imported only
+    inside the functions that convert or retrain."""
+    serve = requirement_names(ROOT / "requirements-serve.txt")
+    assert not serve & {"tensorflow-cpu", "tensorflow", "keras", "nncf", "matplotlib"}
+    missing = unnamed_imports(
+        [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
+        lambda path: serve | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set()),
+        module_level_only=True)
+    assert not missing, "requirements-serve.txt does not name: " + "; ".join(missing)
 
 
 def test_the_test_requirements_name_every_package_the_tests_and_benchmark_import():

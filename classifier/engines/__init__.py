@@ -145,7 +145,7 @@ def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision:
             candidates: list[Candidate], reason: str) -> None:
     """What serving from the converted files needs to know of the model, and the decision, in the cache."""
     record = cache.read_record(runtime.path, key)
-    record.update(format=runtime.format, num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
+    record.update(converted_by=f"tensorflow {cache.tensorflow_version()}", format=runtime.format, num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
                   input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
                   convention_source=runtime.convention_source)
@@ -200,10 +200,12 @@ class Recorded:
         answers kept with the record, timed as accelerate() times them on the images check() makes (only then),
         and the record updated."""
         decision = self.record.get("decisions", {}).get(_decision(check_name, choice, precision))
-        if not decision or decision["engine"] not in ENGINES:
+        # TensorFlow chosen: it serves, if installed; if not (a serving-only install), the other engines are timed.
+        without_tensorflow = bool(decision) and decision["engine"] not in ENGINES
+        if not decision or (without_tensorflow and (check is None or cache.tensorflow_installed())):
             return None
         here = timing.cpu()
-        if check is not None and (retime or decision.get("cpu") != here):  # the check images made only then
+        if check is not None and (retime or without_tensorflow or decision.get("cpu") != here):  # images made then
             decision = self._retimed(check_name, choice, precision, decision, check(), busy, here, retime)
             if decision is None:
                 return None
@@ -222,9 +224,7 @@ class Recorded:
         """The decision made again on this machine from the recorded candidates' files; None if they are gone
         (TensorFlow then converts and checks them again)."""
         path = self.runtime.path
-        why = "asked to" if asked else (f"recorded on {decision['cpu']['model']} ({decision['cpu']['cores']} cores, "
-                                        f"{' '.join(decision['cpu']['flags'])})" if decision.get("cpu")
-                                        else "recorded before CPUs were recorded")
+        why = _why_again(decision, asked)
         log.info("%s: timing the engines again on %s (%d cores, %s): %s", path, here["model"], here["cores"],
                  " ".join(here["flags"]), why)
         reference_file = cache.find(path, _reference_name(self.key, check_name))
@@ -250,6 +250,18 @@ class Recorded:
         self.record["decisions"][_decision(check_name, choice, precision)] = decided
         cache.write_record(path, self.key, self.record)
         return decided
+
+
+def _why_again(decision: dict, asked: bool) -> str:
+    """Why a recorded decision is timed again: for the log line."""
+    if asked:
+        return "asked to"
+    if decision["engine"] not in ENGINES:
+        return "TensorFlow was chosen, and is not installed here"
+    if not decision.get("cpu"):
+        return "recorded before CPUs were recorded"
+    cpu = decision["cpu"]
+    return f"recorded on {cpu['model']} ({cpu['cores']} cores, {' '.join(cpu['flags'])})"
 
 
 def recorded(path: Path, key: str | None = None) -> Recorded | None:

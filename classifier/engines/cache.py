@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -29,10 +30,16 @@ def tensorflow_version() -> str:
     return package_version("tensorflow-cpu", "tensorflow")
 
 
+def tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def model_key(model_path: Path) -> str:
-    """A hash of the model's files (and the TF version that converts them): a changed model is reconverted. Each
-    engine's files also carry that engine's own version in their names (Engine.file_name)."""
-    digest = hashlib.sha256(f"{tensorflow_version()}|".encode())
+    """A hash of the model's files: a changed model is converted again. It holds no TensorFlow version, so that a
+    serving-only install (no TensorFlow: the Docker image) finds what a full one converted; a conversion is valid
+    whatever later TensorFlow would make, for it was checked against the reference when made. The record keeps
+    which engine versions made each file (and the TensorFlow that converted them)."""
+    digest = hashlib.sha256()
     files = [model_path] if model_path.is_file() else sorted(
         p for p in model_path.rglob("*") if p.is_file() and CACHE_FOLDER not in p.parts)
     for path in files:
@@ -83,12 +90,15 @@ def write_atomically(path: Path, content: bytes) -> None:
 
 
 def read_record(model_path: Path, key: str) -> dict:
-    """What was recorded of this model's conversions and checks ({} if nothing)."""
-    path = find(model_path, f"{key}.json")
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path else {}
-    except (OSError, ValueError):
-        return {}
+    """What was recorded of this model's conversions and checks ({} if nothing): the newest record, for one
+    re-timed beside a read-only model folder is written to the user's cache and must win over the folder's."""
+    found = [folder / f"{key}.json" for folder in folders(model_path) if (folder / f"{key}.json").is_file()]
+    for path in sorted(found, key=lambda path: path.stat().st_mtime, reverse=True):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return {}
 
 
 def write_record(model_path: Path, key: str, record: dict) -> None:

@@ -28,8 +28,8 @@ def threads() -> int:
 
 
 def tflite_file(runtime: Runtime, key: str) -> Path:
-    """The .tflite file for this model: from the cache when the model's files are unchanged, else converted.
-    (The key holds the TensorFlow version, whose converter wrote it; any LiteRT version reads it.)"""
+    """The .tflite file for this model: from the cache when the model's files are unchanged, else converted by
+    TensorFlow (any LiteRT version reads it)."""
     return cache.find(runtime.path, f"{key}.tflite") or cache.store(runtime.path, f"{key}.tflite", convert(runtime))
 
 

@@ -15,6 +15,9 @@ import numpy as np
 BATCH_SIZES = (1, 2, 4, 8, 4, 2)
 ROUNDS = 5  # interleaved, A B C, B C A, …: the machine's drift hits every candidate alike; the median is kept
 ROUND_SECONDS = 0.25
+# …or this many batches, if sooner: a model that fast (a few ms a round) gives a stable median with no more, and
+# the check of a tiny model does not cost seconds of timing at every first start.
+ROUND_BATCHES = 20 * len(BATCH_SIZES)
 # A candidate must be this much faster than the engine chosen so far (the simplest first) to be chosen instead.
 MARGIN = 1.10
 # What decides which engine and kernels are fastest: the vector extensions, and the cores we may use.
@@ -39,15 +42,16 @@ def cpu() -> dict:
 
 def serving_rate(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, busy: Callable[[], None] | None,
                  seconds: float = ROUND_SECONDS) -> float:
-    """Images/s of `predict` for one round: batches of BATCH_SIZES in turn, cut from `batch`, while a thread runs
-    `busy` over and over beside it (the decoding of other requests, which shares the cores with the model)."""
+    """Images/s of `predict` for one round (`seconds`, or ROUND_BATCHES batches if sooner): batches of BATCH_SIZES
+    in turn, cut from `batch`, while a thread runs `busy` over and over beside it (the decoding of other requests,
+    which shares the cores with the model)."""
     stop = threading.Event()
     helper = threading.Thread(target=_repeat, args=(busy, stop), daemon=True) if busy else None
     if helper:
         helper.start()
     try:
         images, started, turn = 0, time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
+        while time.perf_counter() - started < seconds and turn < ROUND_BATCHES:
             size = min(BATCH_SIZES[turn % len(BATCH_SIZES)], len(batch))
             predict(batch[:size])
             images, turn = images + size, turn + 1
