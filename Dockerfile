@@ -50,7 +50,8 @@ COPY classifier classifier/
 COPY checkpoint_dir checkpoint_dir/
 COPY examples examples/
 RUN python3 -m compileall -q classifier app.py retrain_inference.py \
-    && mkdir -p flagged trained checkpoint_dir/.litert
+    && mkdir -p flagged trained checkpoint_dir/.litert \
+    && chown 10001:10001 flagged trained checkpoint_dir/.litert
 
 # With TensorFlow: converts the default model for LiteRT and OpenVINO, checks them against TensorFlow, times
 # them and records the choice beside it (checkpoint_dir/.litert). Also an image of its own: --target full.
@@ -58,9 +59,8 @@ RUN python3 -m compileall -q classifier app.py retrain_inference.py \
 # mode this image also holds the wheels, in a lower layer; the runtime image never does.)
 FROM all-packages AS full
 COPY --from=app /app /app
-RUN python -m classifier --convert \
-    && chown -R 10001:10001 flagged trained checkpoint_dir/.litert
 USER 10001
+RUN python -m classifier --convert
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/readyz' % os.environ['CLASSIFIER_PORT'], timeout=4)"]
@@ -73,7 +73,6 @@ FROM base AS runtime
 COPY --from=serving-packages /opt/venv /opt/venv
 COPY --from=app /app /app
 COPY --from=full --chown=10001:10001 /app/checkpoint_dir/.litert /app/checkpoint_dir/.litert
-RUN chown 10001:10001 flagged trained
 USER 10001
 EXPOSE 8080
 # Python's standard library does the probe (the image has no curl); /readyz: the model answered its warm-up.
