@@ -35,12 +35,12 @@ from classifier.from_path import chosen_conf
 from classifier.images import limits_of
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
-from classifier.serving import explanations, open_inference, tf_serving
+from classifier.serving import explanations
+from classifier.serving.api import create_app
 from classifier.serving.connections import with_read_timeout
 from classifier.serving.guard import GuardConf, gradio_login_check
-from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
-from classifier.serving.service import Health, create_app, request_limit
+from classifier.serving.service import Health, request_limit
 from classifier.serving.ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 ROOT = Path(__file__).resolve().parent
@@ -229,12 +229,8 @@ guard = GuardConf(credentials, body_limits=[("/service", request_limit(limits)),
                                             ("/gradio_api/upload", upload_limit + MULTIPART_OVERHEAD),
                                             ("/gradio_api/", GRADIO_JSON_LIMIT)],
                   streams_per_client=args.streams_per_client)
-app = create_app(batcher, limits, health, credentials, reloader, guard, lifespan=lifespan)
-# The protocols existing clients speak (tritonclient, KServe; TF Serving's REST), on the same batcher and limits.
-served = Served(batcher, limits, credentials, health)
-app.include_router(open_inference.create_router(served))
-app.include_router(tf_serving.create_router(served))
-app.include_router(explanations.create_router(explainer, limits, credentials))
+# /service, /explain, the protocols existing clients speak (KServe v2, TF Serving REST), the probes, /metrics.
+app = create_app(batcher, limits, health, credentials, reloader, guard, explainer, lifespan=lifespan)
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
 app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS,
                           root_path=root_path or None)

@@ -33,11 +33,13 @@ def proxied(tmp_path_factory):
     require_debian_package(NGINX, "nginx")
     folder = tmp_path_factory.mktemp("nginx")
     app = Server("--root-path", PREFIX, "--no-train")
-    port = free_port()
-    head, location = documented_block(app.port)
-    temp = "\n".join(f"  {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
-                                                                           "scgi"))
-    (folder / "nginx.conf").write_text(f"""{"user root;" if os.geteuid() == 0 else ""}
+    nginx = None
+    try:  # from here on, whatever fails, the server is stopped
+        port = free_port()
+        head, location = documented_block(app.port)
+        temp = "\n".join(f"  {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                               "uwsgi", "scgi"))
+        (folder / "nginx.conf").write_text(f"""{"user root;" if os.geteuid() == 0 else ""}
 worker_processes 1;
 pid {folder / "nginx.pid"};
 error_log {folder / "error.log"};
@@ -52,10 +54,9 @@ http {{
   }}
 }}
 """)
-    nginx = subprocess.Popen([str(NGINX), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}{PREFIX}"
-    try:
+        nginx = subprocess.Popen([str(NGINX), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g",
+                                  "daemon off;"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}{PREFIX}"
         for _ in range(100):
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
@@ -66,8 +67,9 @@ http {{
             raise RuntimeError(f"nginx did not answer: {(folder / 'error.log').read_text(errors='replace')}")
         yield url, app
     finally:
-        nginx.terminate()
-        nginx.wait(10)
+        if nginx:
+            nginx.terminate()
+            nginx.wait(10)
         app.stop()
         shutil.rmtree(folder, ignore_errors=True)
 

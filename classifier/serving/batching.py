@@ -91,7 +91,7 @@ class Batcher:
         or NoProbabilities for a model class with only execute()."""
         self._admit()
         pipeline = self._pipeline
-        _needs_probabilities(pipeline)
+        needs_probabilities(pipeline)
         return await self._prepare(pipeline, item)
 
     async def _prepare(self, pipeline: Pipeline, item: Any) -> Any:
@@ -105,7 +105,7 @@ class Batcher:
         self._admit()
         pipeline = self._pipeline
         if probabilities or prepared:
-            _needs_probabilities(pipeline)
+            needs_probabilities(pipeline)
         if not prepared:
             item = await self._prepare(pipeline, item)
         finish = (lambda row: Scores(row, pipeline.model)) if probabilities else pipeline.finish
@@ -200,7 +200,7 @@ class Batcher:
         self._model_threads.shutdown(wait=False, cancel_futures=True)
 
 
-def _needs_probabilities(pipeline: Pipeline) -> None:
+def needs_probabilities(pipeline: Pipeline) -> None:
     if not pipeline.gives_probabilities:
         raise NoProbabilities(f"the serving model ({type(pipeline.model).__name__}) has only execute(): it takes "
                               "encoded images and returns its own results, not probabilities")

@@ -5,7 +5,7 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,7 +16,7 @@ from ..explain import LabelError
 from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
 from . import metrics
 from .batching import Batcher, Overloaded
-from .guard import Guard, basic_auth_ok, byte_count
+from .guard import basic_auth_ok, byte_count
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +205,3 @@ async def read_image_body(request: Request, limit: int) -> bytes | JSONResponse:
     if not body:
         return error(400, "the request body is empty: send the image bytes as the body")
     return body
-
-
-def create_app(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
-               reloader: Any = None, guard: Any = None, **fastapi_kwargs: Any) -> FastAPI:
-    """The FastAPI app with the HTTP API and /metrics; app.py mounts the Gradio UI at / after these routes.
-    guard: a guard.GuardConf, for the middleware that every request passes first (inside the metrics, so that
-    what it refuses is counted)."""
-    app = FastAPI(title="Image classifier", **fastapi_kwargs)
-    app.include_router(create_router(batcher, limits, health, credentials, reloader))
-    if guard is not None:
-        app.add_middleware(Guard, conf=guard)
-    app.add_middleware(metrics.MetricsMiddleware)
-    return app
