@@ -145,7 +145,8 @@ def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision:
             candidates: list[Candidate], reason: str) -> None:
     """What serving from the converted files needs to know of the model, and the decision, in the cache."""
     record = cache.read_record(runtime.path, key)
-    record.update(converted_by=f"tensorflow {cache.tensorflow_version()}", format=runtime.format, num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
+    record.update(converted_by=f"tensorflow {cache.tensorflow_version()}", format=runtime.format,
+                  num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
                   input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
                   convention_source=runtime.convention_source)
