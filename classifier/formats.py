@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .images import InputConvention
+from .images import FLOAT_INPUTS, INTEGER_INPUTS, InputConvention
 from .labels import LABEL_FILE_NAMES, parse_lines
 from .quiet import import_tensorflow
 
@@ -47,7 +47,7 @@ class Runtime:
     predict: Callable[[np.ndarray], np.ndarray] = None  # the raw model call; the TF function unless replaced
     convention: InputConvention | None = None  # what the model itself says of its input, if anything
     convention_source: str = ""  # where that came from, for the start-up log
-    input_dtype: str = "float32"  # "uint8": the model takes raw pixels
+    input_dtype: str = "float32"  # the model's input type: an integer one (uint8, int32) takes raw pixels
     labels: list[str] | None = None  # labels the model file carries (a .tflite's packed labels file)
 
     def __post_init__(self) -> None:
@@ -138,7 +138,8 @@ def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor
     except (KeyError, ValueError) as exc:
         raise ModelError(f"{path}: {exc}") from None
     return Runtime(format=FROZEN_GRAPH, path=path, function=wrapped.prune(graph_input, graph_output),
-                   input_size=_static_size(graph_input.shape), keep=wrapped)
+                   input_size=_static_size(graph_input.shape), keep=wrapped,
+                   **_input_type(graph_input.dtype.name, path))
 
 
 def _graph_io(graph_def, path: Path, input_tensor: str | None, output_tensor: str | None) -> tuple[str, str]:
@@ -184,12 +185,15 @@ def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor:
     inputs = signature.structured_input_signature[1]
     input_key = _only(input_tensor, sorted(inputs), path, "input")
     output_key = _only(output_tensor, sorted(signature.structured_outputs), path, "output")
-    shape = inputs[input_key].shape
-    # One tensor in, one tensor out, as for the other formats (and as LiteRT's converter wants it).
+    shape, dtype = inputs[input_key].shape, inputs[input_key].dtype
+    typed = _input_type(dtype.name, path)
+    # One tensor in, one tensor out, as for the other formats (and as LiteRT's converter wants it); in the
+    # signature's own dtype (a TF Serving export often takes uint8 images).
     function = tf.function(lambda images: signature(**{input_key: images})[output_key]).get_concrete_function(
-        tf.TensorSpec([None, *shape[1:]], tf.float32))
+        tf.TensorSpec([None, *shape[1:]], dtype))
     # keep: the signature holds only weak references to the SavedModel's variables.
-    return Runtime(format=SAVED_MODEL, path=path, function=function, input_size=_static_size(shape), keep=loaded)
+    return Runtime(format=SAVED_MODEL, path=path, function=function, input_size=_static_size(shape), keep=loaded,
+                   **typed)
 
 
 def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
@@ -208,12 +212,26 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
         raise ModelError(f"cannot load the Keras model {path}: {exc}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"the Keras model {path} must have one input and one output")
-    shape = model.inputs[0].shape
+    shape, dtype = model.inputs[0].shape, tf.as_dtype(model.inputs[0].dtype)
+    typed = _input_type(dtype.name, path)
     function = tf.function(lambda images: model(images, training=False)).get_concrete_function(
-        tf.TensorSpec([None, *shape[1:]], tf.float32))
-    convention, source = _keras_convention(model)
+        tf.TensorSpec([None, *shape[1:]], dtype))
+    if "convention" not in typed:  # a float input: what its first layers say of it
+        typed["convention"], typed["convention_source"] = _keras_convention(model)
     return Runtime(format=KERAS_H5 if path.suffix == ".h5" else KERAS, path=path, function=function,
-                   input_size=_static_size(shape), keep=model, convention=convention, convention_source=source)
+                   input_size=_static_size(shape), keep=model, **typed)
+
+
+def _input_type(dtype: str, path: Path) -> dict:
+    """Runtime's fields for the model's input type: the dtype, and for an integer input (raw pixels) the input
+    convention that says so. A type no photo maps to is refused."""
+    if dtype in FLOAT_INPUTS:
+        return {"input_dtype": dtype}
+    if dtype in INTEGER_INPUTS:
+        return {"input_dtype": dtype, "convention": InputConvention(dtype=dtype),
+                "convention_source": f"its input is {dtype}"}
+    raise ModelError(f"{path} takes {dtype} input; the image inputs served are "
+                     f"{', '.join(INTEGER_INPUTS + FLOAT_INPUTS)}")
 
 
 def _depthwise_without_groups(keras: Any) -> type:
@@ -293,8 +311,7 @@ def _static_size(shape) -> tuple[int, int] | None:
 def _probe(runtime: Runtime, size: tuple[int, int]) -> None:
     """One inference on a grey image: learns the class count, warms the graph up, checks the output's shape."""
     width, height = size
-    grey = np.full((1, height, width, 3), 128, np.uint8) if runtime.input_dtype == "uint8" else \
-        np.full((1, height, width, 3), 0.5, np.float32)
+    grey = np.full((1, height, width, 3), 128 if runtime.input_dtype in INTEGER_INPUTS else 0.5, runtime.input_dtype)
     try:
         out = np.asarray(runtime.predict(grey))
     except Exception as exc:

@@ -25,13 +25,18 @@ class Limits:
 
 
 RESIZES = ("squash", "center_crop")
+# The input dtypes served: an integer input takes the pixels as they are (0–255); a float input gets
+# (x − mean) / std in its own precision.
+INTEGER_INPUTS = ("uint8", "int32", "int64")
+FLOAT_INPUTS = ("float32", "float16", "float64")
 
 
 @dataclass(frozen=True)
 class InputConvention:
     """How a model wants its pixels, named as TensorFlow's label_image.py names them: each pixel x (0–255) becomes
     (x − mean) / std, after the photo is resized to the input size, whole ("squash") or cropped to the input's
-    aspect ratio first ("center_crop"). dtype "uint8" takes the pixels as they are (no mean, no std)."""
+    aspect ratio first ("center_crop"). dtype: the model's input type; an integer one (uint8, int32) takes the
+    pixels as they are (no mean, no std)."""
 
     mean: float = 0.0
     std: float = 255.0  # the defaults give [0, 1]: retrain.py's graphs and UAI's convention
@@ -40,11 +45,11 @@ class InputConvention:
 
     def describe(self) -> str:
         """For the start-up line and the page: e.g. "input [-1, 1], centre crop"."""
-        if self.dtype == "uint8":
-            values = "uint8 0–255"
+        if self.dtype in INTEGER_INPUTS:
+            values = f"{self.dtype} 0–255"
         else:
             low, high = (0 - self.mean) / self.std, (255 - self.mean) / self.std
-            values = f"[{low:.3g}, {high:.3g}]"
+            values = f"[{low:.3g}, {high:.3g}]" + ("" if self.dtype == "float32" else f" {self.dtype}")
         return f"input {values}" + (", centre crop" if self.resize == "center_crop" else "")
 
 
@@ -102,18 +107,19 @@ def limits_of(model: Any) -> Limits:
 def to_tensor(image: Image.Image, size: tuple[int, int],
               convention: InputConvention = InputConvention()) -> np.ndarray:
     """The model's input for one image: resized to size=(width, height), bilinear, as the convention says (the whole
-    photo, or its centre cropped to the input's aspect ratio), then scaled: float32 (x − mean) / std, or uint8."""
+    photo, or its centre cropped to the input's aspect ratio), then scaled: (x − mean) / std in the model's float
+    type, or the pixels as they are in its integer type."""
     if convention.resize == "center_crop":
         image = ImageOps.fit(image, size, Image.Resampling.BILINEAR)
     elif image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
-    if convention.dtype == "uint8":
-        return np.asarray(image, dtype=np.uint8)
+    if convention.dtype in INTEGER_INPUTS:
+        return np.asarray(image, dtype=convention.dtype)
     tensor = np.asarray(image, dtype=np.float32)
     if convention.mean:
         tensor -= np.float32(convention.mean)
     tensor *= np.float32(1.0 / convention.std)
-    return tensor
+    return tensor if convention.dtype == "float32" else tensor.astype(convention.dtype)
 
 
 def read_bytes(item: Any, limits: Limits = Limits()) -> bytes:

@@ -216,7 +216,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         (retraining names its training photos there), every other one calibrating and the rest checked, so that
         the guard also sees the model's own kind of photo, unseen by the calibration. Without calibration_photos
         (or for fp32 and bf16): (None, no images), and the check images calibrate."""
-        none = np.zeros((0, self.input_height, self.input_width, 3), np.float32)
+        none = np.zeros((0, self.input_height, self.input_width, 3), self.convention.dtype)  # the inputs' own dtype
         if self._precision != "int8" or not self._calibration_photos:
             return None, none
         folder = Path(self._calibration_photos)

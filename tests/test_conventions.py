@@ -209,3 +209,39 @@ def test_served_with_its_convention(tmp_path):
         assert "224×224 input [-1, 1]" in running.output()
     finally:
         running.stop()
+
+
+def uint8_colour_model(folder: Path, kind: str) -> Path:
+    """The colour model behind a uint8 input [None, 8, 8, 3], as TF Serving exports take images: a SavedModel's
+    serving_default, or a frozen graph's Placeholder."""
+    from conftest import colour_logits
+
+    folder.mkdir(parents=True)
+    (folder / "label_map.txt").write_text("\n".join(COLOURS) + "\n")
+
+    def scores(images):
+        return tf.nn.softmax(colour_logits(tf.cast(images, tf.float32) / 255.0), name="final_result")
+
+    spec = tf.TensorSpec([None, 8, 8, 3], tf.uint8, name="Placeholder")
+    if kind == "SavedModel":
+        module = tf.Module()
+        module.serve = tf.function(lambda images: {"scores": scores(images)}, input_signature=[spec])
+        tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    else:
+        graph = tf.compat.v1.wrap_function(scores, [spec]).graph.as_graph_def()
+        (folder / "frozen_inference_graph.pb").write_bytes(graph.SerializeToString())
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["SavedModel", "frozen graph"])
+def test_a_uint8_input_model_gets_raw_pixels_from_every_engine(tmp_path, kind):
+    """Before, a uint8 SavedModel failed at load ("Expects arg[0] to be uint8 but float is provided")."""
+    uint8_colour_model(tmp_path / "model", kind)
+    model = classifier.load(write_conf(tmp_path))
+    assert model.runtime.format == kind and "input uint8 0–255" in model.describe()
+    assert model.preprocess(encode(solid("red"))).dtype == np.uint8
+    assert [r[0][0] for r in model.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS
+    assert model.runtime.engine.startswith(("LiteRT", "OpenVINO"))  # converted with the uint8 input, and agreeing
+    record = json.loads(next((tmp_path / "model" / ".litert").glob("*.json")).read_text())
+    [decision] = record["decisions"].values()
+    assert {"litert fp32", "openvino fp32"} <= set(decision["candidates"])  # both engines took uint8 and agreed

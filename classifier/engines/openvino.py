@@ -79,6 +79,7 @@ class OpenVINOPredictor:
         hint = "bf16" if precision == "bf16" else "f32"  # int8 layers run in int8 whatever this says
         self._compiled = core.compile_model(model, "CPU", {
             "INFERENCE_NUM_THREADS": n_threads, "INFERENCE_PRECISION_HINT": hint, **settings(NAME)})
+        self._input_dtype = self._compiled.input(0).get_element_type().to_dtype()  # the model's (uint8 …)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(2):
             self._requests.put(self._compiled.create_infer_request())
@@ -88,6 +89,6 @@ class OpenVINOPredictor:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()
         try:
-            return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+            return request.infer({0: np.ascontiguousarray(batch, self._input_dtype)})[0].copy()
         finally:
             self._requests.put(request)
