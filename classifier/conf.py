@@ -192,8 +192,8 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.output_tensor = self._str(*tf_keys, "output_tensor", default=None)
         self.labels_file = self._str(*tf_keys, "labels_file", default=None)
         # The input convention (README's conf table); None: not set here, the model's own word or the default.
-        self.input_mean = self._number(*tf_keys, "input_mean")
-        self.input_std = self._number(*tf_keys, "input_std", positive=True)
+        self.input_mean = self._per_channel(*tf_keys, "input_mean")
+        self.input_std = self._per_channel(*tf_keys, "input_std", positive=True)
         self.resize = self._str(*tf_keys, "resize", default=None)
         if self.resize is not None and self.resize not in RESIZES:
             raise self._error(tf_keys + ("resize",), f"must be one of {list(RESIZES)}, not {self.resize!r}")
@@ -223,13 +223,37 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         if value is None:
             return None
         try:
-            number = float(value.strip()) if isinstance(value, str) else float(value)
+            return self._checked_number(value, positive)
         except ValueError:
+            raise self._error(keys, f"must be a {'positive ' if positive else ''}number, not {value!r}") from None
+
+    @staticmethod
+    def _checked_number(value: Any, positive: bool) -> float:
+        """A finite number (or a string of one); ValueError otherwise, or if not positive when it must be."""
+        try:
+            number = float(value.strip()) if isinstance(value, str) else float(value)
+        except (ValueError, TypeError):
             number = float("nan")
         if isinstance(value, bool) or not isinstance(value, (int, float, str)) or number != number \
                 or number in (float("inf"), float("-inf")) or (positive and number <= 0):
-            raise self._error(keys, f"must be a {'positive ' if positive else ''}number, not {value!r}")
+            raise ValueError(value)
         return number
+
+    def _per_channel(self, *keys: str, positive: bool = False) -> float | tuple[float, float, float] | None:
+        """A number, or a list of three (R, G, B: PyTorch's per-channel normalisation, in 0–255 units)."""
+        value = self._value(*keys, default=None)
+        if not isinstance(value, list):
+            return self._number(*keys, positive=positive)
+        if len(value) != 3:
+            raise self._error(keys, f"must be a number or a list of 3 (R, G, B), not a list of {len(value)}")
+        numbers = []
+        for item in value:
+            try:
+                numbers.append(self._checked_number(item, positive))
+            except ValueError:
+                raise self._error(keys, f"must hold {'positive ' if positive else ''}numbers, not {item!r}") \
+                    from None
+        return tuple(numbers)
 
     def get_input_width(self) -> int:
         return self.input_width

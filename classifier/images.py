@@ -38,18 +38,28 @@ class InputConvention:
     aspect ratio first ("center_crop"). dtype: the model's input type; an integer one (uint8, int32) takes the
     pixels as they are (no mean, no std)."""
 
-    mean: float = 0.0
-    std: float = 255.0  # the defaults give [0, 1]: retrain.py's graphs and UAI's convention
+    mean: float | tuple[float, float, float] = 0.0  # one for all channels, or one each (R, G, B): PyTorch's
+    std: float | tuple[float, float, float] = 255.0  # the defaults give [0, 1]: retrain.py's graphs and UAI's
     resize: str = "squash"
     dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):  # a list (from JSON) is kept as a tuple: the convention stays hashable
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def describe(self) -> str:
         """For the start-up line and the page: e.g. "input [-1, 1], centre crop"."""
         if self.dtype in INTEGER_INPUTS:
             values = f"{self.dtype} 0–255"
+        elif isinstance(self.mean, tuple) or isinstance(self.std, tuple):
+            def channels(value: float | tuple) -> str:
+                return f"[{', '.join(f'{v:.4g}' for v in value)}]" if isinstance(value, tuple) else f"{value:.4g}"
+            values = f"(x − {channels(self.mean)}) / {channels(self.std)}"
         else:
             low, high = (0 - self.mean) / self.std, (255 - self.mean) / self.std
-            values = f"[{low:.3g}, {high:.3g}]" + ("" if self.dtype == "float32" else f" {self.dtype}")
+            values = f"[{low:.3g}, {high:.3g}]"
+        values += "" if self.dtype in ("float32", *INTEGER_INPUTS) else f" {self.dtype}"
         return f"input {values}" + (", centre crop" if self.resize == "center_crop" else "")
 
 
@@ -116,9 +126,9 @@ def to_tensor(image: Image.Image, size: tuple[int, int],
     if convention.dtype in INTEGER_INPUTS:
         return np.asarray(image, dtype=convention.dtype)
     tensor = np.asarray(image, dtype=np.float32)
-    if convention.mean:
-        tensor -= np.float32(convention.mean)
-    tensor *= np.float32(1.0 / convention.std)
+    if convention.mean:  # a scalar, or one a channel (broadcast over the last axis)
+        tensor -= np.asarray(convention.mean, np.float32)
+    tensor *= np.float32(1.0) / np.asarray(convention.std, np.float32)
     return tensor if convention.dtype == "float32" else tensor.astype(convention.dtype)
 
 

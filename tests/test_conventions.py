@@ -58,7 +58,11 @@ def conf_for(folder: Path, **keys) -> Path:
 @pytest.mark.parametrize("name, transform, keys, describe, photo", [
     ("0-255", lambda x: x / 255.0, {"input_mean": 0, "input_std": 1}, "input [0, 255]", "cat.jpeg"),
     # EfficientNet still sees the cat in a photo washed out to [0.5, 1]; the rocket it does not.
-    ("-1-1", lambda x: (x + 1.0) / 2.0, {"input_mean": 127.5, "input_std": 127.5}, "input [-1, 1]", "rocket.jpg")])
+    ("-1-1", lambda x: (x + 1.0) / 2.0, {"input_mean": 127.5, "input_std": 127.5}, "input [-1, 1]", "rocket.jpg"),
+    # PyTorch's per-channel ImageNet normalisation (torchvision, timm), in conf's 0–255 units.
+    ("imagenet", lambda x: x * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406],
+     {"input_mean": [123.675, 116.28, 103.53], "input_std": [58.395, 57.12, 57.375]}, "input (x − [123.7, 116.3, 103.5])",
+     "rocket.jpg")])
 def test_input_mean_and_std(tmp_path, default_model, name, transform, keys, describe, photo):
     body = (PHOTOS / photo).read_bytes()
     expected = top(default_model, body)  # the wrapped model, fed right, is the default model
@@ -194,7 +198,9 @@ def test_an_int8_tflite_with_a_labels_file(tmp_path):
 
 def test_conf_keys_are_checked(tmp_path):
     for keys, words in [({"resize": "stretch"}, "resize must be one of"), ({"input_std": 0}, "positive number"),
-                        ({"input_mean": "x"}, "input_mean must be a number")]:
+                        ({"input_mean": "x"}, "input_mean must be a number"),
+                        ({"input_mean": [1, 2]}, "a list of 3 .R, G, B., not a list of 2"),
+                        ({"input_std": [58, 0, 57]}, "must hold positive numbers, not 0")]:
         with pytest.raises(classifier.ConfError, match=words):
             classifier.load(write_conf(tmp_path, **keys))
 
