@@ -73,6 +73,9 @@ def test_requirements_serve_txt_names_what_importing_the_app_needs():
     inside the functions that convert or retrain."""
     serve = requirement_names(ROOT / "requirements-serve.txt")
     assert not serve & {"tensorflow-cpu", "tensorflow", "keras", "nncf", "matplotlib"}
+    pinned = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements-serve.txt").read_text().splitlines()]
+    everything = {line.split("#", 1)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()}
+    assert [pin for pin in pinned if pin and pin not in everything] == []  # the same pins in both files
     missing = unnamed_imports(
         [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
         lambda path: serve | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set()),
