@@ -109,6 +109,11 @@ class Batcher:
         if not prepared:
             item = await self._prepare(pipeline, item)
         finish = (lambda row: Scores(row, pipeline.model)) if probabilities else pipeline.finish
+        return await self._batched(pipeline, item, finish)
+
+    async def _batched(self, pipeline: Pipeline, item: Any, finish: Callable[[Any], Any]) -> Any:
+        """The prepared item run in a batch with others, its output finished: this batcher's own queue (Ray
+        Serve's replicas form the batches with @serve.batch instead: ray_serve.ServeBatcher)."""
         future = asyncio.get_running_loop().create_future()
         self._start()
         self._queue.put_nowait((item, future, pipeline, finish))

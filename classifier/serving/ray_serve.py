@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray import serve
@@ -27,7 +27,7 @@ from .. import load
 from ..conf import JsonConfLoader
 from ..images import limits_of
 from .api import create_app
-from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Scores, needs_probabilities
+from .batching import MODEL_CALLS_IN_FLIGHT, Batcher
 from .service import Health
 
 # Which replica answered, and on which Ray node: for the operator, and the tests.
@@ -48,13 +48,7 @@ class ServeBatcher(Batcher):
     def pending(self) -> int:
         return self._decoding + self._batching
 
-    async def _classify(self, item: Any, probabilities: bool, prepared: bool) -> Any:
-        self._admit()
-        pipeline = self._pipeline
-        if probabilities or prepared:
-            needs_probabilities(pipeline)
-        if not prepared:
-            item = await self._prepare(pipeline, item)
+    async def _batched(self, pipeline: Any, item: Any, finish: Callable[[Any], Any]) -> Any:
         self._batching += 1
         try:
             output = await self._run_batch((pipeline, item))
@@ -62,7 +56,7 @@ class ServeBatcher(Batcher):
             self._batching -= 1
         if isinstance(output, Exception):
             raise output
-        return Scores(output, pipeline.model) if probabilities else pipeline.finish(output)
+        return finish(output)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=MODEL_CALLS_IN_FLIGHT)
     async def _run_batch(self, entries: list[tuple[Any, Any]]) -> list:
