@@ -14,7 +14,8 @@ from conftest import CAT_LABELS, ROOT
 
 SERVING_MODULES = ("fastapi", "starlette", "uvicorn", "gradio", "gradio_client", "prometheus_client", "ray",
                    "classifier.serving", "classifier.retrain")
-OPTIONAL = {ROOT / "classifier" / "serving" / "ray_serve.py": "requirements-ray.txt"}  # imported only there
+# Imported only there (app.py never imports them).
+OPTIONAL = {ROOT / "classifier" / "serving" / name: "requirements-ray.txt" for name in ("ray_serve.py", "ray_page.py")}
 
 
 def requirement_names(path: Path) -> set[str]:

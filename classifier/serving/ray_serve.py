@@ -17,21 +17,47 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
+from fastapi.responses import RedirectResponse
 from ray import serve
 
-from .. import load
+from .. import describe, load
 from ..conf import JsonConfLoader
-from ..images import limits_of
+from ..explain import LabelError
+from ..images import ImageError, limits_of
+from . import metrics
 from .api import create_app
-from .batching import MODEL_CALLS_IN_FLIGHT, Batcher
+from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
+from .explanations import Explainer
+from .reload import Reloader
 from .service import Health
 
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
 # Which replica answered, and on which Ray node: for the operator, and the tests.
 REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
+
+# The environment of the cluster's Ray processes (`ray start`'s, or the KubeRay pods' env in rayservice.yaml):
+# Ray Serve's HAProxy ingress, which sends HTTP straight to each replica's own server instead of through the Python
+# proxy actor and a Ray call (bench/ray_replicas.py: one replica's c16 from ~45 % of app.py's to ~80 %).
+# HAProxy retries a request on another replica when its replica's connection fails or closes without an answer
+# (a node lost mid-request): classifying is idempotent, so replaying it is safe. It can replay only what its
+# buffer holds, so the buffer fits a typical photo (512 KiB; larger uploads lost in flight get a 5xx to retry),
+# and maxconn caps what the buffers may take (1024 × 2 × 512 KiB = 1 GiB at most, per node).
+CLUSTER_ENVIRONMENT = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    "RAY_SERVE_HAPROXY_RETRIES": "3",
+    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(512 * 1024),
+    "RAY_SERVE_HAPROXY_MAXCONN": "1024",
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray reports usage unless told not to; an offline cluster must not try
+}
 
 
 class ServeBatcher(Batcher):
@@ -49,6 +75,11 @@ class ServeBatcher(Batcher):
         return self._decoding + self._batching
 
     async def _batched(self, pipeline: Any, item: Any, finish: Callable[[Any], Any]) -> Any:
+        # app.py's rule, on @serve.batch: a batch waits for more requests (up to max_batch_wait_ms) only while
+        # others are being decoded. @serve.batch alone waits always, or never: measured with wrk, one replica on 2
+        # cores, never waiting made c16's batches all of 1 image (98 images/s); waiting always cost c1 a third
+        # (83 → 50 images/s); this rule keeps c1's 83 and gives c16 batches of 2–4 (114 images/s).
+        self._run_batch.set_batch_wait_timeout_s(self.conf.max_batch_wait_ms / 1000 if self._decoding else 0)
         self._batching += 1
         try:
             output = await self._run_batch((pipeline, item))
@@ -63,6 +94,8 @@ class ServeBatcher(Batcher):
         """One model call per pipeline among the entries (a batch is one model's, but for a swap), on the
         batcher's model threads; a call that fails is retried image by image, so one bad input fails alone."""
         loop = asyncio.get_running_loop()
+        self.batch_sizes.append(len(entries))
+        metrics.BATCH_SIZE.observe(len(entries))
         results: list = [None] * len(entries)
         for pipeline in {id(p): p for p, _ in entries}.values():
             indices = [i for i, (p, _) in enumerate(entries) if p is pipeline]
@@ -102,30 +135,73 @@ class ReplicaHeaders:
 @serve.ingress()
 class Classifier:
     """One replica: the model, its batcher, and app.py's HTTP API over them (built by __serve_build_asgi_app__,
-    after the constructor)."""
+    after the constructor); the page's deployment (ray_page.Page) calls facts, classify and explain through a
+    handle. Hot reload: a new version folder (conf's reload_poll_seconds, as app.py), or a new user_config
+    {"conf": …} deployed (`serve deploy`), which Ray Serve hands to every replica in place (reconfigure)."""
 
-    def __init__(self, conf_path: str, max_batch_size: int | None = None, batch_wait_ms: float | None = None):
+    def __init__(self, conf_path: str, max_batch_size: int | None = None, batch_wait_ms: float | None = None,
+                 page: str | None = None):
+        started = time.monotonic()
         self.model = load(conf_path)
-        # @serve.batch waits for a batch to fill whether or not more requests are coming (app.py's batcher waits
-        # only while others are being decoded): no wait unless asked. Measured with wrk on 2 cores, one replica:
-        # c1 47.5 images/s at 0 ms against 36.7 at conf's 5 ms; c16 the same (batches form while the model runs).
-        batching = dataclasses.replace(JsonConfLoader(self.model.conf).get_batching(), max_batch_wait_ms=0)
+        metrics.describe_model(self.model, time.monotonic() - started)
+        batching = JsonConfLoader(self.model.conf).get_batching()
         batching = dataclasses.replace(batching, **{key: value for key, value in (
             ("max_batch_size", max_batch_size), ("max_batch_wait_ms", batch_wait_ms)) if value is not None})
         self.batcher = ServeBatcher(self.model, batching)
+        self.explainer = Explainer(self.batcher)
+        self.reloader = Reloader(Path(conf_path), self.batcher, EXAMPLES[0])
+        self.page = page
         self.health = Health()
         self.health.ready = True  # Ray Serve routes traffic to a replica only once its constructor has returned
+        self._stop_polling = threading.Event()
+        if poll_seconds := JsonConfLoader(self.model.conf).get_reload_poll_seconds():
+            threading.Thread(target=self.reloader.poll, args=(poll_seconds, self._stop_polling), daemon=True).start()
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = create_app(self.batcher, limits_of(self.model), self.health, title="Image classifier (Ray Serve)")
+        # /admin/reload is left out: it would reload only the replica that answers (redeploy user_config instead).
+        app = create_app(self.batcher, limits_of(self.model), self.health, explainer=self.explainer,
+                         title="Image classifier (Ray Serve)")
+        if self.page:  # a browser that asks for / is sent to the page's application
+            app.add_api_route("/", lambda: RedirectResponse(self.page.strip("/") + "/"), include_in_schema=False)
         return ReplicaHeaders(app, serve.get_replica_context().replica_id.unique_id,
                               ray.get_runtime_context().get_node_id())
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """A user_config with a "conf" other than the serving one: its model is loaded beside, checked on the
+        warm-up photo and swapped in (requests in flight finish on the old one); a broken one is refused and the
+        old one keeps serving."""
+        conf = user_config.get("conf")
+        if conf and Path(conf).resolve() != self.reloader.conf_path.resolve():
+            await asyncio.to_thread(self.reloader.switch_to, Path(conf), "Ray Serve user_config")
+
+    def facts(self) -> dict:
+        """What the page shows and checks before it sends a photo: the model's line, top_k, limits, batching."""
+        return {"describe": describe(self.batcher.model), "top_k": getattr(self.batcher.model, "top_k", 5),
+                "limits": limits_of(self.batcher.model), "batching": self.batcher.conf}
+
+    # A bad image, an unknown label or a full replica comes back to the page as the exception, returned, not
+    # raised: Ray Serve would log each user's bad upload as a failed request, with its traceback.
+    async def classify(self, item: bytes) -> Any:
+        try:
+            return await self.batcher.classify(item)
+        except (ImageError, Overloaded) as exc:
+            return exc
+
+    async def explain(self, item: bytes, label: str | None = None) -> Any:
+        try:
+            return await self.explainer.explain(item, label)
+        except (ImageError, LabelError, Overloaded) as exc:
+            return exc
+
+    def __del__(self) -> None:
+        self._stop_polling.set()
 
 
 def build(args: dict[str, str]) -> serve.Application:
     """`serve run classifier.serving.ray_serve:build key=value …` (or a config file's `args`): conf,
-    num_replicas, max_batch_size, batch_wait_ms, max_ongoing_requests. Without num_replicas, the deployment's
-    options (a config file's autoscaling_config, say) decide."""
+    num_replicas, max_batch_size, batch_wait_ms, max_ongoing_requests, page (the page application's route prefix,
+    where / redirects). Without num_replicas, the deployment's options (a config file's autoscaling_config, say)
+    decide."""
     conf = Path(args.get("conf", os.environ.get("UAI_SERVICE_CONFIG", "conf.json"))).resolve()
     max_batch_size = int(args["max_batch_size"]) if "max_batch_size" in args else None
     options: dict[str, Any] = {}
@@ -135,7 +211,7 @@ def build(args: dict[str, str]) -> serve.Application:
         options["max_ongoing_requests"] = int(args["max_ongoing_requests"])
     # max_ongoing_requests: Ray Serve's default (5 a replica) is too few to fill a batch of 16; 32 is the default.
     wait = float(args["batch_wait_ms"]) if "batch_wait_ms" in args else None
-    return Classifier.options(**options).bind(str(conf), max_batch_size, wait)
+    return Classifier.options(**options).bind(str(conf), max_batch_size, wait, args.get("page"))
 
 
 # What `serve build classifier.serving.ray_serve:app` reads (deploy/ray/serve.yaml was made from its output):
