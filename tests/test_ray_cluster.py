@@ -36,7 +36,8 @@ def cluster_environment() -> dict:
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             # A stopping replica stays reachable this long for load balancers to forget it (Ray's default 30 s,
             # for one outside the cluster); here the head's HAProxy is the only one, and reloads within a second.
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+            "RAY_metrics_report_interval_ms": "1000"}  # Ray's metrics reach the nodes' endpoints each second
 
 
 def config_for_this_machine(path: Path, port: int, conf: Path, flagged: Path) -> Path:
@@ -70,11 +71,14 @@ def deploy(address: str, config: Path) -> None:
 
 
 class Load:
-    """Requests from `clients` threads until stopped, each with a deadline: every outcome is recorded (status and
-    Retry-After, or the exception); none may hang."""
+    """Requests from `clients` threads until stopped, each with a deadline, each client following the retry rule
+    of docs/deploy.md: a 503 is sent again after its Retry-After, a request whose connection the ingress closed
+    before any answer is sent again at once (HAProxy closes its old process's connections when it reloads for a
+    replica that came or went). Every final outcome is recorded (status and Retry-After, or the exception), and
+    each first outcome that was retried; none may hang."""
 
     def __init__(self, url: str, clients: int = 8):
-        self.url, self.stop, self.outcomes, self.sent = url, threading.Event(), [], 0
+        self.url, self.stop, self.outcomes, self.retried, self.sent = url, threading.Event(), [], [], 0
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
         for thread in self.threads:
@@ -85,14 +89,22 @@ class Load:
             while not self.stop.is_set():
                 with self.lock:
                     self.sent += 1
-                try:
-                    response = client.post(f"{self.url}/service", content=PHOTO)
-                    outcome = (response.status_code, response.headers.get("retry-after"),
-                               response.text[:100] if response.status_code != 200 else "")
-                except httpx.HTTPError as exc:
-                    outcome = ("error", type(exc).__name__, str(exc)[:100])
+                outcome = self._send(client)
+                if outcome[0] == 503 or outcome[:2] == ("error", "RemoteProtocolError"):
+                    time.sleep(float(outcome[1] or 1) if outcome[0] == 503 else 0)
+                    with self.lock:
+                        self.retried.append(outcome[:2])
+                    outcome = self._send(client)
                 with self.lock:
                     self.outcomes.append(outcome)
+
+    def _send(self, client: httpx.Client) -> tuple:
+        try:
+            response = client.post(f"{self.url}/service", content=PHOTO)
+            return (response.status_code, response.headers.get("retry-after"),
+                    response.text[:100] if response.status_code != 200 else "")
+        except httpx.HTTPError as exc:
+            return ("error", type(exc).__name__, str(exc)[:100])
 
     def finish(self) -> Counter:
         self.stop.set()
@@ -192,6 +204,35 @@ def from_every_node(call, check, timeout: float = 60) -> set[str]:
     return nodes
 
 
+def ray_metric(name: str, **labels: str) -> dict[str, float]:
+    """Ray Serve's own metric `name` (with these labels) summed over every live node's metrics endpoint (the
+    endpoints Prometheus scrapes, listed in Ray's service-discovery file), by replica where it has one."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    for node in (node for node in ray.nodes() if node["Alive"]):
+        text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    key = sample.labels.get("replica", "")
+                    totals[key] = totals.get(key, 0) + sample.value
+    return totals
+
+
+def settled_ingress_count(timeout: float = 30) -> float:
+    """The requests Ray Serve's ingress counted for the classifier application, once the count has stayed the
+    same for 3 s (three of the test cluster's metric reports)."""
+    deadline, readings = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        readings.append(sum(ray_metric("ray_serve_num_http_requests_total", application="classifier").values()))
+        if len(readings) >= 4 and len(set(readings[-4:])) == 1:
+            return readings[-1]
+        time.sleep(1)
+    pytest.fail(f"the ingress count did not settle within {timeout:.0f} s: {readings}")
+
+
 def answered(client: httpx.Client, url: str) -> httpx.Response:
     response = client.post(f"{url}/service", content=PHOTO)
     assert response.status_code == 200, response.text[:300]
@@ -271,9 +312,17 @@ def test_replicas_on_every_node_serve_the_whole_api_autoscaled_reloaded_and_surv
         assert swapped == replicas, (swapped, replicas)
         print(f"every replica serves the new conf {time.monotonic() - started:.0f} s after `serve run` began")
 
+    # /metrics above is each replica's own; the cluster's are Ray Serve's, on each node's metrics endpoint, a
+    # series per replica for Prometheus to sum: the three replicas are there (within Ray's report interval).
+    deadline = time.monotonic() + 30
+    while len(served := ray_metric("ray_serve_deployment_request_counter_total", deployment="Classifier")) < 3 \
+            and time.monotonic() < deadline:
+        time.sleep(1)
+    assert set(served) >= replicas and all(count > 0 for count in served.values()), (served, replicas)
+
     # A worker node lost under load: HAProxy replays what was in flight on its replica on the others (a
-    # classification has no side effect), so every request is answered 200 (or 503 with Retry-After, when no
-    # replica has room). A new node joins (as a cloud autoscaler or KubeRay brings one) and the lost replica is
+    # classification has no side effect), so every request is answered 200, with the client's retry rule (Load)
+    # for a 503 or a connection closed by an HAProxy reload. A new node joins (as a cloud autoscaler or KubeRay brings one) and the lost replica is
     # replaced on it, the load still running.
     cluster["nodes"].remove_node(cluster["workers"][0])
     wait_for(lambda counts: counts.get("RUNNING", 0) == 2, 60, "the lost replica noticed", log)
@@ -281,13 +330,21 @@ def test_replicas_on_every_node_serve_the_whole_api_autoscaled_reloaded_and_surv
     replaced_s = wait_for(lambda counts: counts.get("RUNNING", 0) == 3, 120, "the lost replica replaced", log)
     print(f"the lost replica replaced on a new node {replaced_s:.0f} s after it joined")
     outcomes = load.finish()
-    print(f"outcomes with a model swapped and a node lost under load: {dict(outcomes)} of {load.sent} sent")
+    print(f"outcomes with a model swapped and a node lost under load: {dict(outcomes)} of {load.sent} sent, "
+          f"after the client rule's retries of {dict(Counter(load.retried))}")
     assert sum(outcomes.values()) == load.sent  # every request sent was answered, none hung
-    failures = {outcome: count for outcome, count in outcomes.items() if outcome != (200, None)}
-    assert set(failures) <= {(503, "1")}, failures  # no 500, no connection error: what was lost was replayed
+    assert outcomes == {(200, None): load.sent}, outcomes  # no 500: what was lost in flight HAProxy replayed
+    assert len(load.retried) <= 8, load.retried  # at most one request in flight per client
 
     # After the load: back down to the minimum, on the nodes that remain, still serving the new conf.
     down_s = wait_for(lambda counts: counts == {"RUNNING": 1}, 120, "scaled back down to 1 replica", log)
     print(f"scaled down to 1 replica {down_s:.0f} s after the load; replica counts: {log}")
     last = httpx.post(f"{url}/service", content=PHOTO, timeout=30).json()
     assert len(last) == 3 and last[0][0] in CAT_LABELS
+
+    # The ingress's count (HAProxy's, on the head) adds up over the cluster: 10 more sent, 10 more counted.
+    before = settled_ingress_count()
+    with httpx.Client(timeout=30) as client:
+        for _ in range(10):
+            answered(client, url)
+    assert settled_ingress_count() == before + 10

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -217,3 +218,7 @@ def build(args: dict[str, str]) -> serve.Application:
 # What `serve build classifier.serving.ray_serve:app` reads (deploy/ray/serve.yaml was made from its output):
 # one replica of ./conf.json's model (or $UAI_SERVICE_CONFIG's), bound, not started.
 app = build({})
+
+
+if __name__ == "__main__":  # `eval "$(python -m classifier.serving.ray_serve)"` before `ray start` or `serve run`
+    print("\n".join(f"export {key}={shlex.quote(value)}" for key, value in CLUSTER_ENVIRONMENT.items()))
