@@ -1,16 +1,17 @@
 """Scale-out on Ray Serve: replicas of the same classifier, each serving app.py's whole HTTP API, batched by
 @serve.batch.
 
-    serve run classifier.serving.ray_serve:build                                   # ./conf.json, one replica
+    eval "$(python -m classifier.serving.ray_serve)"                               # the cluster's environment
+    serve run deploy/ray/serve.yaml                                                # the API autoscaled, the page
     serve run classifier.serving.ray_serve:build conf=/srv/conf.json num_replicas=4 max_batch_size=16
-    serve deploy deploy/ray/serve.yaml                                              # autoscaled (the config file)
 
 Each replica loads the model once and serves the routes of api.create_app, the factory app.py uses: /service,
 /explain, /v2 (KServe), /v1 (TF Serving REST), /healthz, /readyz and its own /metrics, with the same results,
-errors and statuses. Ray Serve's HTTP proxy hands each request to the replica's ASGI app directly (serve.ingress),
-and the replica's batcher forms its model calls with @serve.batch.
+errors and statuses. Ray Serve's HAProxy ingress (CLUSTER_ENVIRONMENT) sends each request to the replica's own
+HTTP server, and the replica's batcher forms its model calls with @serve.batch. The page is a deployment of its
+own (ray_page.py), calling the replicas' facts, classify and explain through a handle.
 
-Optional: Ray comes from requirements-ray.txt, and only this module imports it (app.py never does).
+Optional: Ray comes from requirements-ray.txt, and only this module and ray_page.py import it (app.py never does).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
 
 # The environment of the cluster's Ray processes (`ray start`'s, or the KubeRay pods' env in rayservice.yaml):
 # Ray Serve's HAProxy ingress, which sends HTTP straight to each replica's own server instead of through the Python
-# proxy actor and a Ray call (bench/ray_replicas.py: one replica's c16 from ~45 % of app.py's to ~80 %).
+# proxy actor and a Ray call (bench/ray_replicas.py: one replica's c16 from 47 % of app.py's to 76–80 %).
 # HAProxy retries a request on another replica when its replica's connection fails or closes without an answer
 # (a node lost mid-request): classifying is idempotent, so replaying it is safe. It can replay only what its
 # buffer holds, so the buffer fits a typical photo (512 KiB; larger uploads lost in flight get a 5xx to retry),
