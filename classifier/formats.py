@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +13,7 @@ import numpy as np
 from .images import FLOAT_INPUTS, INTEGER_INPUTS, InputConvention
 from .labels import LABEL_FILE_NAMES, parse_lines
 from .quiet import import_tensorflow
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -30,40 +30,6 @@ DEFAULT_OUTPUT = "final_result"
 
 class ModelError(ValueError):
     """A model_dir that holds no loadable model, or a model whose inputs and outputs cannot be identified."""
-
-
-@dataclass
-class Runtime:
-    """A loaded model: call it with a batch in its input convention to get one probability row per image."""
-
-    format: str
-    path: Path
-    function: Any  # a TensorFlow ConcreteFunction, float32 [N, H, W, 3] → [N, classes]; None for a .tflite
-    input_size: tuple[int, int] | None  # (width, height) when the model fixes it, else None
-    keep: Any = None  # what the function needs alive: a SavedModel's variables, a Keras model
-    num_classes: int = 0
-    applies_softmax: bool = False  # True when the model outputs logits and softmax is applied here
-    engine: str = "TensorFlow"  # what runs it: TensorFlow, or the engine engines.accelerate chose
-    predict: Callable[[np.ndarray], np.ndarray] = None  # the raw model call; the TF function unless replaced
-    convention: InputConvention | None = None  # what the model itself says of its input, if anything
-    convention_source: str = ""  # where that came from, for the start-up log
-    input_dtype: str = "float32"  # the model's input type: an integer one (uint8, int32) takes raw pixels
-    labels: list[str] | None = None  # labels the model file carries (a .tflite's packed labels file)
-
-    def __post_init__(self) -> None:
-        if self.predict is None:
-            constant = import_tensorflow().constant  # here, once: a call may run inside quiet's stderr filter
-            self.predict = lambda batch: self.function(constant(batch)).numpy()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.probabilities(self.predict(batch))
-
-    def probabilities(self, out: np.ndarray) -> np.ndarray:
-        """The model's raw outputs as probabilities (softmax if it gives logits)."""
-        if self.applies_softmax:
-            out = np.exp(out - out.max(axis=1, keepdims=True))
-            out /= out.sum(axis=1, keepdims=True)
-        return out
 
 
 def load(model_dir: str | Path, size: tuple[int, int], input_tensor: str | None = None,
@@ -139,7 +105,7 @@ def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor
         raise ModelError(f"{path}: {exc}") from None
     return Runtime(format=FROZEN_GRAPH, path=path, function=wrapped.prune(graph_input, graph_output),
                    input_size=_static_size(graph_input.shape), keep=wrapped,
-                   **_input_type(graph_input.dtype.name, path))
+                   **_input_type(graph_input.dtype.name, path), **_batch_of(graph_input.shape, path))
 
 
 def _graph_io(graph_def, path: Path, input_tensor: str | None, output_tensor: str | None) -> tuple[str, str]:
@@ -186,14 +152,14 @@ def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor:
     input_key = _only(input_tensor, sorted(inputs), path, "input")
     output_key = _only(output_tensor, sorted(signature.structured_outputs), path, "output")
     shape, dtype = inputs[input_key].shape, inputs[input_key].dtype
-    typed = _input_type(dtype.name, path)
+    typed, batch = _input_type(dtype.name, path), _batch_of(shape, path)
     # One tensor in, one tensor out, as for the other formats (and as LiteRT's converter wants it); in the
     # signature's own dtype (a TF Serving export often takes uint8 images).
     function = tf.function(lambda images: signature(**{input_key: images})[output_key]).get_concrete_function(
-        tf.TensorSpec([None, *shape[1:]], dtype))
+        tf.TensorSpec([batch.get("fixed_batch"), *shape[1:]], dtype))
     # keep: the signature holds only weak references to the SavedModel's variables.
     return Runtime(format=SAVED_MODEL, path=path, function=function, input_size=_static_size(shape), keep=loaded,
-                   **typed)
+                   **typed, **batch)
 
 
 def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
@@ -213,13 +179,13 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(f"the Keras model {path} must have one input and one output")
     shape, dtype = model.inputs[0].shape, tf.as_dtype(model.inputs[0].dtype)
-    typed = _input_type(dtype.name, path)
+    typed, batch = _input_type(dtype.name, path), _batch_of(shape, path)
     function = tf.function(lambda images: model(images, training=False)).get_concrete_function(
-        tf.TensorSpec([None, *shape[1:]], dtype))
+        tf.TensorSpec([batch.get("fixed_batch"), *shape[1:]], dtype))
     if "convention" not in typed:  # a float input: what its first layers say of it
         typed["convention"], typed["convention_source"] = _keras_convention(model)
     return Runtime(format=KERAS_H5 if path.suffix == ".h5" else KERAS, path=path, function=function,
-                   input_size=_static_size(shape), keep=model, **typed)
+                   input_size=_static_size(shape), keep=model, **typed, **batch)
 
 
 def _input_type(dtype: str, path: Path) -> dict:
@@ -297,6 +263,18 @@ def _only(wanted: str | None, keys: list[str], path: Path, kind: str) -> str:
     if len(keys) != 1:
         raise ModelError(f"{path} has {len(keys)} {kind}s {keys}; name the one to use with conf key {kind}_tensor")
     return keys[0]
+
+
+def _batch_of(shape, path: Path) -> dict:
+    """Runtime's fixed_batch for the model's input shape: {} for a dynamic batch, 1 for a batch-1 export; a
+    batch fixed at more is refused (no batch of requests could be counted on to fill it)."""
+    dims = list(shape) if shape is not None and getattr(shape, "rank", 4) is not None else []
+    batch = dims[0] if dims else None
+    if batch is None or batch == -1:
+        return {}
+    if batch == 1:
+        return {"fixed_batch": 1}
+    raise ModelError(f"{path} takes batches of exactly {batch} images; export it with a dynamic batch (None) or 1")
 
 
 def _static_size(shape) -> tuple[int, int] | None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from . import engines, formats, images, labels, quiet
 from .conf import ArchJsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 TEACHABLE_MACHINE = images.InputConvention(mean=127.5, std=127.5, resize="center_crop")  # its own snippet's
@@ -94,7 +95,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         given = {"mean": loader.input_mean, "std": loader.input_std, "resize": loader.resize}
         self._convention_in_conf = {key: value for key, value in given.items() if value is not None}
 
-    def load_model(self) -> formats.Runtime:
+    def load_model(self) -> Runtime:
         self.model_path, self.version = formats.latest_version(Path(self.model_dir))
         recorded = self._recorded()
         self.runtime = recorded.runtime if recorded else self._load_with_tensorflow()
@@ -117,7 +118,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
         return self.runtime
 
-    def _load_with_tensorflow(self) -> formats.Runtime:
+    def _load_with_tensorflow(self) -> Runtime:
         try:
             return formats.load(self.model_path, self.input_size, *self._tensor_names)
         except quiet.TensorFlowMissing:

@@ -228,7 +228,12 @@ def uint8_colour_model(folder: Path, kind: str) -> Path:
     def scores(images):
         return tf.nn.softmax(colour_logits(tf.cast(images, tf.float32) / 255.0), name="final_result")
 
-    spec = tf.TensorSpec([None, 8, 8, 3], tf.uint8, name="Placeholder")
+    return exported(folder, kind, scores, tf.TensorSpec([None, 8, 8, 3], tf.uint8, name="Placeholder"))
+
+
+def exported(folder: Path, kind: str, scores, spec) -> Path:
+    """scores(images) saved in folder as kind says: a SavedModel's serving_default, or a frozen graph whose
+    Placeholder is spec."""
     if kind == "SavedModel":
         module = tf.Module()
         module.serve = tf.function(lambda images: {"scores": scores(images)}, input_signature=[spec])
@@ -251,3 +256,36 @@ def test_a_uint8_input_model_gets_raw_pixels_from_every_engine(tmp_path, kind):
     record = json.loads(next((tmp_path / "model" / ".litert").glob("*.json")).read_text())
     [decision] = record["decisions"].values()
     assert {"litert fp32", "openvino fp32"} <= set(decision["candidates"])  # both engines took uint8 and agreed
+
+
+def batch_one_colour_model(folder: Path, kind: str, batch: int = 1) -> Path:
+    """The colour model exported with its batch fixed, as many exports are: its input [batch, 8, 8, 3], and a
+    Flatten written as a Reshape to [batch, …] inside, which fails on any other batch."""
+    folder.mkdir(parents=True)
+    (folder / "label_map.txt").write_text("\n".join(COLOURS) + "\n")
+
+    def scores(images):
+        flat = tf.reshape(images, [batch, 8 * 8 * 3])
+        return tf.nn.softmax(tf.reduce_mean(tf.reshape(flat, [batch, 64, 3]), axis=1) * 20.0, name="final_result")
+
+    return exported(folder, kind, scores, tf.TensorSpec([batch, 8, 8, 3], tf.float32, name="Placeholder"))
+
+
+@pytest.mark.parametrize("kind", ["SavedModel", "frozen graph"])
+def test_a_model_with_its_batch_fixed_at_one_is_run_image_by_image_by_every_engine(tmp_path, kind):
+    """Before, the frozen graph failed to load (TensorFlow's check fed it several images at once)."""
+    batch_one_colour_model(tmp_path / "model", kind)
+    model = classifier.load(write_conf(tmp_path))
+    assert model.runtime.fixed_batch == 1
+    assert [r[0][0] for r in model.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS  # one batch of 3
+    record = json.loads(next((tmp_path / "model" / ".litert").glob("*.json")).read_text())
+    [decision] = record["decisions"].values()
+    assert {"litert fp32", "openvino fp32"} <= set(decision["candidates"]) and record["fixed_batch"] == 1
+    again = classifier.load(write_conf(tmp_path))  # from the record, without TensorFlow's runtime
+    assert [r[0][0] for r in again.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS
+
+
+def test_a_model_with_its_batch_fixed_at_more_than_one_is_refused_clearly(tmp_path):
+    batch_one_colour_model(tmp_path / "model", "frozen graph", batch=4)
+    with pytest.raises(classifier.ModelError, match="takes batches of exactly 4 images; export it with a dynamic"):
+        classifier.load(write_conf(tmp_path))

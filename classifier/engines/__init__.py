@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..formats import Runtime
+from ..runtime import Runtime
 from ..images import InputConvention
 from ..quiet import native_stderr_filtered
 from . import cache, litert, openvino, timing
@@ -99,7 +99,7 @@ def _checked(runtime: Runtime, key: str, name: str, precision: str, check: np.nd
             log.warning("%s: %s refused: this CPU has no native %s; serving fp32", runtime.path, label, precision)
             return None
         file = _build(runtime, key, name, precision, check if calibration is None else calibration)
-        predict = module.load(file, precision)
+        predict = runtime.fitted(module.load(file, precision))
         with native_stderr_filtered():  # LiteRT's interpreters announce XNNPACK when first run
             probabilities = runtime.probabilities(predict(check))
     except Exception as exc:  # a model an engine cannot convert or run is served by another
@@ -149,7 +149,7 @@ def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision:
                   num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
                   input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
-                  convention_source=runtime.convention_source)
+                  convention_source=runtime.convention_source, fixed_batch=runtime.fixed_batch)
     record.setdefault("decisions", {})[_decision(check_name, choice, precision)] = _decided(best, candidates, reason)
     cache.write_record(runtime.path, key, record)
 
@@ -236,8 +236,8 @@ class Recorded:
             file = cache.find(path, figures["file"]) if module and figures.get("file") else None
             if file is None or figures.get("version") != module.version():
                 continue
-            candidate = Candidate(name, module.NAME, figures["precision"], module.load(file, figures["precision"]),
-                                  file)
+            candidate = Candidate(name, module.NAME, figures["precision"],
+                                  self.runtime.fitted(module.load(file, figures["precision"])), file)
             if reference is not None and len(reference) == len(check):
                 with native_stderr_filtered():
                     if not _agrees(self.runtime, candidate, self.runtime.probabilities(candidate.predict(check)),
@@ -282,4 +282,5 @@ def recorded(path: Path, key: str | None = None) -> Recorded | None:
                             num_classes=record["num_classes"], applies_softmax=record["applies_softmax"],
                             engine="not loaded", predict=unloaded,
                             convention=InputConvention(**convention) if convention else None,
-                            convention_source=record["convention_source"]), record, key)
+                            convention_source=record["convention_source"], fixed_batch=record.get("fixed_batch")),
+                    record, key)

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..formats import Runtime
+from ..runtime import Runtime
 from ..quiet import import_tensorflow, native_stderr_filtered
 from . import cache
 from .settings import settings
