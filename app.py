@@ -33,6 +33,7 @@ import classifier
 from classifier.engines.cache import tensorflow_installed
 from classifier.from_path import chosen_conf
 from classifier.images import limits_of
+from classifier.model import example_photos
 from classifier.serving import metrics
 from classifier.serving.batching import Batcher
 from classifier.serving import explanations
@@ -44,7 +45,7 @@ from classifier.serving.service import Health, request_limit
 from classifier.serving.ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 ROOT = Path(__file__).resolve().parent
-EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
+EXAMPLES = example_photos()
 MAX_ZIP_BYTES = 500 * 1024 * 1024
 # Gradio's JSON routes (events, queue): a few photos' names and labels; 4 MiB leaves room for a base64 photo.
 GRADIO_JSON_LIMIT = 4 * 1024 * 1024

@@ -22,6 +22,11 @@ TEACHABLE_MACHINE = images.InputConvention(mean=127.5, std=127.5, resize="center
 # Photos shipped with the project: an engine must agree with TensorFlow on them (and views of them) to serve.
 CHECK_PHOTOS = Path(__file__).resolve().parent.parent / "examples"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def example_photos() -> list[Path]:
+    """The photos shipped in examples/: the page's examples, the warm-up photo, the engines' check images."""
+    return sorted(p for p in CHECK_PHOTOS.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
 # Set to 1 (python -m classifier --retime does): time the engines again on this machine, whatever was recorded.
 RETIME_VARIABLE = "CLASSIFIER_RETIME"
 
@@ -197,7 +202,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     def _check_batch(self) -> np.ndarray:
         """The project's example photos, each whole, mirrored and cropped, and one random image, as the model sees
         them: 41 images, so that a reduced precision may miss fp32's top-1 on one (97.5 %) but not on two."""
-        photos = sorted(p for p in CHECK_PHOTOS.glob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+        photos = example_photos()
         noise = Image.fromarray(np.random.default_rng(0).integers(
             0, 256, (self.input_height, self.input_width, 3), dtype=np.uint8))
         # Decoded here, outside the conf's limits (a conf may allow less than these photos weigh); then the
@@ -208,7 +213,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     def _decoding(self) -> Callable[[], None]:
         """One unit of what serving's decoders do beside the model, for timing the engines as they serve: an
         example photo decoded and preprocessed, the next one each call."""
-        photos = [p.read_bytes() for p in sorted(CHECK_PHOTOS.glob("*")) if p.suffix.lower() in PHOTO_SUFFIXES]
+        photos = [p.read_bytes() for p in example_photos()]
         turns = itertools.count()
         return lambda: self.preprocess(photos[next(turns) % len(photos)])
 

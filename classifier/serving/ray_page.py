@@ -19,11 +19,10 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from ray import serve
-from ray.exceptions import RayTaskError
 
 from ..conf import BatchingConf
-from .ray_serve import EXAMPLES
+from ..model import example_photos
+from .ray_serve import ray, serve  # Ray, or the ImportError that says how to install it
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 UPLOAD_RETENTION_S = 900  # as app.py's --upload-retention
@@ -57,7 +56,7 @@ async def unwrapped(response: Any) -> Any:
     """The Classifier's answer; an error it returned (a bad image…) or raised, raised here as itself."""
     try:
         result = await response
-    except RayTaskError as exc:  # the replica's own exception, without the task's traceback around it
+    except ray.exceptions.RayTaskError as exc:  # the replica's own exception, without the task's traceback around it
         raise exc.cause from None
     if isinstance(result, Exception):
         raise result
@@ -74,7 +73,7 @@ class Page:
         classifier = serve.get_deployment_handle(deployment, app_name=application)
         facts = await classifier.facts.remote()
         self.batcher = RemoteBatcher(classifier, facts)
-        self.demo = build_demo(self.batcher.model, self.batcher, RemoteExplainer(classifier), EXAMPLES,
+        self.demo = build_demo(self.batcher.model, self.batcher, RemoteExplainer(classifier), example_photos(),
                                Path(flagging_dir), Path(os.devnull), lambda _: "", training_off=(
                                    "on Ray Serve the page only classifies; train with `python -m classifier.retrain` "
                                    "or app.py, then deploy the new model's conf"), flag_budget=FlagBudget())

@@ -24,14 +24,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import ray
 from fastapi.responses import RedirectResponse
-from ray import serve
+
+try:
+    import ray
+    from ray import serve
+except ImportError as exc:  # optional: app.py and the library never import this module
+    raise ImportError("Ray Serve is not installed: pip install -r requirements-ray.txt (scale-out is optional; "
+                      "python app.py needs none of it)") from exc
 
 from .. import describe, load
 from ..conf import JsonConfLoader
 from ..explain import LabelError
 from ..images import ImageError, limits_of
+from ..model import example_photos
 from . import metrics
 from .api import create_app
 from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
@@ -39,8 +45,6 @@ from .explanations import Explainer
 from .reload import Reloader
 from .service import Health
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
 # Which replica answered, and on which Ray node: for the operator, and the tests.
 REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
 
@@ -69,8 +73,7 @@ class ServeBatcher(Batcher):
     def __init__(self, model: Any, conf: Any):
         super().__init__(model, conf)
         self._batching = 0  # requests handed to @serve.batch and not yet answered
-        self._run_batch.set_max_batch_size(conf.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(conf.max_batch_wait_ms / 1000)
+        self._run_batch.set_max_batch_size(conf.max_batch_size)  # the wait is set per batch (_batched)
 
     @property
     def pending(self) -> int:
@@ -78,9 +81,9 @@ class ServeBatcher(Batcher):
 
     async def _batched(self, pipeline: Any, item: Any, finish: Callable[[Any], Any]) -> Any:
         # app.py's rule, on @serve.batch: a batch waits for more requests (up to max_batch_wait_ms) only while
-        # others are being decoded. @serve.batch alone waits always, or never: measured with wrk, one replica on 2
-        # cores, never waiting made c16's batches all of 1 image (98 images/s); waiting always cost c1 a third
-        # (83 → 50 images/s); this rule keeps c1's 83 and gives c16 batches of 2–4 (114 images/s).
+        # others are being decoded. @serve.batch alone waits always, or never: in a profiling run (docs/deploy.md),
+        # never waiting made c16's batches nearly all of 1 image; waiting always cost c1 a third of its rate; this
+        # rule kept c1's rate and gave c16 batches of 2–4.
         self._run_batch.set_batch_wait_timeout_s(self.conf.max_batch_wait_ms / 1000 if self._decoding else 0)
         self._batching += 1
         try:
@@ -146,17 +149,18 @@ class Classifier:
         started = time.monotonic()
         self.model = load(conf_path)
         metrics.describe_model(self.model, time.monotonic() - started)
-        batching = JsonConfLoader(self.model.conf).get_batching()
+        conf = JsonConfLoader(self.model.conf)
+        batching = conf.get_batching()
         batching = dataclasses.replace(batching, **{key: value for key, value in (
             ("max_batch_size", max_batch_size), ("max_batch_wait_ms", batch_wait_ms)) if value is not None})
         self.batcher = ServeBatcher(self.model, batching)
         self.explainer = Explainer(self.batcher)
-        self.reloader = Reloader(Path(conf_path), self.batcher, EXAMPLES[0])
+        self.reloader = Reloader(Path(conf_path), self.batcher, example_photos()[0])
         self.page = page
         self.health = Health()
         self.health.ready = True  # Ray Serve routes traffic to a replica only once its constructor has returned
         self._stop_polling = threading.Event()
-        if poll_seconds := JsonConfLoader(self.model.conf).get_reload_poll_seconds():
+        if poll_seconds := conf.get_reload_poll_seconds():
             threading.Thread(target=self.reloader.poll, args=(poll_seconds, self._stop_polling), daemon=True).start()
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -170,8 +174,8 @@ class Classifier:
 
     async def reconfigure(self, user_config: dict) -> None:
         """A user_config with a "conf" other than the serving one: its model is loaded beside, checked on the
-        warm-up photo and swapped in (requests in flight finish on the old one); a broken one is refused and the
-        old one keeps serving."""
+        warm-up photo and swapped in (requests in flight finish on the old one). A broken one is refused, the old
+        one kept, and the error raised for Ray Serve to report the update as failed (what it does next: untested)."""
         conf = user_config.get("conf")
         if conf and Path(conf).resolve() != self.reloader.conf_path.resolve():
             await asyncio.to_thread(self.reloader.switch_to, Path(conf), "Ray Serve user_config")
