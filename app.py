@@ -30,7 +30,7 @@ import uvicorn
 from gradio import networking
 
 import classifier
-from classifier.engines.cache import tensorflow_installed
+from classifier.engines.cache import installed
 from classifier.from_path import chosen_conf
 from classifier.images import limits_of
 from classifier.model import example_photos
@@ -112,7 +112,7 @@ def why_training_is_off(args: argparse.Namespace, credentials: tuple[str, str] |
     """Training writes files and swaps the served model: without a login, only on this machine's loopback."""
     if args.no_train:
         return "--no-train was given"
-    if not tensorflow_installed():
+    if not installed("tensorflow"):
         return "TensorFlow, which retrains, is not installed here (a serving-only install)"
     if credentials or args.train:
         return None

@@ -10,7 +10,8 @@ from typing import Any
 
 from .images import ALLOWED_FORMATS, RESIZES, Limits
 
-RUNTIMES = ("auto", "tensorflow", "litert", "openvino")  # auto: the fastest that agrees (classifier.engines)
+# auto: the fastest that agrees (classifier.engines); tensorflow and onnxruntime: the model's own, unconverted.
+RUNTIMES = ("auto", "tensorflow", "onnxruntime", "litert", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")  # bf16: OpenVINO; int8: OpenVINO or LiteRT; guarded by a top-1 check
 
 _MISSING = object()
@@ -203,7 +204,7 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.precision = self._str(*tf_keys, "precision", default="fp32")
         if self.precision not in PRECISIONS:
             raise self._error(tf_keys + ("precision",), f"must be one of {list(PRECISIONS)}, not {self.precision!r}")
-        engines = {"fp32": ("auto", "litert", "openvino", "tensorflow"), "bf16": ("auto", "openvino"),
+        engines = {"fp32": ("auto", "litert", "openvino", "tensorflow", "onnxruntime"), "bf16": ("auto", "openvino"),
                    "int8": ("auto", "litert", "openvino")}[self.precision]  # which engines run each precision
         if self.runtime not in engines:
             raise self._error(tf_keys + ("precision",), f"{self.precision} is served by "

@@ -16,9 +16,12 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from . import images
+
 GRID = 6  # heatmap cells per side
 PATCH = 2  # cells per side of each hiding square: every cell is hidden by PATCH² squares; (GRID + 1)² squares
 OVERLAY_SIZE = 512  # longest side of the overlay picture
+ENCODED_SIDE = 448  # longest side of the copies hidden for a model that takes encoded images
 
 
 class LabelError(ValueError):
@@ -60,6 +63,16 @@ def hidden(tensor: np.ndarray, masks: np.ndarray, stand_in: np.ndarray) -> np.nd
     return np.where(pixels[..., None], stand_in, tensor)
 
 
+def occludable(tensor: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], list[np.ndarray]]]:
+    """What the squares hide, and how the hidden copies become the model's inputs again: the tensor itself; or, for
+    a model that decodes images itself (its input is the photo's bytes), the photo's pixels, each copy sent as PNG."""
+    if tensor.dtype != object:
+        return tensor, list
+    photo = images.decode(tensor.item())
+    photo.thumbnail((ENCODED_SIDE, ENCODED_SIDE))  # 100 copies are encoded, and the model resizes them anyway
+    return np.asarray(photo), lambda copies: [images.to_encoded(copy) for copy in copies]
+
+
 def stand_in(tensor: np.ndarray) -> np.ndarray:
     """What a hidden cell shows: the photo's own mean colour (in the model's value range, whatever it is). Measured
     against a blurred copy (bench/explain.py): as good on photos, and it also hides flat areas, which blur keeps."""
@@ -94,9 +107,10 @@ def explain(model: Any, item: Any, label: str | None = None,
     steps through its batcher (serving/explanations.py)."""
     forward = forward or model.forward
     tensor = model.preprocess(item)
-    masks, hiding = hiding_masks(), stand_in(tensor)
+    pixels, as_inputs = occludable(tensor)
+    masks, hiding = hiding_masks(), stand_in(pixels)
     whole = forward(tensor[None])[0]
-    masked = np.concatenate([forward(hidden(tensor, masks[start:start + batch_size], hiding))
+    masked = np.concatenate([forward(np.stack(as_inputs(hidden(pixels, masks[start:start + batch_size], hiding))))
                              for start in range(0, len(masks), batch_size)])
     index = label_index(list(model.labels), label, whole)
     return Explanation(model.labels[index], float(whole[index]), heat(whole, masked, masks, index))

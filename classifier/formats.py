@@ -4,14 +4,14 @@ Each loader also says what it knows of the model's input convention (a Keras Res
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from .images import FLOAT_INPUTS, INTEGER_INPUTS, InputConvention
-from .labels import LABEL_FILE_NAMES, parse_lines
+from .images import ENCODED_INPUT, FLOAT_INPUTS, INTEGER_INPUTS, InputConvention, to_encoded
+from . import keras_files
+from .labels import packed_labels
 from .quiet import import_tensorflow
 from .runtime import Runtime
 
@@ -22,6 +22,7 @@ SAVED_MODEL = "SavedModel"
 KERAS = "Keras"
 KERAS_H5 = "Keras .h5"
 TFLITE = "TFLite"
+ONNX = "ONNX"
 
 # retrain.py's tensor names, and what UAI code feeds and fetches.
 DEFAULT_INPUT = "Placeholder"
@@ -59,14 +60,14 @@ def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
     """The format from the folder's contents: a SavedModel, a single .keras, .h5 or .tflite file, or a frozen
     GraphDef (.pb); or model_dir is that one file itself."""
     if model_dir.is_file():
-        loader = {".keras": load_keras, ".h5": load_keras, ".tflite": load_tflite, ".pb": load_frozen_graph}.get(
-            model_dir.suffix.lower())
+        loader = dict(FILE_LOADERS).get(model_dir.suffix.lower())
         if loader is None:
-            raise ModelError(f"{model_dir} is not a model file: give a .pb, .keras, .h5 or .tflite file, or a folder")
+            raise ModelError(f"{model_dir} is not a model file: give a .pb, .keras, .h5, .tflite or .onnx file, or "
+                             "a folder")
         return loader, model_dir
     if (model_dir / "saved_model.pb").is_file():
         return load_saved_model, model_dir
-    for suffix, loader in ((".keras", load_keras), (".h5", load_keras), (".tflite", load_tflite)):
+    for suffix, loader in FILE_LOADERS[:-1]:  # a folder's .pb files are looked at last
         files = sorted(model_dir.glob(f"*{suffix}"))
         if len(files) == 1:
             return loader, files[0]
@@ -81,7 +82,7 @@ def detect(model_dir: Path) -> tuple[Callable[..., Runtime], Path]:
         return load_frozen_graph, graphs[0]
     found = ", ".join(p.name for p in sorted(model_dir.iterdir())) or "nothing"
     raise ModelError(f"no model found in {model_dir} (found: {found}); expected frozen_inference_graph.pb, "
-                     "a SavedModel (saved_model.pb + variables/), or one .keras, .h5 or .tflite file")
+                     "a SavedModel (saved_model.pb + variables/), or one .keras, .h5, .tflite or .onnx file")
 
 
 def load_frozen_graph(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
@@ -153,10 +154,17 @@ def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor:
     output_key = _only(output_tensor, sorted(signature.structured_outputs), path, "output")
     shape, dtype = inputs[input_key].shape, inputs[input_key].dtype
     typed, batch = _input_type(dtype.name, path), _batch_of(shape, path)
+
+    def call(images):
+        return signature(**{input_key: images})[output_key]
+
+    if shape.rank == 0:  # one encoded image a call (a scalar string): run image by image, as [1] → [1, classes]
+        batch = {"fixed_batch": 1}
+        shape = tf.TensorShape([1])
+        call = (lambda one: lambda images: tf.reshape(one(images[0]), [1, -1]))(call)
     # One tensor in, one tensor out, as for the other formats (and as LiteRT's converter wants it); in the
-    # signature's own dtype (a TF Serving export often takes uint8 images).
-    function = tf.function(lambda images: signature(**{input_key: images})[output_key]).get_concrete_function(
-        tf.TensorSpec([batch.get("fixed_batch"), *shape[1:]], dtype))
+    # signature's own dtype (a TF Serving export often takes uint8 images, or the encoded image as a string).
+    function = tf.function(call).get_concrete_function(tf.TensorSpec([batch.get("fixed_batch"), *shape[1:]], dtype))
     # keep: the signature holds only weak references to the SavedModel's variables.
     return Runtime(format=SAVED_MODEL, path=path, function=function, input_size=_static_size(shape), keep=loaded,
                    **typed, **batch)
@@ -173,7 +181,7 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
         # Keras 2 wrote "groups": 1 into DepthwiseConv2D's config (Teachable Machine's files have it); Keras 3
         # refuses the key. The layer below drops it: the one known incompatibility, fixed where it is read.
         model = keras.saving.load_model(path, compile=False,
-                                        custom_objects={"DepthwiseConv2D": _depthwise_without_groups(keras)})
+                                        custom_objects={"DepthwiseConv2D": keras_files.depthwise_without_groups(keras)})
     except Exception as exc:
         raise ModelError(f"cannot load the Keras model {path}: {exc}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -183,7 +191,7 @@ def load_keras(path: Path, input_tensor: str | None = None, output_tensor: str |
     function = tf.function(lambda images: model(images, training=False)).get_concrete_function(
         tf.TensorSpec([batch.get("fixed_batch"), *shape[1:]], dtype))
     if "convention" not in typed:  # a float input: what its first layers say of it
-        typed["convention"], typed["convention_source"] = _keras_convention(model)
+        typed["convention"], typed["convention_source"] = keras_files.convention(model)
     return Runtime(format=KERAS_H5 if path.suffix == ".h5" else KERAS, path=path, function=function,
                    input_size=_static_size(shape), keep=model, **typed, **batch)
 
@@ -196,34 +204,11 @@ def _input_type(dtype: str, path: Path) -> dict:
     if dtype in INTEGER_INPUTS:
         return {"input_dtype": dtype, "convention": InputConvention(dtype=dtype),
                 "convention_source": f"its input is {dtype}"}
+    if dtype == ENCODED_INPUT:
+        return {"input_dtype": dtype, "convention": InputConvention(dtype=dtype),
+                "convention_source": "its input is the encoded image (a string)"}
     raise ModelError(f"{path} takes {dtype} input; the image inputs served are "
-                     f"{', '.join(INTEGER_INPUTS + FLOAT_INPUTS)}")
-
-
-def _depthwise_without_groups(keras: Any) -> type:
-    class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
-        def __init__(self, *args: Any, groups: int = 1, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-    return DepthwiseConv2D
-
-
-def _keras_convention(model: Any) -> tuple[InputConvention | None, str]:
-    """A model whose first layers rescale or normalise its input wants pixels as they are, 0–255."""
-    import keras
-
-    layers = [layer for layer in _flat_layers(model) if not isinstance(layer, keras.layers.InputLayer)][:3]
-    for layer in layers:
-        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
-            return InputConvention(mean=0.0, std=1.0), f"its {type(layer).__name__} layer takes pixels 0–255"
-    return None, ""
-
-
-def _flat_layers(model: Any) -> list:
-    """The layers in order, nested Sequential/functional models opened up (Teachable Machine nests two)."""
-    found = []
-    for layer in getattr(model, "layers", []):
-        found += _flat_layers(layer) if hasattr(layer, "layers") else [layer]
-    return found
+                     f"{', '.join(INTEGER_INPUTS + FLOAT_INPUTS)}, and {ENCODED_INPUT} (encoded images)")
 
 
 def load_tflite(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
@@ -237,22 +222,44 @@ def load_tflite(path: Path, input_tensor: str | None = None, output_tensor: str 
         raise ModelError(f"cannot load the TFLite model {path}: {exc}") from None
     shape = predictor.input_shape
     uint8 = predictor.input_dtype == np.uint8
-    return Runtime(format=TFLITE, path=path, function=None, input_size=_static_size(shape),
+    return Runtime(format=TFLITE, path=path, function=None, input_size=_static_size(shape), reference="litert",
                    engine=f"LiteRT XNNPACK, {predictor.threads} threads", predict=predictor,
-                   input_dtype="uint8" if uint8 else "float32", labels=_packed_labels(path),
+                   input_dtype="uint8" if uint8 else "float32", labels=packed_labels(path),
                    convention=InputConvention(dtype="uint8") if uint8 else None,
                    convention_source="its input is uint8" if uint8 else "")
 
 
-def _packed_labels(path: Path) -> list[str] | None:
-    """The labels file a TFLite metadata writer packs into the model (the .tflite is then also a zip)."""
-    if not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as packed:
-        names = packed.namelist()
-        name = next((n for n in LABEL_FILE_NAMES if n in names), None) or \
-            next((n for n in names if n.lower().endswith(".txt") and "label" in n.lower()), None)
-        return parse_lines(packed.read(name).decode("utf-8")) if name else None
+def load_onnx(path: Path, input_tensor: str | None = None, output_tensor: str | None = None) -> Runtime:
+    """An .onnx file (PyTorch's torch.onnx.export, timm's, Hugging Face optimum's), run by ONNX Runtime: NCHW
+    (PyTorch's layout) or NHWC, as its input's shape says; the service's NHWC batches are transposed for it."""
+    from .engines import onnx_runtime
+
+    try:
+        session = onnx_runtime.session(path)
+    except ImportError:
+        raise ModelError(f"{path} is an ONNX model, and ONNX Runtime, which checks and converts it, is not "
+                         "installed here: pip install -r requirements.txt") from None
+    except Exception as exc:
+        raise ModelError(f"cannot load the ONNX model {path}: {exc}") from None
+    input_name = _only(input_tensor, [i.name for i in session.get_inputs()], path, "input")
+    output_name = _only(output_tensor, [o.name for o in session.get_outputs()], path, "output")
+    given = next(i for i in session.get_inputs() if i.name == input_name)
+    dims = [d if isinstance(d, int) and d > 0 else None for d in given.shape]  # named dims ("batch") are dynamic
+    if len(dims) != 4 or 3 not in (dims[1], dims[3]):
+        raise ModelError(f"{path}'s input {input_name!r} has shape {given.shape}; expected images, [N, 3, H, W] "
+                         "(NCHW) or [N, H, W, 3] (NHWC)")
+    nchw = dims[1] == 3 and dims[3] != 3
+    nhwc = [dims[0], dims[2], dims[3], dims[1]] if nchw else dims
+    predictor = onnx_runtime.ONNXRuntimePredictor(session, input_name, output_name, nchw)
+    return Runtime(format=f"{ONNX} {'NCHW' if nchw else 'NHWC'}", path=path, function=None,
+                   input_size=_static_size(nhwc), engine=predictor.engine, predict=predictor,
+                   reference=onnx_runtime.NAME, nchw=nchw, **_input_type(predictor.input_dtype, path),
+                   **_batch_of(nhwc, path))
+
+
+# The model files a path may name, by suffix.
+FILE_LOADERS = ((".keras", load_keras), (".h5", load_keras), (".tflite", load_tflite), (".onnx", load_onnx),
+                (".pb", load_frozen_graph))
 
 
 def _only(wanted: str | None, keys: list[str], path: Path, kind: str) -> str:
@@ -289,7 +296,11 @@ def _static_size(shape) -> tuple[int, int] | None:
 def _probe(runtime: Runtime, size: tuple[int, int]) -> None:
     """One inference on a grey image: learns the class count, warms the graph up, checks the output's shape."""
     width, height = size
-    grey = np.full((1, height, width, 3), 128 if runtime.input_dtype in INTEGER_INPUTS else 0.5, runtime.input_dtype)
+    if runtime.input_dtype == ENCODED_INPUT:
+        grey = to_encoded(np.full((height, width, 3), 128, np.uint8))[None]
+    else:
+        grey = np.full((1, height, width, 3), 128 if runtime.input_dtype in INTEGER_INPUTS else 0.5,
+                       runtime.input_dtype)
     try:
         out = np.asarray(runtime.predict(grey))
     except Exception as exc:

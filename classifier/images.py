@@ -29,6 +29,13 @@ RESIZES = ("squash", "center_crop")
 # (x − mean) / std in its own precision.
 INTEGER_INPUTS = ("uint8", "int32", "int64")
 FLOAT_INPUTS = ("float32", "float16", "float64")
+# A model that decodes the photo itself (tf.io.decode_image in its graph, TF Serving's {"b64": …} form) takes a
+# string tensor: each element one encoded image.
+ENCODED_INPUT = "string"
+# What such a model gets as it was sent: every decoder's common ground. Any other accepted photo (and one that
+# EXIF rotates, has transparency or 16-bit pixels) is decoded here and sent as PNG, so the model sees what the
+# rest of the service would.
+PASSED_AS_SENT = ("JPEG", "PNG")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class InputConvention:
 
     def describe(self) -> str:
         """For the start-up line and the page: e.g. "input [-1, 1], centre crop"."""
+        if self.dtype == ENCODED_INPUT:
+            return "input encoded image (decoded by the model)"
         if self.dtype in INTEGER_INPUTS:
             values = f"{self.dtype} 0–255"
         elif isinstance(self.mean, tuple) or isinstance(self.std, tuple):
@@ -130,6 +139,31 @@ def to_tensor(image: Image.Image, size: tuple[int, int],
         tensor -= np.asarray(convention.mean, np.float32)
     tensor *= np.float32(1.0) / np.asarray(convention.std, np.float32)
     return tensor if convention.dtype == "float32" else tensor.astype(convention.dtype)
+
+
+def to_encoded(item: Any, limits: Limits = Limits(), size_hint: tuple[int, int] | None = None) -> np.ndarray:
+    """An encoded-image model's input for one item: its bytes as sent (a 0-d object array), once decoded here
+    within the limits, so that no damaged or oversized image reaches the model (one would fail its whole batch);
+    re-encoded as PNG when the model's decoder would see it otherwise than the rest of the service does."""
+    item = getattr(item, "body", item)
+    if isinstance(item, (Image.Image, np.ndarray)):
+        return np.array(_png(decode(item, limits)), dtype=object)
+    data = read_bytes(item, limits)
+    image = _open(data, limits, size_hint)
+    header = Image.open(io.BytesIO(data))  # header only: the orientation _open applied, the mode as stored
+    upright = header.getexif().get(ORIENTATION, 1) == 1
+    if image.format in PASSED_AS_SENT and upright and header.mode in ("RGB", "L"):
+        return np.array(data, dtype=object)
+    return np.array(_png(_to_rgb(image, size_hint)), dtype=object)
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)  # fastest: it is decoded again at once
+    return buffer.getvalue()
 
 
 def read_bytes(item: Any, limits: Limits = Limits()) -> bytes:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,17 @@ def to_pbtxt(labels: list[str]) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return "".join(f"item {{\n  id: {i + 1}\n  name: {quoted(label)}\n  display_name: {quoted(label)}\n}}\n"
                    for i, label in enumerate(labels))
+
+
+def packed_labels(path: Path) -> list[str] | None:
+    """The labels file a TFLite metadata writer packs into the model (the .tflite is then also a zip)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as packed:
+        names = packed.namelist()
+        name = next((n for n in LABEL_FILE_NAMES if n in names), None) or \
+            next((n for n in names if n.lower().endswith(".txt") and "label" in n.lower()), None)
+        return parse_lines(packed.read(name).decode("utf-8")) if name else None
 
 
 def best(probabilities: np.ndarray, k: int) -> np.ndarray:

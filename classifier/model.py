@@ -27,6 +27,8 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 def example_photos() -> list[Path]:
     """The photos shipped in examples/: the page's examples, the warm-up photo, the engines' check images."""
     return sorted(p for p in CHECK_PHOTOS.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+# The runtimes that run a model as it was loaded, unconverted: its own framework's.
+REFERENCES = ("tensorflow", "onnxruntime")
 # Set to 1 (python -m classifier --retime does): time the engines again on this machine, whatever was recorded.
 RETIME_VARIABLE = "CLASSIFIER_RETIME"
 
@@ -105,19 +107,29 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         recorded = self._recorded()
         self.runtime = recorded.runtime if recorded else self._load_with_tensorflow()
         self._size_labels_and_convention()
+        served = None  # the runtime with the engine the record chose, if it serves
         if recorded:
             # Converted and checked before: served without TensorFlow, unless never checked for this conf's
             # convention, engine choice and precision, or the engine's version changed.
             # The check images (41 decoded views) are made only if the engines must be timed again here.
-            self.runtime = (recorded.serve(self._check_name(), self._engine, self._precision, self._check_batch,
-                                           self._decoding(), retime=os.environ.get(RETIME_VARIABLE) == "1")
-                            or self._load_with_tensorflow())
+            served = recorded.serve(self._check_name(), self._engine, self._precision, self._check_batch,
+                                    self._decoding(), retime=os.environ.get(RETIME_VARIABLE) == "1")
+            self.runtime = served or self._load_with_tensorflow()
             self._size_labels_and_convention()
-        if self._engine != "tensorflow" and self.runtime.function is not None:  # a .tflite is LiteRT already
+        if served or self._engine in REFERENCES or self.runtime.format == formats.TFLITE:  # a .tflite: LiteRT already
+            pass
+        elif self.convention.dtype == images.ENCODED_INPUT:
+            # Neither LiteRT nor OpenVINO runs a graph's image decoding (DecodeImage, DecodeJpeg …).
+            log.info("%s decodes the images itself: TensorFlow serves it (the other engines cannot run the "
+                     "decoding in its graph)", self.model_path)
+        else:  # loaded by its reference (TensorFlow, ONNX Runtime): converted for the others, checked, timed
             calibration, held_out = self._calibration()
             self.runtime = engines.accelerate(self.runtime, np.concatenate([self._check_batch(), held_out]),
                                               self._check_name(), self._engine, self._precision, calibration,
                                               self._model_key, self._decoding())
+        if self._engine in REFERENCES and self._engine != self.runtime.reference:
+            raise formats.ModelError(f"{self.model_path} is run by {self.runtime.reference}, not {self._engine}: set "
+                                     f"the conf's runtime to {self.runtime.reference!r} or 'auto'")
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
@@ -137,7 +149,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     def _recorded(self) -> engines.Recorded | None:
         """The model as its engines' cache records it, to be served with no TensorFlow (engines.Recorded)."""
         self._model_key = None  # the hash of the model's files, made once here and reused by accelerate
-        if self._engine == "tensorflow":
+        if self._engine in REFERENCES:
             return None
         _, path = formats.detect(self.model_path)
         if path.suffix == ".tflite":
@@ -238,7 +250,9 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     # The three steps.
     def preprocess(self, item: Any) -> np.ndarray:
         """Any accepted input → [H, W, 3] in the model's input convention (default: float32 in [0, 1]). Raises
-        images.ImageError with a clear message."""
+        images.ImageError with a clear message. A model that decodes images itself gets the bytes, checked."""
+        if self.convention.dtype == images.ENCODED_INPUT:
+            return images.to_encoded(item, self.limits, self.input_size)
         return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size, self.convention)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

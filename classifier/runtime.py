@@ -18,7 +18,7 @@ class Runtime:
 
     format: str
     path: Path
-    function: Any  # a TensorFlow ConcreteFunction, float32 [N, H, W, 3] → [N, classes]; None for a .tflite
+    function: Any  # a TensorFlow ConcreteFunction, [N, H, W, 3] → [N, classes]; None for a .tflite or .onnx
     input_size: tuple[int, int] | None  # (width, height) when the model fixes it, else None
     keep: Any = None  # what the function needs alive: a SavedModel's variables, a Keras model
     num_classes: int = 0
@@ -30,6 +30,8 @@ class Runtime:
     input_dtype: str = "float32"  # the model's input type: an integer one (uint8, int32) takes raw pixels
     labels: list[str] | None = None  # labels the model file carries (a .tflite's packed labels file)
     fixed_batch: int | None = None  # 1 when the model's input fixes its batch at one image (many exports do)
+    reference: str = "tensorflow"  # the engine that runs it as loaded, which any other must agree with
+    nchw: bool = False  # its input is [N, 3, H, W] (PyTorch's layout): predict takes NHWC batches all the same
 
     def __post_init__(self) -> None:
         if self.predict is None:

@@ -1,11 +1,12 @@
-"""Engines: what runs a model's batches (TensorFlow, LiteRT, OpenVINO), and the choice among those that agree.
+"""Engines: what runs a model's batches (TensorFlow, ONNX Runtime, LiteRT, OpenVINO), and the choice among those
+that agree.
 
 Every engine module has the same face: NAME, PRECISIONS, version(), a cached file made from the model, and
-load(file, precision) → a callable, float32 [N, H, W, 3] → raw outputs [N, classes]. TensorFlow is the reference:
-an engine serves only if it agrees with it on the check images (fp32: within TOLERANCE in probability; bf16 and
-int8: the same top-1 for MIN_TOP1_AGREEMENT of them); timing.py chooses among them as serving runs them. What
-was chosen is recorded beside the model, with the CPU, so the next start serves it without importing TensorFlow
-(Recorded).
+load(file, precision) → a callable, float32 [N, H, W, 3] → raw outputs [N, classes]. The model's own framework is
+the reference (TensorFlow; ONNX Runtime for an .onnx file): an engine serves only if it agrees with it on the check
+images (fp32: within TOLERANCE in probability; bf16 and int8: the same top-1 for MIN_TOP1_AGREEMENT of them);
+timing.py chooses among them as serving runs them. What was chosen is recorded beside the model, with the CPU, so
+the next start serves it without importing the reference (Recorded).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from ..runtime import Runtime
 from ..images import InputConvention
 from ..quiet import native_stderr_filtered
-from . import cache, litert, openvino, timing
+from . import cache, litert, onnx_runtime, openvino, timing
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ MIN_TOP1_AGREEMENT = 0.97  # share of the check images on which bf16 or int8 mus
 # Simplest first: the chooser keeps the first that agrees unless a later one is clearly faster (timing.MARGIN);
 # TensorFlow comes last (it costs ~900 MB more memory and seconds more at every start).
 ENGINES = {litert.NAME: litert, openvino.NAME: openvino}
+# What each reference's models convert to: LiteRT's converter is TensorFlow's; OpenVINO reads .tflite and .onnx.
+CONVERTS_TO = {"tensorflow": (litert.NAME, openvino.NAME), onnx_runtime.NAME: (openvino.NAME,)}
+REFERENCE_PACKAGES = {"tensorflow": ("tensorflow-cpu", "tensorflow"), onnx_runtime.NAME: ("onnxruntime",)}
+REFERENCE_NAMES = {"tensorflow": "TensorFlow", onnx_runtime.NAME: "ONNX Runtime"}  # for log lines
 
 
 @dataclasses.dataclass
@@ -54,19 +59,22 @@ def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice
     key: the model's cache.model_key, if the caller has it already (hashing the files is not free)."""
     key = key or cache.model_key(runtime.path)
     reference = runtime.probabilities(runtime.predict(check))
-    names = list(ENGINES) if choice == "auto" else [choice]
+    names = [name for name in (ENGINES if choice == "auto" else [choice]) if name in CONVERTS_TO[runtime.reference]]
+    if choice != "auto" and not names:
+        log.warning("%s: %s cannot run this model; %s serves it", runtime.path, choice,
+                    REFERENCE_NAMES[runtime.reference])
     fp32 = [c for c in (_checked(runtime, key, name, "fp32", check, reference) for name in names) if c]
     reduced = []
     if precision != "fp32":
         reduced = [c for c in (_checked(runtime, key, name, precision, check, reference, calibration)
                                for name in names if precision in ENGINES[name].PRECISIONS) if c]
-    tensorflow = Candidate("tensorflow fp32", "tensorflow", "fp32", runtime.predict)
-    # The precision asked for, if it passed its guard; else fp32, where TensorFlow may win if auto may choose it.
-    contenders = reduced or [*fp32, *([tensorflow] if choice == "auto" or not fp32 else [])]
+    as_loaded = Candidate(f"{runtime.reference} fp32", runtime.reference, "fp32", runtime.predict)
+    # The precision asked for, if it passed its guard; else fp32, where the reference may win if auto may choose it.
+    contenders = reduced or [*fp32, *([as_loaded] if choice == "auto" or not fp32 else [])]
     best, reason = _timed(runtime, contenders, check, busy)
     _record(runtime, key, check_name, choice, precision, best, contenders, reason)
     _store_reference(runtime.path, key, check_name, reference)
-    if best is tensorflow:
+    if best is as_loaded:
         return runtime
     return dataclasses.replace(runtime, predict=best.predict, engine=best.predict.engine)
 
@@ -81,8 +89,9 @@ def _timed(runtime: Runtime, contenders: list[Candidate], check: np.ndarray,
         rates = timing.side_by_side({c.name: c.predict for c in contenders}, check, busy)
     for candidate in contenders:
         candidate.images_per_s = rates[candidate.name]
-        log.info("%s: %s %.0f images/s serving, max |Δp| against TensorFlow %.1e, top-1 agreement %.0f%%",
-                 runtime.path.name, candidate.name, candidate.images_per_s, candidate.max_dp,
+        log.info("%s: %s %.0f images/s serving, max |Δp| against %s %.1e, top-1 agreement %.0f%%",
+                 runtime.path.name, candidate.name, candidate.images_per_s, REFERENCE_NAMES[runtime.reference],
+                 candidate.max_dp,
                  100 * candidate.top1_agreement)
     chosen, reason = timing.choose(rates, [c.name for c in contenders])
     log.info("%s: serving with %s: %s", runtime.path, chosen, reason)
@@ -117,8 +126,8 @@ def _agrees(runtime: Runtime, candidate: Candidate, probabilities: np.ndarray, r
     candidate.max_dp = float(np.abs(probabilities - reference).max())
     candidate.top1_agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
     if precision == "fp32" and candidate.max_dp > TOLERANCE:
-        log.warning("%s: %s disagrees with TensorFlow (max |Δp| %.1e > %.0e); not served", runtime.path, label,
-                    candidate.max_dp, TOLERANCE)
+        log.warning("%s: %s disagrees with %s (max |Δp| %.1e > %.0e); not served", runtime.path, label,
+                    REFERENCE_NAMES[runtime.reference], candidate.max_dp, TOLERANCE)
         return False
     if precision != "fp32" and candidate.top1_agreement < MIN_TOP1_AGREEMENT:
         log.warning("%s: %s refused: the same top-1 as fp32 on %.0f%% of %d check images (at least %.0f%% needed); "
@@ -129,6 +138,8 @@ def _agrees(runtime: Runtime, candidate: Candidate, probabilities: np.ndarray, r
 
 
 def _build(runtime: Runtime, key: str, name: str, precision: str, calibration: np.ndarray) -> Path:
+    if runtime.reference == onnx_runtime.NAME:  # OpenVINO reads the .onnx itself
+        return openvino.ir_file(runtime.path, runtime.path, key, precision, calibration, runtime.nchw)
     if name == litert.NAME and precision == "int8":
         return litert.int8_file(runtime, key, calibration)
     tflite = litert.tflite_file(runtime, key)  # every engine starts from it: OpenVINO reads .tflite files
@@ -145,7 +156,8 @@ def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision:
             candidates: list[Candidate], reason: str) -> None:
     """What serving from the converted files needs to know of the model, and the decision, in the cache."""
     record = cache.read_record(runtime.path, key)
-    record.update(converted_by=f"tensorflow {cache.tensorflow_version()}", format=runtime.format,
+    record.update(converted_by=f"{runtime.reference} {_version(runtime.reference)}", format=runtime.format,
+                  reference=runtime.reference,
                   num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
                   input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
@@ -166,7 +178,7 @@ def _decided(best: Candidate, candidates: list[Candidate], reason: str) -> dict:
 
 
 def _version(engine: str) -> str:
-    return ENGINES[engine].version() if engine in ENGINES else cache.tensorflow_version()
+    return ENGINES[engine].version() if engine in ENGINES else cache.package_version(*REFERENCE_PACKAGES[engine])
 
 
 def _store_reference(path: Path, key: str, check_name: str, reference: np.ndarray) -> None:
@@ -201,9 +213,9 @@ class Recorded:
         answers kept with the record, timed as accelerate() times them on the images check() makes (only then),
         and the record updated."""
         decision = self.record.get("decisions", {}).get(_decision(check_name, choice, precision))
-        # TensorFlow chosen: it serves, if installed; if not (a serving-only install), the other engines are timed.
+        # The reference chosen: it serves, if installed; if not (a serving-only install), the others are timed.
         without_tensorflow = bool(decision) and decision["engine"] not in ENGINES
-        if not decision or (without_tensorflow and (check is None or cache.tensorflow_installed())):
+        if not decision or (without_tensorflow and (check is None or cache.installed(self.runtime.reference))):
             return None
         here = timing.cpu()
         if check is not None and (retime or without_tensorflow or decision.get("cpu") != here):  # images made then
@@ -215,7 +227,8 @@ class Recorded:
         if file is None or decision["version"] != module.version():
             return None
         predict = module.load(file, decision["precision"])
-        log.info("%s: serving with %s, without TensorFlow (%s)", self.runtime.path, predict.engine,
+        log.info("%s: serving with %s, without %s (%s)", self.runtime.path, predict.engine,
+                 REFERENCE_NAMES[self.runtime.reference],
                  decision.get("reason") or ", ".join(f"{name} {figures['images_per_s']:.0f} images/s" for name, figures
                                                      in decision["candidates"].items()))
         return dataclasses.replace(self.runtime, predict=predict, engine=predict.engine)
@@ -258,7 +271,7 @@ def _why_again(decision: dict, asked: bool) -> str:
     if asked:
         return "asked to"
     if decision["engine"] not in ENGINES:
-        return "TensorFlow was chosen, and is not installed here"
+        return f"{REFERENCE_NAMES.get(decision['engine'], decision['engine'])} was chosen, and is not installed here"
     if not decision.get("cpu"):
         return "recorded before CPUs were recorded"
     cpu = decision["cpu"]
@@ -282,5 +295,6 @@ def recorded(path: Path, key: str | None = None) -> Recorded | None:
                             num_classes=record["num_classes"], applies_softmax=record["applies_softmax"],
                             engine="not loaded", predict=unloaded,
                             convention=InputConvention(**convention) if convention else None,
-                            convention_source=record["convention_source"], fixed_batch=record.get("fixed_batch")),
+                            convention_source=record["convention_source"], fixed_batch=record.get("fixed_batch"),
+                            reference=record.get("reference", "tensorflow")),
                     record, key)

@@ -26,12 +26,9 @@ def package_version(*names: str) -> str:
     return "unknown"
 
 
-def tensorflow_version() -> str:
-    return package_version("tensorflow-cpu", "tensorflow")
-
-
-def tensorflow_installed() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
+def installed(reference: str) -> bool:
+    """Whether a reference engine (tensorflow, onnxruntime) can be imported here."""
+    return importlib.util.find_spec(reference) is not None
 
 
 def model_key(model_path: Path) -> str:

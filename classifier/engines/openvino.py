@@ -35,10 +35,12 @@ def runs_natively(precision: str) -> bool:
     return precision.upper() in capabilities
 
 
-def ir_file(tflite: Path, model_path: Path, key: str, precision: str, calibration: np.ndarray | None = None) -> Path:
-    """The model as OpenVINO's IR (.xml + .bin), read from the .tflite file (OpenVINO's TFLite front end reads
-    every format we convert, and needs no TensorFlow). int8: quantized by NNCF on the calibration images; the file
-    name holds their hash. bf16 shares the fp32 file: it is a compile-time setting."""
+def ir_file(source: Path, model_path: Path, key: str, precision: str, calibration: np.ndarray | None = None,
+            nchw: bool = False) -> Path:
+    """The model as OpenVINO's IR (.xml + .bin), read from its .tflite file (OpenVINO's TFLite front end reads
+    every format we convert, and needs no TensorFlow) or its .onnx file; an NCHW model's input made NHWC in the
+    graph, as the service's batches come. int8: quantized by NNCF on the calibration images; the file name holds
+    their hash. bf16 shares the fp32 file: it is a compile-time setting."""
     suffix = ""
     if precision == "int8":
         suffix = "-int8-" + hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()[:12]
@@ -48,7 +50,12 @@ def ir_file(tflite: Path, model_path: Path, key: str, precision: str, calibratio
         return found
     import openvino as ov
 
-    model = ov.convert_model(str(tflite))
+    model = ov.convert_model(str(source))
+    if nchw:  # a transpose folded into the first layer: cheaper than one in numpy per batch
+        steps = ov.preprocess.PrePostProcessor(model)
+        steps.input().tensor().set_layout(ov.Layout("NHWC"))
+        steps.input().model().set_layout(ov.Layout("NCHW"))
+        model = steps.build()
     if precision == "int8":
         import nncf
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from ..explain import Explanation, heat, hidden, hiding_masks, label_index, stand_in
+from ..explain import Explanation, heat, hidden, hiding_masks, label_index, occludable, stand_in
 from ..images import Limits, decode
 from .batching import Batcher, Overloaded
 from .guard import basic_auth_ok
@@ -32,13 +32,14 @@ class Explainer:
     async def explain(self, item: Any, label: str | None = None) -> Explanation:
         async with self._turns:
             tensor = await self.batcher.prepare(item)
+            pixels, as_inputs = await asyncio.to_thread(occludable, tensor)
             masks = hiding_masks()
-            hiding = stand_in(tensor)
+            hiding = stand_in(pixels)
             chunk = CHUNKS_IN_FLIGHT * self.batcher.conf.max_batch_size
             scores = []
             for start in range(0, len(masks), chunk):  # the photo itself goes with the first chunk
-                copies = [*([tensor] if start == 0 else []),
-                          *await asyncio.to_thread(hidden, tensor, masks[start:start + chunk], hiding)]
+                copies = [*([tensor] if start == 0 else []), *await asyncio.to_thread(
+                    lambda part: as_inputs(hidden(pixels, part, hiding)), masks[start:start + chunk])]
                 scores += await asyncio.gather(*(self.batcher.classify(copy, probabilities=True, prepared=True)
                                                  for copy in copies))
         model = scores[0].model

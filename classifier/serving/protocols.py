@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..conf import ArchJsonConfLoader
-from ..images import Limits
+from ..images import ENCODED_INPUT, Limits
 from .batching import Batcher, Scores
 from .guard import basic_auth_ok, byte_count
 from .service import BodyTooLarge, error, error_for, read_limited, request_limit
@@ -71,8 +71,11 @@ class Served:
 
     @property
     def input_size(self) -> tuple[int, int] | None:
-        """(width, height) of the model's input tensor, or None for a UAI-style class that takes encoded images."""
-        return getattr(self.model, "input_size", None) if hasattr(self.model, "forward") else None
+        """(width, height) of the model's input tensor, or None for a model that takes encoded images only: a
+        UAI-style class (execute() alone), or a model that decodes images itself."""
+        decodes_itself = getattr(getattr(self.model, "convention", None), "dtype", None) == ENCODED_INPUT
+        return getattr(self.model, "input_size", None) if hasattr(self.model, "forward") and not decodes_itself \
+            else None
 
     def check(self, request: Request, name: str, version: str | None) -> None:
         """Raises the ProtocolError for a request without the login, or for another model or version."""
