@@ -46,6 +46,7 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
     archive = make_zip(tmp_path / "photos.zip", {"Reddish": (210, 40, 40), "bluish": (40, 40, 210)})
     report, matrix, curve = client.predict(handle_file(str(archive)), NO_FLAGGED, 300, api_name="/train")
     assert "Trained on 24 photos in 2 classes (reddish 12, bluish 12)" in report and "Test accuracy" in report
+    assert "int8 model" not in report  # the box is off by default: the page serves the fp32 model
     assert matrix and curve
     served = client.predict(api_name="/serve_trained")
     assert "Now serving **frozen graph · 2 labels · 224×224 input [0, 1] · " in served
@@ -92,8 +93,10 @@ def test_label_flagged_photos_and_train_on_them(training_server, flagged_dir, tm
     for row in table["data"]:
         row[2] = "greenish" if "greenish" in row[0] else "purplish"  # the user types the right label
     table["data"][0][2] = ""  # and leaves one out
-    report, _, _ = client.predict(None, table, 300, api_name="/train")
+    report, _, _ = client.predict(None, table, 300, True, api_name="/train")  # the int8 box ticked
     assert "Trained on 23 photos in 2 classes (greenish 11, purplish 12)" in report
+    # The int8 twin, calibrated on the training photos, tested on the same test photos (or refused by the guard).
+    assert "int8 model: written" in report or "int8 model: refused by the precision guard" in report, report
     client.predict(api_name="/serve_trained")
     green = tmp_path / "green.png"
     green.write_bytes(encode(noisy((40, 210, 40), 5)))
@@ -113,16 +116,23 @@ def test_bad_zip_gets_a_clear_error(training_server, tmp_path):
         client.predict(handle_file(str(not_zip)), NO_FLAGGED, 100, api_name="/train")
 
 
-WHY_OFF = {"--no-train": "--no-train was given", "--share": "shared without --auth",
-           "--host": "listens on 0.0.0.0 without --auth"}
+@pytest.mark.parametrize("args, why", [(["--no-train"], "--no-train was given"),
+                                       (["--share"], "shared without --auth"),
+                                       (["--host", "0.0.0.0"], "listens on 0.0.0.0 without --auth"),
+                                       (["--host", "0.0.0.0", "--auth", "ann:s3cret"], None),
+                                       (["--host", "0.0.0.0", "--train"], None), ([], None)])
+def test_training_is_off_when_others_can_reach_it_without_auth_or_turned_off(args, why):
+    import app
+
+    off = app.why_training_is_off(app.parse_args(args), ("ann", "s3cret") if "--auth" in args else None)
+    assert (why is None and off is None) or why in off
 
 
-@pytest.mark.parametrize("args", [["--no-train"], ["--share"], ["--host", "0.0.0.0"]], ids=lambda a: a[0])
-def test_training_is_off_when_others_can_reach_it_without_auth_or_turned_off(args):
-    running = Server(*args)
+def test_a_server_others_can_reach_says_training_is_off_and_has_no_train_endpoint():
+    running = Server("--host", "0.0.0.0")
     try:
         text = str(curl(f"{running.url}/config")[1])
-        assert "Training is turned off" in text and WHY_OFF[args[0]] in text
+        assert "Training is turned off" in text and "listens on 0.0.0.0 without --auth" in text
         assert "/train" not in str(curl(f"{running.url}/gradio_api/info")[1]["named_endpoints"])
     finally:
         running.stop()
