@@ -332,7 +332,8 @@ def test_replicas_on_every_node_serve_the_whole_api_autoscaled_reloaded_and_surv
     print(f"the lost replica replaced on a new node {replaced_s:.0f} s after it joined")
     outcomes = load.finish()
     print(f"outcomes with a model swapped and a node lost under load: {dict(outcomes)} of {load.sent} sent, "
-          f"after the client rule's retries of {dict(Counter(load.retried))}")
+          f"after the client rule's retries of {dict(Counter(load.retried))}; the others' bodies: "
+          f"{Counter(outcome[2] for outcome in load.outcomes if outcome[0] != 200)}")
     assert sum(outcomes.values()) == load.sent  # every request sent was answered, none hung
     assert outcomes == {(200, None): load.sent}, outcomes  # no 500: what was lost in flight HAProxy replayed
     assert len(load.retried) <= 8, load.retried  # at most one request in flight per client

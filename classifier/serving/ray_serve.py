@@ -51,14 +51,14 @@ REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
 # The environment of the cluster's Ray processes (`ray start`'s, or the KubeRay pods' env in rayservice.yaml):
 # Ray Serve's HAProxy ingress, which sends HTTP straight to each replica's own server instead of through the Python
 # proxy actor and a Ray call (bench/ray_replicas.py: one replica's c16 from 47 % of app.py's to 76–80 %).
-# HAProxy retries a request on another replica when its replica's connection fails or closes without an answer
+# HAProxy retries a request on another replica when its replica's connection fails, or closes without a whole answer
 # (a node lost mid-request): classifying is idempotent, so replaying it is safe. It can replay only what its
 # buffer holds, so the buffer fits a typical photo (512 KiB; larger uploads lost in flight get a 5xx to retry),
 # and maxconn caps what the buffers may take (1024 × 2 × 512 KiB = 1 GiB at most, per node).
 CLUSTER_ENVIRONMENT = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
     "RAY_SERVE_HAPROXY_RETRIES": "3",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(512 * 1024),
     "RAY_SERVE_HAPROXY_MAXCONN": "1024",
