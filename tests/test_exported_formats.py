@@ -97,8 +97,8 @@ def test_a_saved_model_that_decodes_images_itself_gets_their_bytes(tmp_path, cap
 
 
 def test_an_encoded_image_model_served(encoded):
-    """The page, /service, /explain and TF Serving's b64 form serve it; tensor inputs are refused, as the model takes
-    none."""
+    """The page, its Batch tab, /service, /explain and TF Serving's b64 form serve it; tensor inputs are refused, as
+    the model takes none."""
     from gradio_client import Client, handle_file
 
     running = Server("--conf", str(encoded))
@@ -106,8 +106,12 @@ def test_an_encoded_image_model_served(encoded):
         assert "input encoded image (decoded by the model)" in running.output()
         service = requests.post(f"{running.url}/service", data=CAT, timeout=60).json()
         assert service[0][0] in CAT_LABELS
-        page = Client(running.url, verbose=False).predict(handle_file(str(PHOTOS / "cat.jpeg")), api_name="/classify")
+        client = Client(running.url, verbose=False)
+        page = client.predict(handle_file(str(PHOTOS / "cat.jpeg")), api_name="/classify")
         assert page["label"] == service[0][0]
+        gallery, _ = client.predict([handle_file(str(PHOTOS / "cat.jpeg"))], "least confident first",
+                                    api_name="/classify_batch")
+        assert gallery[0]["caption"].startswith(f"cat.jpeg: {service[0][0]}"), gallery  # the Batch tab
         explained = requests.post(f"{running.url}/explain", data=CAT, timeout=120).json()
         assert explained["label"] == service[0][0] and np.asarray(explained["grid"]).shape == (6, 6)
         assert np.ptp(explained["grid"]) > 0.1  # hiding parts of the photo changed the model's answer
@@ -188,27 +192,45 @@ def test_an_onnx_model_is_served_in_its_layout_checked_against_onnx_runtime(onnx
     assert top1(classifier.load(write_conf(model_dir.parent, runtime="onnxruntime", **wrong)), [ROCKET]) != [rocket]
 
 
-def test_an_onnx_model_served_through_every_door(onnx_folders):
-    """NCHW, its batch fixed at 1: /service, the page, /explain and KServe v2's tensor input (NHWC, as the model's
-    preprocess makes it) all answer as the library does."""
+def test_an_onnx_model_served_through_every_door(onnx_folders, tmp_path):
+    """NCHW, its batch fixed at 1, in TF Serving's version folders: /service, the page, its Batch tab, /explain,
+    KServe v2's tensor input (NHWC, as the model's preprocess makes it) and a reload to a new version."""
+    import csv
+
     from gradio_client import Client, handle_file
 
-    conf = write_conf(onnx_folders["NCHW"].parent, size=224, **IMAGENET)
-    running = Server("--conf", str(conf))
+    def version(number: int, cat_label: str) -> None:
+        folder = tmp_path / "versions" / str(number)
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").symlink_to(onnx_folders["NCHW"] / "model.onnx")
+        names = (onnx_folders["NCHW"] / "label_map.txt").read_text().replace("Egyptian cat\n", f"{cat_label}\n")
+        (folder / "label_map.txt").write_text(names)
+
+    version(1, "Egyptian cat")
+    running = Server("--conf", str(write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)))
     try:
         assert "ONNX NCHW · 1000 labels · 224×224 input (x − [123.7, 116.3, 103.5])" in running.output()
         service = requests.post(f"{running.url}/service", files=[("a", CAT), ("b", ROCKET)], timeout=60).json()
         assert service[0][0][0] in CAT_LABELS and service[1][0][0] == "drilling platform", service
-        page = Client(running.url, verbose=False).predict(handle_file(str(PHOTOS / "cat.jpeg")), api_name="/classify")
+        client = Client(running.url, verbose=False)
+        page = client.predict(handle_file(str(PHOTOS / "cat.jpeg")), api_name="/classify")
         assert page["label"] == service[0][0][0]
+        _, table = client.predict([handle_file(str(PHOTOS / n)) for n in ("cat.jpeg", "rocket.jpg")],
+                                  "least confident first", api_name="/classify_batch")
+        with open(table, newline="", encoding="utf-8") as f:
+            assert [row["label_1"] for row in csv.DictReader(f)] == [service[0][0][0], service[1][0][0]]
         explained = requests.post(f"{running.url}/explain", data=CAT, timeout=120).json()
         assert explained["label"] == service[0][0][0] and np.ptp(explained["grid"]) > 0.1
-        pixels = images.to_tensor(images.decode(CAT), (224, 224), images.InputConvention(**{
-            "mean": tuple(IMAGENET["input_mean"]), "std": tuple(IMAGENET["input_std"])}))
+        pixels = images.to_tensor(images.decode(CAT), (224, 224), images.InputConvention(
+            mean=tuple(IMAGENET["input_mean"]), std=tuple(IMAGENET["input_std"])))
         body = {"inputs": [{"name": "pixels", "shape": [1, 224, 224, 3], "datatype": "FP32",
                             "data": pixels.ravel().tolist()}]}
-        answer = requests.post(f"{running.url}/v2/models/model/infer", json=body, timeout=60).json()
-        probabilities = np.asarray(answer["outputs"][0]["data"])
-        assert probabilities.max() == pytest.approx(service[0][0][1], abs=1e-4)
+        answer = requests.post(f"{running.url}/v2/models/versions/infer", json=body, timeout=60).json()
+        assert max(answer["outputs"][0]["data"]) == pytest.approx(service[0][0][1], abs=1e-4), answer
+
+        version(2, "cat, version 2")  # the same model, one label renamed: the answer shows which one serves
+        reloaded = requests.post(f"{running.url}/admin/reload", timeout=120).json()
+        assert reloaded["version"] == 2 and "ONNX NCHW" in reloaded["model"], reloaded
+        assert requests.post(f"{running.url}/service", data=CAT, timeout=60).json()[0][0] == "cat, version 2"
     finally:
         running.stop()
