@@ -178,8 +178,11 @@ def test_an_onnx_model_is_served_in_its_layout_checked_against_onnx_runtime(onnx
     [decision] = record["decisions"].values()
     assert set(decision["candidates"]) == {"openvino fp32", "onnxruntime fp32"}, decision
     assert decision["candidates"]["openvino fp32"]["max_dp"] < 1e-4 and record["reference"] == "onnxruntime"
-    again = classifier.load(conf)  # from the record
-    assert again.runtime.engine == model.runtime.engine
+    again = classifier.load(conf)
+    if decision["engine"] == "openvino":  # served from the record, ONNX Runtime not even loaded
+        assert again.runtime.engine == model.runtime.engine
+    else:  # the reference chosen (it was faster here): timed again at each start, as TensorFlow is
+        assert again.runtime.engine.startswith(("OpenVINO", "ONNX Runtime"))
 
     reference = classifier.load(write_conf(model_dir.parent, runtime="onnxruntime", **convention))
     assert reference.runtime.engine.startswith("ONNX Runtime")
