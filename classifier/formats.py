@@ -155,13 +155,15 @@ def load_saved_model(path: Path, input_tensor: str | None = None, output_tensor:
     shape, dtype = inputs[input_key].shape, inputs[input_key].dtype
     typed, batch = _input_type(dtype.name, path), _batch_of(shape, path)
 
+    scalar = shape.rank == 0  # one encoded image a call (a scalar string): [1] → [1, classes], image by image
+
     def call(images):
+        if scalar:
+            return tf.reshape(signature(**{input_key: images[0]})[output_key], [1, -1])
         return signature(**{input_key: images})[output_key]
 
-    if shape.rank == 0:  # one encoded image a call (a scalar string): run image by image, as [1] → [1, classes]
-        batch = {"fixed_batch": 1}
-        shape = tf.TensorShape([1])
-        call = (lambda one: lambda images: tf.reshape(one(images[0]), [1, -1]))(call)
+    if scalar:
+        batch, shape = {"fixed_batch": 1}, tf.TensorShape([1])
     # One tensor in, one tensor out, as for the other formats (and as LiteRT's converter wants it); in the
     # signature's own dtype (a TF Serving export often takes uint8 images, or the encoded image as a string).
     function = tf.function(call).get_concrete_function(tf.TensorSpec([batch.get("fixed_batch"), *shape[1:]], dtype))

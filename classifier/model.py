@@ -116,13 +116,14 @@ class RetrainedClassificationModel(TFAiUcloudModel):
                                     self._decoding(), retime=os.environ.get(RETIME_VARIABLE) == "1")
             self.runtime = served or self._load_with_tensorflow()
             self._size_labels_and_convention()
-        if served or self._engine in REFERENCES or self.runtime.format == formats.TFLITE:  # a .tflite: LiteRT already
-            pass
-        elif self.convention.dtype == images.ENCODED_INPUT:
+        # Loaded by its reference (TensorFlow, ONNX Runtime) and another engine allowed: converted, checked, timed.
+        # Not a .tflite (LiteRT already), nor what the record served.
+        convertible = not served and self._engine not in REFERENCES and self.runtime.format != formats.TFLITE
+        if convertible and self.convention.dtype == images.ENCODED_INPUT:
             # Neither LiteRT nor OpenVINO runs a graph's image decoding (DecodeImage, DecodeJpeg …).
             log.info("%s decodes the images itself: TensorFlow serves it (the other engines cannot run the "
                      "decoding in its graph)", self.model_path)
-        else:  # loaded by its reference (TensorFlow, ONNX Runtime): converted for the others, checked, timed
+        elif convertible:
             calibration, held_out = self._calibration()
             self.runtime = engines.accelerate(self.runtime, np.concatenate([self._check_batch(), held_out]),
                                               self._check_name(), self._engine, self._precision, calibration,

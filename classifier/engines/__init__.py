@@ -214,11 +214,11 @@ class Recorded:
         and the record updated."""
         decision = self.record.get("decisions", {}).get(_decision(check_name, choice, precision))
         # The reference chosen: it serves, if installed; if not (a serving-only install), the others are timed.
-        without_tensorflow = bool(decision) and decision["engine"] not in ENGINES
-        if not decision or (without_tensorflow and (check is None or cache.installed(self.runtime.reference))):
+        reference_chosen = bool(decision) and decision["engine"] not in ENGINES
+        if not decision or (reference_chosen and (check is None or cache.installed(self.runtime.reference))):
             return None
         here = timing.cpu()
-        if check is not None and (retime or without_tensorflow or decision.get("cpu") != here):  # images made then
+        if check is not None and (retime or reference_chosen or decision.get("cpu") != here):  # images made then
             decision = self._retimed(check_name, choice, precision, decision, check(), busy, here, retime)
             if decision is None:
                 return None
