@@ -35,7 +35,7 @@ def test_default_model_is_frozen_graph_with_imagenet_labels(default_model):
     assert len(default_model.labels) == 1000 and len(set(default_model.labels)) == 1000
     # The engine is the fastest that agrees with TensorFlow here (tests/test_engines.py).
     assert re.fullmatch(r"frozen graph · 1000 labels · 224×224 input \[0, 1\] · "
-                        r"(LiteRT XNNPACK, 2 threads|OpenVINO [\d.]+ CPU fp32, 2 threads|TensorFlow)",
+                        r"(LiteRT XNNPACK fp32, 2 threads|OpenVINO [\d.]+ CPU fp32, 2 threads|TensorFlow)",
                         default_model.describe())
 
 

@@ -55,7 +55,7 @@ def convert(runtime: Runtime, calibration: np.ndarray | None = None) -> bytes:
 
 
 def load(tflite: Path, precision: str = "fp32") -> "LiteRTPredictor":
-    return LiteRTPredictor(tflite, threads(), settings(NAME)["layout"])
+    return LiteRTPredictor(tflite, threads(), settings(NAME)["layout"], precision)
 
 
 class LiteRTPredictor:
@@ -66,7 +66,7 @@ class LiteRTPredictor:
     img/s, where one interpreter with 2 threads peaked at 170 (batch 4) and fell at larger batches.
     """
 
-    def __init__(self, model_path: Path, threads: int, layout: str = "per-core"):
+    def __init__(self, model_path: Path, threads: int, layout: str = "per-core", precision: str = "fp32"):
         from ai_edge_litert.interpreter import Interpreter
 
         # Held in memory, not mapped from the file: the cache file may be deleted or rewritten while we serve.
@@ -74,7 +74,9 @@ class LiteRTPredictor:
         content = self.path.read_bytes()
         self._make = lambda n_threads: Interpreter(model_content=content, num_threads=n_threads)
         self.threads, self.per_core = threads, layout == "per-core"
-        self.engine = f"LiteRT XNNPACK, {threads} threads" + ("" if self.per_core else " (one interpreter)")
+        # The precision is named as OpenVINO's engine names it: logs, /readyz and the Train tab's report read it.
+        self.engine = (f"LiteRT XNNPACK {precision}, {threads} threads"
+                       + ("" if self.per_core else " (one interpreter)"))
         with native_stderr_filtered():  # the first interpreter announces XNNPACK when its tensors are allocated
             probe = self._make(1)
             probe.allocate_tensors()
