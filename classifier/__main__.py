@@ -65,15 +65,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     results = classify_files(model, args.images)
 
-    failed = sum(isinstance(result, dict) for result in results)
+    failed = sum(isinstance(result, dict) and "error" in result for result in results)
     if args.json:
         print(json.dumps({str(path): plain(result) for path, result in zip(args.images, results)}, indent=2))
     else:
         for path, result in zip(args.images, results):
-            if isinstance(result, dict):
+            if isinstance(result, dict) and "error" in result:
                 print(f"{path}: error: {result['error']}", file=sys.stderr)
                 continue
-            print(f"{path}")
+            if isinstance(result, dict):
+                print(f"{path}" + (": none of these (closest below)" if result["none_of_these"] else ""))
+                result = result["labels"]
+            else:
+                print(f"{path}")
             for label, probability in result:
                 print(f"  {probability:7.2%}  {label}")
     return 1 if failed else 0
@@ -93,7 +97,10 @@ def classify_files(model: Any, paths: list[Path]) -> list:
         except ImageError as exc:
             results[index] = {"error": str(exc)}
     if readable:
-        answers = model.execute([request for _, request in readable], len(readable))
+        # A model calibrated for "none of these" gives each image's verdict beside its labels.
+        calibrated = getattr(model, "none_of_these_above", None) is not None
+        execute = model.execute_with_verdicts if calibrated else model.execute
+        answers = execute([request for _, request in readable], len(readable))
         for (index, _), answer in zip(readable, answers, strict=True):
             results[index] = answer
     return results

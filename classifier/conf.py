@@ -211,6 +211,11 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
                               f"{' or '.join(e for e in engines if e != 'auto')}: set runtime to "
                               f"{' or '.join(repr(e) for e in engines)}, not {self.runtime!r}")
         self.calibration_photos = self._str(*tf_keys, "calibration_photos", default=None)
+        # The model's last output is its "none of these" score (retraining calibrates one, for 0.5): above this, a
+        # photo is of none of its classes. None: the model has no such output.
+        self.none_of_these = self._number(*tf_keys, "none_of_these", positive=True)
+        if self.none_of_these is not None and not self.none_of_these < 1:
+            raise self._error(tf_keys + ("none_of_these",), f"must be between 0 and 1, not {self.none_of_these!r}")
         limit_keys = ("http_server", "limits")
         formats = self._value(*limit_keys, "formats", default=list(ALLOWED_FORMATS))
         if not isinstance(formats, list) or not all(f in ALLOWED_FORMATS for f in formats) or not formats:

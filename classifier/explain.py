@@ -109,9 +109,10 @@ def explain(model: Any, item: Any, label: str | None = None,
     tensor = model.preprocess(item)
     pixels, as_inputs = occludable(tensor)
     masks, hiding = hiding_masks(), stand_in(pixels)
-    whole = forward(tensor[None])[0]
+    classes = len(model.labels)  # a row's first columns: its probabilities (a "none of these" score may follow)
+    whole = forward(tensor[None])[0][:classes]
     masked = np.concatenate([forward(np.stack(as_inputs(hidden(pixels, masks[start:start + batch_size], hiding))))
-                             for start in range(0, len(masks), batch_size)])
+                             for start in range(0, len(masks), batch_size)])[:, :classes]
     index = label_index(list(model.labels), label, whole)
     return Explanation(model.labels[index], float(whole[index]), heat(whole, masked, masks, index))
 

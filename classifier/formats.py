@@ -34,13 +34,15 @@ class ModelError(ValueError):
 
 
 def load(model_dir: str | Path, size: tuple[int, int], input_tensor: str | None = None,
-         output_tensor: str | None = None) -> Runtime:
-    """Loads the model in model_dir, whatever its format, and probes it once at size=(width, height)."""
+         output_tensor: str | None = None, extra_columns: int = 0) -> Runtime:
+    """Loads the model in model_dir, whatever its format, and probes it once at size=(width, height).
+    extra_columns: how many of its last outputs are not class probabilities (a "none of these" score)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model_dir {model_dir} does not exist or is not a folder")
     loader, path = detect(model_dir)
     runtime = loader(path, input_tensor, output_tensor)
+    runtime.extra_columns = extra_columns
     _probe(runtime, runtime.input_size or size)  # a model that fixes its size is probed (and served) at it
     return runtime
 
@@ -309,7 +311,11 @@ def _probe(runtime: Runtime, size: tuple[int, int]) -> None:
         raise ModelError(f"{runtime.path} fails on a {width}×{height} RGB image: {exc}") from None
     if out.ndim != 2 or out.shape[0] != 1:
         raise ModelError(f"{runtime.path} outputs shape {out.shape}; expected [batch, classes]")
-    runtime.num_classes = out.shape[1]
+    runtime.num_classes = out.shape[1] - runtime.extra_columns
+    if runtime.num_classes < 1:
+        raise ModelError(f"{runtime.path} outputs {out.shape[1]} values: not {runtime.extra_columns} besides the "
+                         "class probabilities")
+    out = out[:, :runtime.num_classes]
     is_distribution = out.min() >= 0 and abs(float(out.sum()) - 1.0) < 1e-3
     if not is_distribution:
         log.warning("%s outputs logits, not probabilities: softmax is applied to its output", runtime.path)

@@ -99,6 +99,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         self._engine = loader.runtime
         self._precision = loader.precision
         self._calibration_photos = loader.calibration_photos
+        self.none_of_these_above = loader.none_of_these
         given = {"mean": loader.input_mean, "std": loader.input_std, "resize": loader.resize}
         self._convention_in_conf = {key: value for key, value in given.items() if value is not None}
 
@@ -131,6 +132,10 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         if self._engine in REFERENCES and self._engine != self.runtime.reference:
             raise formats.ModelError(f"{self.model_path} is run by {self.runtime.reference}, not {self._engine}: set "
                                      f"the conf's runtime to {self.runtime.reference!r} or 'auto'")
+        if self.runtime.extra_columns != int(self.none_of_these_above is not None):
+            raise formats.ModelError(f"{self.model_path}: its converted files were recorded for a conf with"
+                                     f"{'out' if self.runtime.extra_columns else ''} none_of_these; convert it again "
+                                     f"for this one (python -m classifier --retime --conf …)")
         if len(self.labels) != self.runtime.num_classes:
             raise labels.LabelsError(f"{self.labels_path} has {len(self.labels)} labels but the model in "
                                      f"{self.model_path} outputs {self.runtime.num_classes} classes")
@@ -138,7 +143,8 @@ class RetrainedClassificationModel(TFAiUcloudModel):
 
     def _load_with_tensorflow(self) -> Runtime:
         try:
-            return formats.load(self.model_path, self.input_size, *self._tensor_names)
+            return formats.load(self.model_path, self.input_size, *self._tensor_names,
+                                extra_columns=int(self.none_of_these_above is not None))
         except quiet.TensorFlowMissing:
             raise formats.ModelError(
                 f"{self.model_path} has not been converted for this conf's engine, and TensorFlow, which converts "
@@ -155,7 +161,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         _, path = formats.detect(self.model_path)
         if path.suffix == ".tflite":
             return None
-        self._model_key = engines.cache.model_key(path)
+        self._model_key = engines.cache.model_key(path, self._tensor_names)
         return engines.recorded(path, self._model_key)
 
     def _check_name(self) -> str:
@@ -257,12 +263,21 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size, self.convention)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """[N, H, W, 3] (as preprocess makes them) → probabilities [N, classes], in one model call."""
+        """[N, H, W, 3] (as preprocess makes them) → one row per image, in one model call: the probabilities of
+        the classes, then, for a model calibrated for "none of these" (conf's none_of_these), its score."""
         return self.runtime(batch)
 
-    def postprocess(self, probabilities: np.ndarray, top_k: int | None = None) -> list[list]:
-        """One probability row → the top-k [label, probability] pairs, most probable first."""
-        return labels.top_k(probabilities, self.labels, top_k or self.top_k)
+    def probabilities(self, row: np.ndarray) -> np.ndarray:
+        """A row of forward's → the class probabilities alone."""
+        return row[:len(self.labels)]
+
+    def none_of_these(self, row: np.ndarray) -> bool | None:
+        """A row of forward's → whether the photo is of none of the classes; None if the model cannot tell."""
+        return None if self.none_of_these_above is None else bool(row[-1] > self.none_of_these_above)
+
+    def postprocess(self, row: np.ndarray, top_k: int | None = None) -> list[list]:
+        """A row of forward's → the top-k [label, probability] pairs, most probable first."""
+        return labels.top_k(self.probabilities(row), self.labels, top_k or self.top_k)
 
     def execute(self, data: Sequence[Any], batch_size: int | None = None) -> list:
         """UAI's entry point: one result per item, in order.
@@ -272,17 +287,26 @@ class RetrainedClassificationModel(TFAiUcloudModel):
         usable image (the others are still classified). batch_size is the most images sent to the model in one
         call: UAI passes len(data), so the whole request batch runs at once; longer data runs in chunks.
         """
-        results: list[Any] = [None] * len(data)
+        return [row if isinstance(row, dict) else self.postprocess(row) for row in self._rows(data, batch_size)]
+
+    def execute_with_verdicts(self, data: Sequence[Any], batch_size: int | None = None) -> list:
+        """As execute(), each result {"labels": its pairs, "none_of_these": the verdict} (None when the model is
+        not calibrated for it), or {"error": message}."""
+        return [row if isinstance(row, dict) else {"labels": self.postprocess(row), "none_of_these":
+                                                   self.none_of_these(row)} for row in self._rows(data, batch_size)]
+
+    def _rows(self, data: Sequence[Any], batch_size: int | None) -> list:
+        """forward's row for each item, in order, batch_size at a time; {"error": message} for a bad image."""
+        rows: list[Any] = [None] * len(data)
         good: list[tuple[int, np.ndarray]] = []
         for index, item in enumerate(data):
             try:
                 good.append((index, self.preprocess(item)))
             except images.ImageError as exc:
-                results[index] = {"error": str(exc)}
+                rows[index] = {"error": str(exc)}
         chunk = max(1, batch_size or len(good) or 1)
         for start in range(0, len(good), chunk):
             part = good[start:start + chunk]
-            probabilities = self.forward(np.stack([tensor for _, tensor in part]))
-            for (index, _), row in zip(part, probabilities):
-                results[index] = self.postprocess(row)
-        return results
+            for (index, _), row in zip(part, self.forward(np.stack([tensor for _, tensor in part]))):
+                rows[index] = row
+        return rows

@@ -32,6 +32,7 @@ class Runtime:
     fixed_batch: int | None = None  # 1 when the model's input fixes its batch at one image (many exports do)
     reference: str = "tensorflow"  # the engine that runs it as loaded, which any other must agree with
     nchw: bool = False  # its input is [N, 3, H, W] (PyTorch's layout): predict takes NHWC batches all the same
+    extra_columns: int = 0  # outputs after the num_classes probabilities: a calibrated model's "none of these"
 
     def __post_init__(self) -> None:
         if self.predict is None:
@@ -50,10 +51,11 @@ class Runtime:
         return self.probabilities(self.predict(batch))
 
     def probabilities(self, out: np.ndarray) -> np.ndarray:
-        """The model's raw outputs as probabilities (softmax if it gives logits)."""
+        """The model's raw outputs as probabilities (softmax if it gives logits), any extra columns after them."""
         if self.applies_softmax:
-            out = np.exp(out - out.max(axis=1, keepdims=True))
-            out /= out.sum(axis=1, keepdims=True)
+            logits, extra = out[:, :self.num_classes], out[:, self.num_classes:]
+            out = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out = np.concatenate([out / out.sum(axis=1, keepdims=True), extra], axis=1)
         return out
 
 

@@ -47,6 +47,7 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
     report, matrix, curve = client.predict(handle_file(str(archive)), NO_FLAGGED, 300, api_name="/train")
     assert "Trained on 24 photos in 2 classes (reddish 12, bluish 12)" in report and "Test accuracy" in report
     assert "int8 model" not in report  # the box is off by default: the page serves the fp32 model
+    assert "None of these: calibrated on" in report  # that box is on by default
     assert matrix and curve
     served = client.predict(api_name="/serve_trained")
     assert "Now serving **frozen graph · 2 labels · 224×224 input [0, 1] · " in served
@@ -93,7 +94,7 @@ def test_label_flagged_photos_and_train_on_them(training_server, flagged_dir, tm
     for row in table["data"]:
         row[2] = "greenish" if "greenish" in row[0] else "purplish"  # the user types the right label
     table["data"][0][2] = ""  # and leaves one out
-    report, _, _ = client.predict(None, table, 300, True, api_name="/train")  # the int8 box ticked
+    report, _, _ = client.predict(None, table, 300, True, False, api_name="/train")  # int8 ticked, so not this
     assert "Trained on 23 photos in 2 classes (greenish 11, purplish 12)" in report
     # The int8 twin, calibrated on the training photos, tested on the same test photos (or refused by the guard).
     assert "int8 model: written" in report or "int8 model: refused by the precision guard" in report, report

@@ -124,10 +124,16 @@ def _agrees(runtime: Runtime, candidate: Candidate, probabilities: np.ndarray, r
     and int8: the same top-1 on MIN_TOP1_AGREEMENT of them); its figures are set, and a refusal logged."""
     label, precision = candidate.name, candidate.precision
     candidate.max_dp = float(np.abs(probabilities - reference).max())
-    candidate.top1_agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+    classes = runtime.num_classes  # a "none of these" column may follow the classes: the fp32 tolerance covers it
+    candidate.top1_agreement = float((probabilities[:, :classes].argmax(1) == reference[:, :classes].argmax(1)).mean())
     if precision == "fp32" and candidate.max_dp > TOLERANCE:
         log.warning("%s: %s disagrees with %s (max |Δp| %.1e > %.0e); not served", runtime.path, label,
                     REFERENCE_NAMES[runtime.reference], candidate.max_dp, TOLERANCE)
+        return False
+    extra = probabilities[:, classes:] > 0.5, reference[:, classes:] > 0.5  # "none of these" at its calibrated 0.5
+    if precision != "fp32" and extra[0].size and (extra[0] == extra[1]).all(1).mean() < MIN_TOP1_AGREEMENT:
+        log.warning("%s: %s refused: it changes the \"none of these\" verdict on %.0f%% of %d check images; serving "
+                    "fp32", runtime.path, label, 100 * (1 - (extra[0] == extra[1]).all(1).mean()), len(reference))
         return False
     if precision != "fp32" and candidate.top1_agreement < MIN_TOP1_AGREEMENT:
         log.warning("%s: %s refused: the same top-1 as fp32 on %.0f%% of %d check images (at least %.0f%% needed); "
@@ -159,7 +165,7 @@ def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision:
     record.update(converted_by=f"{runtime.reference} {_version(runtime.reference)}", format=runtime.format,
                   reference=runtime.reference,
                   num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
-                  input_size=list(runtime.input_size) if runtime.input_size else None,
+                  extra_columns=runtime.extra_columns, input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
                   convention_source=runtime.convention_source, fixed_batch=runtime.fixed_batch)
     record.setdefault("decisions", {})[_decision(check_name, choice, precision)] = _decided(best, candidates, reason)
@@ -296,5 +302,6 @@ def recorded(path: Path, key: str | None = None) -> Recorded | None:
                             engine="not loaded", predict=unloaded,
                             convention=InputConvention(**convention) if convention else None,
                             convention_source=record["convention_source"], fixed_batch=record.get("fixed_batch"),
-                            reference=record.get("reference", "tensorflow")),
+                            reference=record.get("reference", "tensorflow"),
+                            extra_columns=record.get("extra_columns", 0)),
                     record, key)

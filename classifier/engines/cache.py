@@ -31,12 +31,15 @@ def installed(reference: str) -> bool:
     return importlib.util.find_spec(reference) is not None
 
 
-def model_key(model_path: Path) -> str:
+def model_key(model_path: Path, tensors: tuple[str | None, ...] = ()) -> str:
     """A hash of the model's files: a changed model is converted again. It holds no TensorFlow version, so that a
     serving-only install (no TensorFlow: the Docker image) finds what a full one converted; a conversion is valid
     whatever later TensorFlow would make, for it was checked against the reference when made. The record keeps
-    which engine versions made each file (and the TensorFlow that converted them)."""
+    which engine versions made each file (and the TensorFlow that converted them). tensors: the input and output
+    the conf names, if any: a conversion made for other tensors of the same graph is another model."""
     digest = hashlib.sha256()
+    if any(tensors):
+        digest.update(repr(tuple(tensors)).encode())
     files = [model_path] if model_path.is_file() else sorted(
         p for p in model_path.rglob("*") if p.is_file() and CACHE_FOLDER not in p.parts)
     for path in files:

@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         help="do not write the int8 model (quantized on the training photos) beside the fp32 one")
     for name in ("output_graph", "output_labels", "final_tensor_name", "saved_model_dir"):
         parser.add_argument(f"--{name}", default=getattr(defaults, name))
+    parser.add_argument("--no_none_of_these", dest="none_of_these", action="store_false",
+                        help="serve without the calibrated 'none of these' verdict")
+    parser.add_argument("--other_dir", type=Path, default=None,
+                        help="photos of none of the classes: the report says how many are called 'none of these'")
     parser.add_argument("--bottleneck_dir", type=Path, default=defaults.bottleneck_dir)
     parser.add_argument("--base_model_dir", type=Path, default=defaults.base_model_dir,
                         help="the feature extractor's checkpoint_dir (default: the embedded EfficientNet-Lite0)")

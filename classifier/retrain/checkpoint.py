@@ -11,13 +11,22 @@ import numpy as np
 
 from .. import labels as labels_module
 from .bottlenecks import FEATURE_TENSOR, FeatureExtractor
+from .open_set import OpenSetScore
 from .options import Options, Summary
 from .quantize import write_int8
 from .report import write_report
 
 
-def serving_graph(extractor: FeatureExtractor, weights: np.ndarray, bias: np.ndarray, final_tensor_name: str):
-    """The base graph up to its features, then the new layer: Placeholder → … → final_tensor_name (Softmax)."""
+# The calibrated model's outputs: its "none of these" score [N, 1], and what it serves, [N, classes + 1]: the
+# probabilities, then that score (one tensor, so that every engine converts and checks it as it does any model).
+NONE_OF_THESE = "none_of_these"
+WITH_NONE_OF_THESE = "final_result_and_none_of_these"
+
+
+def serving_graph(extractor: FeatureExtractor, weights: np.ndarray, bias: np.ndarray, final_tensor_name: str,
+                  open_set: OpenSetScore | None = None):
+    """The base graph up to its features, then the new layer: Placeholder → … → final_tensor_name (Softmax); with
+    an open-set score, also NONE_OF_THESE on the same features and WITH_NONE_OF_THESE, the two side by side."""
     import tensorflow as tf
 
     base = tf.compat.v1.GraphDef()
@@ -28,7 +37,10 @@ def serving_graph(extractor: FeatureExtractor, weights: np.ndarray, bias: np.nda
         tf.compat.v1.import_graph_def(trunk, name="")
         features = graph.get_tensor_by_name(FEATURE_TENSOR + ":0")
         logits = tf.matmul(features, tf.constant(weights), name="final_layer/matmul") + tf.constant(bias)
-        tf.nn.softmax(logits, name=final_tensor_name)
+        probabilities = tf.nn.softmax(logits, name=final_tensor_name)
+        if open_set is not None:
+            score = tf.identity(open_set.graph(features), name=NONE_OF_THESE)
+            tf.concat([probabilities, score], 1, name=WITH_NONE_OF_THESE)
     return graph.as_graph_def()
 
 
@@ -50,18 +62,26 @@ def _subgraph(graph_def, output: str):
 
 
 def write_saved_model(graph_def, final_tensor_name: str, path: Path) -> None:
-    """The same graph as a TF2 SavedModel: serving_default takes `images` and returns `probabilities`."""
+    """The same graph as a TF2 SavedModel: serving_default takes `images` and returns `probabilities`; a calibrated
+    model's also returns its `none_of_these` score [N], and both side by side under WITH_NONE_OF_THESE (the conf's
+    output_tensor, which app.py serves)."""
     import tensorflow as tf
 
     wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    names = {"probabilities": final_tensor_name}
+    if any(node.name == WITH_NONE_OF_THESE for node in graph_def.node):
+        names.update({NONE_OF_THESE: NONE_OF_THESE, WITH_NONE_OF_THESE: WITH_NONE_OF_THESE})
     pruned = wrapped.prune(wrapped.graph.get_tensor_by_name("Placeholder:0"),
-                           wrapped.graph.get_tensor_by_name(final_tensor_name + ":0"))
+                           {key: wrapped.graph.get_tensor_by_name(name + ":0") for key, name in names.items()})
     module = tf.Module()
     module.pruned = pruned
 
     @tf.function(input_signature=[tf.TensorSpec([None, *pruned.inputs[0].shape[1:]], tf.float32, name="images")])
     def serve(images):
-        return {"probabilities": module.pruned(images)}
+        outputs = dict(module.pruned(images))
+        if NONE_OF_THESE in outputs:
+            outputs[NONE_OF_THESE] = outputs[NONE_OF_THESE][:, 0]
+        return outputs
 
     module.serve = serve
     tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
@@ -69,7 +89,7 @@ def write_saved_model(graph_def, final_tensor_name: str, path: Path) -> None:
 
 def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.ndarray, bias: np.ndarray,
                      label_names: list[str], summary: Summary, history: list[dict],
-                     test_set: list[tuple[Path, str]] = ()) -> None:
+                     test_set: list[tuple[Path, str]] = (), open_set: OpenSetScore | None = None) -> None:
     """Everything goes into a temporary folder beside output_dir, renamed into place only when complete. The
     engines' cache comes along: the converted models (LiteRT, OpenVINO, the int8 twin) and their checks."""
     output = Path(options.output_dir).resolve()
@@ -82,7 +102,7 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
-        graph_def = serving_graph(extractor, weights, bias, options.final_tensor_name)
+        graph_def = serving_graph(extractor, weights, bias, options.final_tensor_name, open_set)
         (staging / options.output_graph).write_bytes(graph_def.SerializeToString())
         (staging / options.output_labels).write_text("\n".join(label_names) + "\n", encoding="utf-8")
         (staging / "label_map.pbtxt").write_text(labels_module.to_pbtxt(label_names), encoding="utf-8")
@@ -94,11 +114,17 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
         tensorflow_conf = {"model_dir": ".", "input_width": str(width), "input_height": str(height),
                            "input_mean": 0, "input_std": 255, "resize": "squash",
                            "calibration_photos": str(Path(options.image_dir).resolve())}
-        if options.final_tensor_name != "final_result":
+        if open_set is not None:  # the probabilities, then the score: above none_of_these, none of these
+            tensorflow_conf.update(output_tensor=WITH_NONE_OF_THESE, none_of_these=0.5)
+        elif options.final_tensor_name != "final_result":
             tensorflow_conf["output_tensor"] = options.final_tensor_name
         if options.output_labels != "label_map.txt":
             tensorflow_conf["labels_file"] = options.output_labels
-        if options.int8:
+        if options.int8 and open_set is not None:
+            summary.int8 = ("not made: int8 loses the \"none of these\" score (measured: the int8 models of the "
+                            "tuxpaint model called none of the unseen stamps so); retrain with --no_none_of_these "
+                            "for an int8 model")
+        elif options.int8:
             write_int8(staging, tensorflow_conf, list(test_set), summary)
         write_report(staging / "report", summary, label_names, history)
         (staging / "conf.json").write_text(json.dumps({"http_server": {

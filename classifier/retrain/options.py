@@ -40,6 +40,8 @@ class Options:
     base_model_dir: Path = DEFAULT_BASE_MODEL
     seed: int = 0
     int8: bool = True  # also write the int8 twin (quantize.py); --no_int8 skips it
+    none_of_these: bool = True  # calibrate the "none of these" column (open_set.py); --no_none_of_these skips it
+    other_dir: Path | None = None  # photos of none of the classes: the report gives the share called none of these
 
     @property
     def distorts(self) -> bool:
@@ -62,5 +64,8 @@ class Summary:
     per_class: dict[str, dict] = field(default_factory=dict)
     confusion_matrix: list[list[int]] = field(default_factory=list)
     misclassified: list[dict] = field(default_factory=list)
+    # "None of these": its threshold, the held-out photos that set it, the shares called none of these (known test
+    # photos; other_dir's photos) and the AUROC of known test photos against other_dir's; or why there is none.
+    none_of_these: dict = field(default_factory=dict)
     seconds: float = 0.0
     output_dir: str = ""

@@ -48,6 +48,20 @@ def write_report(folder: Path, summary: Summary, label_names: list[str], history
     plt.close(fig)
 
 
+def none_of_these_line(measured: dict) -> str:
+    """What the "none of these" calibration gave, in a line: the shares called none of these, or why there is none."""
+    if not measured:
+        return "None of these: not calibrated (--no_none_of_these)."
+    if not measured["calibrated"]:
+        return f"None of these: not calibrated ({measured['why']})."
+    line = (f"None of these: calibrated on {measured['calibration_photos']} held-out photos; it calls "
+            f"{measured['test_rejected']:.0%} of the {measured['test_photos']} test photos none of these")
+    if "other_photos" in measured:
+        line += (f", and {measured['other_rejected']:.0%} of the {measured['other_photos']} other photos "
+                 f"(AUROC {measured['auroc']:.3f})")
+    return line + "."
+
+
 def format_summary(summary: Summary) -> str:
     classes = ", ".join(f"{label} {count}" for label, count in summary.classes.items())
     lines = [f"Trained on {sum(summary.classes.values())} photos in {len(summary.classes)} classes ({classes}).",
@@ -62,6 +76,7 @@ def format_summary(summary: Summary) -> str:
     if summary.int8:
         int8 = summary.int8_test_accuracy
         lines.append(f"int8 model: {summary.int8}" + (f"; test accuracy {int8:.1%}." if int8 == int8 else "."))
+    lines.append(none_of_these_line(summary.none_of_these))
     for label, c in summary.per_class.items():
         precision = "–" if c["precision"] is None else f"{c['precision']:.0%}"
         recall = "–" if c["recall"] is None else f"{c['recall']:.0%}"

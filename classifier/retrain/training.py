@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from tqdm import tqdm
 
 from .bottlenecks import FeatureExtractor, compute_bottlenecks
 from .checkpoint import write_checkpoint
-from .data import check_class_sizes, check_split, list_images, split_of
+from .data import IMAGE_SUFFIXES, check_class_sizes, check_split, list_images, split_of
+from .open_set import fit_and_measure
 from .options import SPLITS, Options, RetrainError, Summary
 
 
@@ -49,11 +51,30 @@ def retrain(options: Options) -> Summary:
     weights, bias, history, summary.training_steps = train_softmax(train_x, train_y, val_x, val_y,
                                                                    len(label_names), options)
     evaluate(test_x, test_y, test_files, weights, bias, label_names, summary)
+    open_set = None
+    if options.none_of_these:
+        other = other_features(options, extractor, summary) if options.other_dir else None
+        open_set, summary.none_of_these = fit_and_measure((train_x, train_y), val_x, test_x, other)
     summary.output_dir = str(Path(options.output_dir).resolve())
     summary.seconds = round(time.monotonic() - started, 1)
     test_set = [(path, label_names[index]) for path, index in zip(test_files, test_y)]
-    write_checkpoint(options, extractor, weights, bias, label_names, summary, history, test_set)
+    write_checkpoint(options, extractor, weights, bias, label_names, summary, history, test_set, open_set)
     return summary
+
+
+def other_features(options: Options, extractor: FeatureExtractor, summary: Summary) -> np.ndarray:
+    """The base model's features of other_dir's photos (any folders deep), which belong to none of the classes."""
+    folder = Path(options.other_dir)
+    if not folder.is_dir():
+        raise RetrainError(f"--other_dir {folder} is not a folder")
+    photos = sorted(Path(top) / name for top, _, names in os.walk(folder, followlinks=True)  # folders may be links
+                    for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    counted = Summary(classes={}, split={})  # the run's bottleneck counts are the training photos'
+    features = compute_bottlenecks([(path, "testing") for path in photos], extractor, options, counted)
+    summary.skipped += counted.skipped
+    if not features:
+        raise RetrainError(f"--other_dir {folder} holds no readable photos")
+    return np.stack(list(features.values()))
 
 
 def train_softmax(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,

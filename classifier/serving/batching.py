@@ -30,11 +30,25 @@ class NoProbabilities(ImageError):
     """A request for probabilities or a ready tensor, on a model class that only has execute() (a 400)."""
 
 
-class Scores(NamedTuple):
-    """One image's probability row and the model that gave it (its labels: a hot swap may come between requests)."""
+class NoVerdict(ImageError):
+    """A request for the "none of these" verdict, on a model not calibrated for it (a 400)."""
 
-    probabilities: np.ndarray
+
+class Scores(NamedTuple):
+    """One image's output row and the model that gave it (its labels: a hot swap may come between requests)."""
+
+    row: np.ndarray
     model: Any
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.row[:len(self.model.labels)]  # a "none of these" score may follow them
+
+    @property
+    def none_of_these(self) -> bool | None:
+        """Whether the photo is of none of the model's classes; None for a model that cannot tell."""
+        verdict = getattr(self.model, "none_of_these", None)
+        return verdict(self.row) if verdict else None
 
 
 class Pipeline(NamedTuple):
@@ -133,6 +147,15 @@ class Batcher:
             raise
         metrics.CLASSIFICATIONS.labels("ok").inc()
         return result
+
+    async def classify_with_verdict(self, item: Any) -> dict:
+        """{"labels": the result classify gives, "none_of_these": whether the photo is of none of the classes}.
+        Raises NoVerdict for a model that has no calibrated "none of these" output (conf's none_of_these)."""
+        scores = await self.classify(item, probabilities=True)
+        if scores.none_of_these is None:
+            raise NoVerdict("this model has no 'none of these' verdict: retrain it with this version "
+                            "(python -m classifier.retrain, or the Train tab) to calibrate one")
+        return {"labels": plain(scores.model.postprocess(scores.row)), "none_of_these": scores.none_of_these}
 
     def _start(self) -> None:
         if self._worker is None or self._worker.done():

@@ -75,15 +75,23 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             return refused
         if media_type(request) == "multipart/form-data":
             return await _multipart(request)
+        try:
+            classify = classifier_for(request, batcher)
+        except ValueError as exc:
+            return error(400, str(exc))
         body = await read_image_body(request, limits.max_bytes)
         if isinstance(body, JSONResponse):
             return body
         try:
-            return json_response(await batcher.classify(body))
+            return json_response(await classify(body))
         except Exception as exc:
             return error_for(exc)
 
     async def _multipart(request: Request) -> Any:
+        try:
+            classify = classifier_for(request, batcher)
+        except ValueError as exc:
+            return error(400, str(exc))
         limit = request_limit(limits)
         if too_large := _over_length(request, limit):  # refused before a byte is read, when the header says so
             return too_large
@@ -104,7 +112,7 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             bodies = [await upload.read() for upload in files]
         finally:
             await form.close()
-        results = await asyncio.gather(*(batcher.classify(body) for body in bodies), return_exceptions=True)
+        results = await asyncio.gather(*(classify(body) for body in bodies), return_exceptions=True)
         for number, (upload, result) in enumerate(zip(files, results), 1):
             if isinstance(result, Exception):  # the first bad file decides the status; its name is in the message
                 return error_for(result, subject=upload.filename or f"file {number}")
@@ -147,6 +155,15 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
         return JSONResponse({"status": "ready"})
 
     return router
+
+
+def classifier_for(request: Request, batcher: Batcher):
+    """What answers each image: top-k [label, p] pairs, or, asked with ?none_of_these=true, those under "labels"
+    beside the "none_of_these" verdict (the default answer stays as it was). ValueError for another value."""
+    asked = request.query_params.get("none_of_these", "false").lower()
+    if asked not in ("true", "1", "false", "0"):
+        raise ValueError(f"none_of_these must be true or false, not {asked!r}")
+    return batcher.classify_with_verdict if asked in ("true", "1") else batcher.classify
 
 
 def request_limit(limits: Limits) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,55 @@ from .flagging import FlagBudget, Flagging
 from .uploads import Photo, photo_bytes
 
 
+class Verdicts:
+    """The page's last "none of these" lines, by photo, from classify to show_verdict: at most SIZE kept."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._lines: OrderedDict[Any, str] = OrderedDict()
+
+    def put(self, image: Any, line: str) -> None:
+        self._lines[image] = line
+        while len(self._lines) > self.SIZE:
+            self._lines.popitem(last=False)
+
+    def pop(self, image: Any) -> str:
+        return self._lines.pop(image, "") if isinstance(image, (str, bytes)) else ""
+
+
+def verdict_line(labels: list[str], answer: dict) -> str:
+    """'Not one of: birds, flowers, … (closest: fruit 62 %)', for a photo of none of the classes."""
+    named = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "")
+    closest, probability = answer["labels"][0]
+    return f"Not one of: {named} (closest: {closest} {probability * 100:.0f} %)"
+
+
 def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path, model_line: str,
                  top_k: int, flag_budget: FlagBudget = FlagBudget()) -> None:
+    verdicts = Verdicts()
+
     async def classify(image: str | bytes | None) -> dict[str, float] | None:
+        """The top labels (the API's answer, whatever the model); a model calibrated for "none of these" also
+        leaves its verdict for show_verdict, which runs next."""
         if image is None:  # the photo was cleared
             return None
         body = await photo_bytes(image, batcher.model)
+        model = batcher.model
         try:
-            pairs = await batcher.classify(body)
+            if getattr(model, "none_of_these_above", None) is None:
+                pairs = await batcher.classify(body)
+            else:
+                answer = await batcher.classify_with_verdict(body)
+                pairs = answer["labels"]
+                verdicts.put(image, verdict_line(model.labels, answer) if answer["none_of_these"] else "")
         except Exception as exc:  # the same clear message /service sends
             raise gr.Error(str(exc)) from None
         return {label: probability for label, probability in pairs}
+
+    def show_verdict(image: str | bytes | None) -> Any:
+        line = verdicts.pop(image)
+        return gr.Markdown(f"### {line}" if line else "", visible=bool(line))
 
     async def explain(image: str | bytes | None, label: str | None) -> Image.Image:
         """The photo with the heat of `label` (default: the top label) laid over it."""
@@ -58,6 +97,7 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
                 why_label = gr.Dropdown(label="Explain label", choices=[], allow_custom_value=True, visible=False)
             flag = gr.Button("Flag", size="sm")
         with gr.Column():
+            verdict = gr.Markdown(visible=False, elem_id="none-of-these")
             labels = gr.Label(num_top_classes=top_k, label="Top labels")
             heatmap = gr.Image(label="Why: the regions that drove the score", type="pil", interactive=False,
                                visible=False, format="png", elem_id="heatmap")
@@ -66,6 +106,7 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
     # A drop, a paste, a webcam shot and an example all change the photo: that is what classifies.
     classified = photo.change(classify, photo, labels, api_name="classify",
                               concurrency_limit=batcher.conf.max_batch_size)  # enough in flight to fill a batch
+    classified.then(show_verdict, photo, verdict, api_visibility="private", queue=False)
     classified.then(show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
     wanted.change(show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
     why_label.input(explain, [photo, why_label], heatmap, api_name="explain")
