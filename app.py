@@ -143,9 +143,11 @@ def load_model(conf: Path):
 
 
 def remove_unfinished_training(train_dir: Path) -> None:
-    """What a killed Train tab leaves: its unpacked upload (.upload-*) and a checkpoint still being written
-    (.model-…, renamed into place only when complete). Finished models are never touched."""
-    for leftover in [*train_dir.glob(".upload-*"), *train_dir.glob(".model-*")] if train_dir.is_dir() else []:
+    """What a killed Train tab leaves: its unpacked upload (.upload-*), a checkpoint still being written (.model-…,
+    renamed into place only when complete) and the classes visitors were making (.classes-*: their sessions are
+    gone). Finished models are never touched."""
+    leftovers = [".upload-*", ".model-*", ".classes-*"]
+    for leftover in [p for pattern in leftovers for p in train_dir.glob(pattern)] if train_dir.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
         log.info("removed %s, left by a Train tab run that did not finish", leftover)
 

@@ -113,7 +113,7 @@ def test_train_errors_show_no_server_path(guarded):
         archive.writestr("only-one-class/a.png", encode(solid("red")))
     zipped = upload(attacker, "photos.zip", buffer.getvalue())
     table = {"headers": ["photo", "model said", "label"], "data": [["", "", ""]]}
-    trained, answer = attacker.event(attacker.fn_index("train"), [server_file(zipped), table, 100, False, True])
+    trained, answer = attacker.event(attacker.fn_index("train"), [server_file(zipped), table, 100, False, True, None])
     assert not trained and "class folder" in answer
     assert str(folder) not in answer and "/tmp" not in answer and "the uploaded photos" in answer
 
@@ -123,7 +123,7 @@ def test_train_errors_show_no_server_path(guarded):
     listed, listing = attacker.event(attacker.fn_index("flagged"), [])
     rows = json.loads(listing)["output"]["data"][0]["data"]
     table["data"] = [[rows[0][0], "tabby", "x" * 300]]
-    trained, answer = attacker.event(attacker.fn_index("train"), [None, table, 100, False, True])
+    trained, answer = attacker.event(attacker.fn_index("train"), [None, table, 100, False, True, None])
     assert not trained and "at most 200 bytes" in answer and "Errno" not in answer and str(folder) not in answer
 
 

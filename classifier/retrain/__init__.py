@@ -13,11 +13,12 @@ as a frozen graph, labels, a SavedModel and a report, into a temporary folder re
   checkpoint.py   the serving graph, SavedModel and conf.json, written atomically
   report.py       metrics, confusion matrix, training curve, the text summary
 """
-from .checkpoint import write_saved_model
+from .checkpoint import write_archive, write_saved_model
 from .data import extract_zip, list_images, normalise_label, read_flagged, split_of, write_labelled
 from .options import Options, RetrainError, Summary
 from .report import format_summary
 from .training import retrain
 
 __all__ = ["retrain", "Options", "Summary", "RetrainError", "format_summary", "extract_zip", "list_images",
-           "normalise_label", "read_flagged", "split_of", "write_labelled", "write_saved_model"]
+           "normalise_label", "read_flagged", "split_of", "write_labelled", "write_archive",
+           "write_saved_model"]

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,24 @@ def write_checkpoint(options: Options, extractor: FeatureExtractor, weights: np.
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_archive(model_dir: Path, archive: Path) -> Path:
+    """The checkpoint as one .zip to take home, under its folder's name: the frozen graph, the SavedModel, labels,
+    report, conf.json and the engines' files (.litert/: the .tflite, OpenVINO's, any int8 model, their checks), so
+    that `python app.py --conf <unzipped>/conf.json` serves it as it is, without converting it again. conf.json
+    leaves out calibration_photos: they are on this machine, not in the zip."""
+    model_dir = Path(model_dir)
+    conf = json.loads((model_dir / "conf.json").read_text())
+    conf["http_server"]["tensorflow"].pop("calibration_photos", None)
+    partial = archive.with_name(f".{archive.name}.part")
+    # Level 1: float weights hardly compress (7 % at any level), and the visitor waits for it.
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as packed:
+        for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+            name = f"{model_dir.name}/{path.relative_to(model_dir).as_posix()}"
+            if path.relative_to(model_dir).as_posix() == "conf.json":
+                packed.writestr(name, json.dumps(conf, indent=2) + "\n")
+            else:
+                packed.write(path, name)
+    os.replace(partial, archive)
+    return archive

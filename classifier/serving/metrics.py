@@ -14,6 +14,8 @@ LATENCY = Histogram("classifier_request_seconds", "HTTP request latency by endpo
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by outcome (ok, or the error's kind)",
                           ["outcome"])
+LIVE_FRAMES = Counter("classifier_live_frames_total", "The page's live camera frames, by outcome: classified, "
+                      "dropped (the server busy) or refused (a second stream of the same visitor)", ["outcome"])
 BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64))
 QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered by the model")
 MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds the serving model took to load and warm up")

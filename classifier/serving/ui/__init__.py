@@ -7,6 +7,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ... import describe
+from ...images import limits_of
 from ..batching import Batcher
 from ..explanations import Explainer
 from .batch import batch_tab
@@ -40,5 +41,5 @@ def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: lis
             if training_off:
                 gr.Markdown(f"Training is turned off: {training_off}.")
             else:
-                train_tab(train_dir, flagging_dir, serve_checkpoint)
+                train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(batcher.model))
     return demo

@@ -14,6 +14,7 @@ from ...images import decode, limits_of
 from ..batching import Batcher
 from ..explanations import Explainer
 from .flagging import FlagBudget, Flagging
+from .live import batched, live_camera
 from .uploads import Photo, photo_bytes
 
 
@@ -102,6 +103,7 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
             heatmap = gr.Image(label="Why: the regions that drove the score", type="pil", interactive=False,
                                visible=False, format="png", elem_id="heatmap")
     gr.Examples([[str(path)] for path in examples], inputs=photo)
+    live_camera(batched(batcher), top_k, "Live camera: classify what the camera sees, several times a second", "live")
 
     # A drop, a paste, a webcam shot and an example all change the photo: that is what classifies.
     classified = photo.change(classify, photo, labels, api_name="classify",

@@ -1,16 +1,21 @@
 """The Train tab: a .zip of class folders and the flagged photos become a new model, served from the page."""
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image
 
-from ... import retrain
+from ... import load, retrain
+from ...images import Limits
+from .class_builder import Classes, class_builder
+from .live import live_camera
 from .uploads import received_upload
 
 
@@ -38,12 +43,55 @@ def _redacted(message: str, folders: dict[Path, str]) -> str:
     return message
 
 
-def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str]) -> None:
-    gr.Markdown("Upload a **.zip with one folder of photos per class** (folder name = label), and/or label the "
-                "photos flagged on the Classify tab. A new last layer is trained on the embedded "
-                "EfficientNet-Lite0's features; then serve the new model from here.")
+class Trial:
+    """The newest model trained on the page, loaded for "Try it live": one at a time (a model is ~100 MB), one
+    frame at a time (a frame that comes while one is classified is dropped)."""
+
+    def __init__(self) -> None:
+        self._loaded: tuple[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def load(self, output: str) -> None:
+        with self._lock:
+            self._model(output)
+
+    def _model(self, output: str) -> Any:
+        if not self._loaded or self._loaded[0] != output:
+            self._loaded = None  # the old one goes first
+            self._loaded = (output, load(Path(output) / "conf.json"))
+        return self._loaded[1]
+
+    def _classify(self, frame: bytes, output: str) -> list | None:
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            answer = self._model(output).execute([frame], 1)[0]
+        finally:
+            self._lock.release()
+        if isinstance(answer, dict):
+            raise gr.Error(answer["error"])
+        return answer
+
+    async def classify(self, frame: bytes | str, output: str | None) -> list | None:
+        if not isinstance(output, str) or not output:
+            raise gr.Error("Train a model first.")
+        body = frame if isinstance(frame, bytes) else Path(frame).read_bytes()  # Photo checked it: an upload
+        return await asyncio.to_thread(self._classify, body, output)
+
+
+trial = Trial()
+
+
+def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
+              limits: Callable[[], Limits] = Limits) -> None:
+    """limits(): the serving model's image limits, which the photos added on the page must keep."""
+    gr.Markdown("Make the classes here, and/or upload a **.zip with one folder of photos per class** (folder name = "
+                "label), and/or label the photos flagged on the Classify tab: they are merged into the same classes. "
+                "A new last layer is trained on the embedded EfficientNet-Lite0's features; then try it, serve it "
+                "from here, or download it.")
     with gr.Row():
         with gr.Column():
+            builder = class_builder(train_dir, limits)
             photos = gr.File(label="Photos (.zip of class folders)", file_types=[".zip"], elem_id="train-zip")
             with gr.Accordion("Photos flagged on the Classify tab", open=False):
                 load_flagged = gr.Button("Load flagged photos")
@@ -65,9 +113,13 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
                               elem_classes="whole-picture", elem_id="train-matrix")
             curve = gr.Image(label="Training curve", type="pil", interactive=False, height="auto",
                              elem_classes="whole-picture", elem_id="train-curve")
-            serve_button = gr.Button("Serve this model", interactive=False)
+            with gr.Row():
+                serve_button = gr.Button("Serve this model", interactive=False)
+                download = gr.DownloadButton("Download this model (.zip)", visible=False, elem_id="train-download")
             served = gr.Markdown()
     checkpoint = gr.State()
+    live_camera(trial.classify, 5, "Try it live: the camera classified by the new model, before serving it",
+                "trial", checkpoint)
 
     def flagged_photos() -> dict[str, Path]:
         """The flagged photos by their names on the page: paths inside the flagging folder (the server's own
@@ -81,12 +133,12 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
         return [[_inside(photo, flagging_dir), predicted, predicted] for photo, predicted in rows]
 
     def train(zip_path: str | None, labelled, how_many_steps: float, int8: bool = False, none_of_these: bool = True,
-              progress=gr.Progress(track_tqdm=True)):
+              made: Classes | None = None, progress=gr.Progress(track_tqdm=True)):
         # Only photos that were flagged here: the table's names are looked up in the flagging folder.
         known = flagged_photos()
         pairs = [(known[row[0]], str(row[2] or "")) for row in _rows(labelled) if row and row[0] in known]
-        if not zip_path and not any(label.strip() for _, label in pairs):
-            raise gr.Error("Upload a .zip of class folders, or label flagged photos, first.")
+        if not zip_path and not any(label.strip() for _, label in pairs) and not (made and made.names()):
+            raise gr.Error("Make classes here, upload a .zip of class folders, or label flagged photos, first.")
         zip_path = received_upload(zip_path) if zip_path else None
         train_dir.mkdir(parents=True, exist_ok=True)
         upload = Path(tempfile.mkdtemp(prefix=".upload-", dir=train_dir))
@@ -94,6 +146,8 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
         try:
             image_dir = retrain.extract_zip(Path(zip_path), upload / "zip") if zip_path else upload / "photos"
             retrain.write_labelled(pairs, image_dir)
+            if made:
+                made.copy_into(image_dir)
             summary = retrain.retrain(retrain.Options(image_dir=image_dir, output_dir=output,
                                                       how_many_training_steps=int(how_many_steps),
                                                       int8=bool(int8), none_of_these=bool(none_of_these)))
@@ -104,9 +158,21 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
             shutil.rmtree(upload, ignore_errors=True)
             if zip_path:
                 Path(zip_path).unlink(missing_ok=True)
+        if made:  # nor the classes made on the page, once trained on (kept after a refusal, to add photos)
+            made.delete()
         text = "```\n" + retrain.format_summary(summary) + "\n```"
         return (text, Image.open(output / "report" / "confusion_matrix.png"),
                 Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
+
+    def after_training(output: str | None, made: Classes | None) -> tuple[Any, ...]:
+        """Once /train has answered (its answer keeps its shape): the new model loaded for Try it live, which
+        converts it for the engines (the .tflite, OpenVINO's), then zipped with their files beside its folder for
+        the Download button; and the classes made on the page, now emptied, shown so."""
+        if not output:
+            raise gr.Error("Train a model first.")
+        trial.load(output)
+        archive = retrain.write_archive(Path(output), Path(output).with_suffix(".zip"))
+        return (gr.DownloadButton(value=str(archive), visible=True), *builder.shown(made))
 
     def serve(output: str | None) -> str:
         if not output:
@@ -117,6 +183,8 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
             raise gr.Error(f"could not load the new model: {exc}") from None
 
     load_flagged.click(show_flagged, None, flagged, api_name="flagged")
-    train_button.click(train, [photos, flagged, steps, int8, none_of_these], [report, matrix, curve, checkpoint, serve_button],
-                       api_name="train", concurrency_limit=1)
+    trained = train_button.click(train, [photos, flagged, steps, int8, none_of_these, builder.classes],
+                                 [report, matrix, curve, checkpoint, serve_button], api_name="train", concurrency_limit=1)
+    trained.success(after_training, [checkpoint, builder.classes], [download, *builder.outputs],
+                    api_visibility="private", concurrency_limit=1)
     serve_button.click(serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)

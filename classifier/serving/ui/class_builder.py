@@ -1,0 +1,207 @@
+"""The Train tab's classes made on the page: named, filled by drops and webcam bursts, shown, pruned, bounded."""
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ... import retrain
+from ...images import ImageError, Limits, decode
+from .uploads import Photo, received_upload
+
+MAX_CLASSES = 50
+MAX_PHOTOS = 2000  # a visitor's photos, all classes together
+MAX_BYTES = 500 * 1024 ** 2  # the same as the Train tab's zip
+BURST_SECONDS = 0.25  # a webcam burst keeps four frames a second
+IDLE_HOURS = 2  # a visitor's classes not trained on after this long are deleted with their session state
+THUMBNAILS = 30  # the newest photos of a class shown, as 64 px thumbnails kept in memory; the count says the rest
+THUMBNAIL_SIZE = (64, 64)
+NAME = re.compile(r"[\w \-]{1,100}")  # what a visitor may type as a class name (no paths, no markup)
+
+
+class Classes:
+    """One visitor's classes: a folder per class in a private folder of the train folder (`.classes-*`), deleted
+    when they are trained on, when the visitor's session state expires (IDLE_HOURS) or at app.py's next start."""
+
+    def __init__(self, train_dir: Path):
+        train_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".classes-", dir=train_dir))
+        self._thumbnails: dict[str, deque[tuple[Image.Image, str]]] = {}  # by class: (thumbnail, file name)
+        self._numbers = itertools.count(1)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if p.is_dir()) if self.folder.is_dir() else []
+
+    def counts(self) -> dict[str, int]:
+        return {name: sum(1 for _ in (self.folder / name).iterdir()) for name in self.names()}
+
+    def _used(self) -> tuple[int, int]:
+        files = [p for p in self.folder.rglob("*") if p.is_file()]
+        return len(files), sum(p.stat().st_size for p in files)
+
+    def add_class(self, label: str) -> str:
+        if not NAME.fullmatch(label or ""):
+            raise gr.Error("A class name is letters, digits, spaces, - and _ (e.g. \"coffee mugs\").")
+        name = retrain.normalise_label(label).strip()  # the label retraining gives it: [a-z0-9 ] only
+        if not name:
+            raise gr.Error("Type a name for the class, in letters or digits, first.")
+        if len(name.encode()) > retrain.data.MAX_LABEL_BYTES:
+            raise gr.Error(f"A class name can be at most {retrain.data.MAX_LABEL_BYTES} characters.")
+        if name not in self.names() and len(self.names()) >= MAX_CLASSES:
+            raise gr.Error(f"At most {MAX_CLASSES} classes.")
+        (self.folder / name).mkdir(parents=True, exist_ok=True)  # the folder too, if a training run took it
+        self._thumbnails.setdefault(name, deque(maxlen=THUMBNAILS))
+        return name
+
+    def check(self, name: Any) -> None:
+        """gr.Error unless name is one of these classes (an event may carry anything)."""
+        if name not in self.names():
+            raise gr.Error("No such class: add it first.")
+
+    def thumbnails(self, name: str | None) -> list[tuple[Image.Image, str]]:
+        """The class's newest photos, newest last, each captioned with its file name (what remove() takes)."""
+        return list(self._thumbnails.get(name, ())) if name else []
+
+    def add(self, name: str | None, image: bytes | np.ndarray, limits: Limits) -> None:
+        """One photo into the class: decoded within the model's limits (a bad file gets the message /service
+        sends), stored as a JPEG, within the visitor's bounds."""
+        if not name or name not in self.names():
+            raise gr.Error("Add a class, and choose it, first.")
+        count, used = self._used()
+        if count >= MAX_PHOTOS:
+            raise gr.Error(f"At most {MAX_PHOTOS} photos in all: train on these, or remove some.")
+        photo, buffer = decode(image, limits).convert("RGB"), io.BytesIO()
+        photo.save(buffer, "JPEG", quality=90)
+        if used + buffer.tell() > MAX_BYTES:
+            raise gr.Error(f"At most {MAX_BYTES // 1024 ** 2} MB of photos in all: train on these, or remove some.")
+        file_name = f"{next(self._numbers):05d}.jpg"
+        (self.folder / name / file_name).write_bytes(buffer.getvalue())
+        photo.thumbnail(THUMBNAIL_SIZE)
+        self._thumbnails[name].append((photo, file_name))
+
+    def remove(self, name: str | None, photo: str | None = None) -> None:
+        """The class, or one photo of it."""
+        self.check(name)
+        if photo is None:
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+            self._thumbnails.pop(name, None)
+        else:
+            (self.folder / name / Path(photo).name).unlink(missing_ok=True)
+            kept = [shown for shown in self._thumbnails[name] if shown[1] != Path(photo).name]
+            self._thumbnails[name] = deque(kept, maxlen=THUMBNAILS)
+
+    def copy_into(self, image_dir: Path) -> None:
+        """Every class's photos into image_dir's class folders (beside a zip's classes of the same names)."""
+        for name in self.names():
+            shutil.copytree(self.folder / name, image_dir / name, dirs_exist_ok=True)
+
+    def delete(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._thumbnails.clear()
+
+
+class Builder(NamedTuple):
+    """What the Train tab needs of the section: the State holding the visitor's Classes (None until the first
+    class), and the components that show them, for after a training run has taken them."""
+
+    classes: gr.State
+    shown: Callable[[Classes | None], tuple]
+    outputs: list
+
+
+def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
+    """The section of the Train tab: limits() gives the serving model's image limits."""
+    classes = gr.State(None, time_to_live=IDLE_HOURS * 3600, delete_callback=lambda held: held and held.delete())
+
+    def shown(held: Classes | None, name: str | None = None) -> tuple[Any, Any, Any]:
+        """The class chooser, the chosen class's thumbnails and the counts of all."""
+        if name is not None and not held:
+            raise gr.Error("No such class: add it first.")
+        if name is not None:
+            held.check(name)
+        names = held.names() if held else []
+        name = name if name in names else (names[0] if names else None)
+        counts = held.counts() if held else {}
+        summary = " · ".join(f"**{n}** {c} photo{'s' * (c != 1)}" for n, c in counts.items()) or "No classes yet."
+        return gr.Dropdown(choices=names, value=name), held.thumbnails(name) if held else [], summary
+
+    def add_class(held: Classes | None, label: str) -> tuple[Any, ...]:
+        held = held or Classes(train_dir)
+        name = held.add_class(label)
+        return (held, "", *shown(held, name))
+
+    def add_files(held: Classes | None, name: str | None, files: list | None) -> tuple[Any, ...]:
+        if not held:
+            raise gr.Error("Add a class, and choose it, first.")
+        for path in files or []:
+            try:
+                held.add(name, Path(received_upload(path)).read_bytes(), limits())
+            except ImageError as exc:  # the others are still added
+                gr.Warning(f"{Path(path).name}: {exc}")
+            finally:
+                Path(path).unlink(missing_ok=True)  # the class keeps its own copy
+        return (None, *shown(held, name))
+
+    def add_frame(held: Classes | None, name: str | None, frame: bytes | str | None) -> Any:
+        if frame is None or not held or not name:
+            return gr.skip()
+        held.add(name, frame if isinstance(frame, bytes) else Path(frame).read_bytes(), limits())
+        return shown(held, name)[1:]
+
+    def chosen_photo(event: gr.SelectData) -> dict:
+        return {"photo": (event.value or {}).get("caption")}
+
+    def remove_photo(held: Classes | None, name: str | None, chosen: dict | None) -> tuple[Any, ...]:
+        if not held or not isinstance(chosen, dict) or not isinstance(chosen.get("photo"), str):
+            raise gr.Error("Select a photo of the class first.")
+        held.remove(name, chosen["photo"])
+        return shown(held, name)
+
+    def remove_class(held: Classes | None, name: str | None) -> tuple[Any, ...]:
+        if not held:
+            raise gr.Error("No such class: add it first.")
+        held.remove(name)
+        return shown(held)
+
+    with gr.Accordion("Make the classes here: name one, then drop photos on it or capture them", open=True):
+        with gr.Row():
+            label = gr.Textbox(label="New class", placeholder="e.g. cups", scale=3, elem_id="class-name")
+            add = gr.Button("Add class", scale=1, elem_id="class-add")
+        counts = gr.Markdown("No classes yet.", elem_id="class-counts")
+        with gr.Row():
+            chosen_class = gr.Dropdown(label="Class", choices=[], interactive=True, elem_id="class-chosen")
+            remove_class_button = gr.Button("Remove this class", size="sm", variant="stop")
+        with gr.Row():
+            drop = gr.File(label="Drop photos of this class", file_count="multiple", file_types=["image"],
+                           elem_id="class-drop")
+            # A burst: press the camera's record button; four frames a second go into the class until stopped.
+            burst = Photo(sources=["webcam"], streaming=True, type="filepath", label="Capture a burst",
+                          elem_id="class-burst", webcam_options=gr.WebcamOptions(mirror=False))
+        gallery = gr.Gallery(label="Photos of this class (select one to remove it)", columns=10, height=220,
+                             allow_preview=False, elem_id="class-gallery")
+        selected = gr.State(None)
+        remove_photo_button = gr.Button("Remove the selected photo", size="sm")
+
+    add.click(add_class, [classes, label], [classes, label, chosen_class, gallery, counts], api_visibility="private")
+    label.submit(add_class, [classes, label], [classes, label, chosen_class, gallery, counts],
+                 api_visibility="private")
+    chosen_class.input(shown, [classes, chosen_class], [chosen_class, gallery, counts], api_visibility="private")
+    drop.upload(add_files, [classes, chosen_class, drop], [drop, chosen_class, gallery, counts],
+                api_visibility="private", concurrency_limit=4)
+    burst.stream(add_frame, [classes, chosen_class, burst], [gallery, counts], stream_every=BURST_SECONDS,
+                 time_limit=60, concurrency_limit=4, show_progress="hidden", api_visibility="private")
+    gallery.select(chosen_photo, None, selected, api_visibility="private")
+    remove_photo_button.click(remove_photo, [classes, chosen_class, selected], [chosen_class, gallery, counts],
+                              api_visibility="private")
+    remove_class_button.click(remove_class, [classes, chosen_class], [chosen_class, gallery, counts],
+                              api_visibility="private")
+    return Builder(classes, shown, [chosen_class, gallery, counts])
