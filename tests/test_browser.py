@@ -140,42 +140,29 @@ def test_the_batch_tab_classifies_many_photos_into_a_csv(page, server):
     page.screenshot(path=str(ARTIFACTS / "batch.png"), full_page=True)
 
 
-def test_the_train_tab_shows_its_pictures_whole_at_desktop_and_phone_widths(page, tmp_path):
-    """Trained from the page: the confusion matrix and the curve fit their boxes whole (not cropped or zoomed, and
-    not under the box's label and buttons), and the summary wraps inside its panel, at 1280 px and at 390 px."""
-    from conftest import Server
-    from test_train_tab import make_zip
-
-    archive = make_zip(tmp_path / "photos.zip", {"reddish": (210, 40, 40), "bluish": (40, 40, 210)})
-    running = Server("--train-dir", str(tmp_path / "trained"), "--flagging-dir", str(tmp_path / "flagged"))
-    try:
-        page.set_viewport_size({"width": 1280, "height": 1000})
-        open_page(page, running)
-        page.get_by_role("tab", name="Train").click()
-        choose_file(page, '#train-zip button[aria-label="Click to upload or drop files"]', [archive])
-        page.get_by_label("number input for Training steps").fill("200")
-        page.get_by_role("button", name="Train", exact=True).click()
-        page.wait_for_selector("#train-curve img", timeout=240_000)
-        for width in (1280, 390):
-            page.set_viewport_size({"width": width, "height": 1000})
-            page.wait_for_timeout(500)
-            for picture in ("#train-matrix", "#train-curve"):
-                box = page.evaluate("""(id) => {
-                    const img = document.querySelector(id + ' img'), block = document.querySelector(id);
-                    const i = img.getBoundingClientRect(), b = block.getBoundingClientRect();
-                    const covers = [...block.querySelectorAll('label, button')].filter(e => !e.contains(img))
-                        .map(e => e.getBoundingClientRect());
-                    return {natural: img.naturalWidth / img.naturalHeight, shown: i.width / i.height,
-                            inside: i.top >= b.top - 1 && i.bottom <= b.bottom + 1 && i.left >= b.left - 1
-                                    && i.right <= b.right + 1,
-                            uncovered: covers.every(c => c.bottom <= i.top + 1 || c.top >= i.bottom - 1)};
-                }""", picture)
-                assert box["inside"] and box["uncovered"] and box["shown"] == pytest.approx(box["natural"], rel=0.03), (width, picture, box)
-            summary = page.evaluate("""() => { const pre = document.querySelector('#train-report pre');
-                return pre.scrollWidth <= pre.clientWidth + 1; }""")
-            assert summary, f"the summary runs past its panel at {width} px"
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / f"train-{width}.png"), full_page=True)
-    finally:
-        page.set_viewport_size({"width": 1280, "height": 900})
-        running.stop()
+def pictures_whole_at_desktop_and_phone_widths(page) -> None:
+    """On a trained Train tab: the confusion matrix and the curve fit their boxes whole (not cropped or zoomed, and
+    not under the box's label and buttons), and the summary wraps inside its panel, at 1280 px and at 390 px.
+    (tests/test_browser_camera.py trains there and calls this.)"""
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)
+        for picture in ("#train-matrix", "#train-curve"):
+            box = page.evaluate("""(id) => {
+                const img = document.querySelector(id + ' img'), block = document.querySelector(id);
+                const i = img.getBoundingClientRect(), b = block.getBoundingClientRect();
+                const covers = [...block.querySelectorAll('label, button')].filter(e => !e.contains(img))
+                    .map(e => e.getBoundingClientRect());
+                return {natural: img.naturalWidth / img.naturalHeight, shown: i.width / i.height,
+                        inside: i.top >= b.top - 1 && i.bottom <= b.bottom + 1 && i.left >= b.left - 1
+                                && i.right <= b.right + 1,
+                        uncovered: covers.every(c => c.bottom <= i.top + 1 || c.top >= i.bottom - 1)};
+            }""", picture)
+            assert box["inside"] and box["uncovered"] and box["shown"] == pytest.approx(box["natural"], rel=0.03), (
+                width, picture, box)
+        summary = page.evaluate("""() => { const pre = document.querySelector('#train-report pre');
+            return pre.scrollWidth <= pre.clientWidth + 1; }""")
+        assert summary, f"the summary runs past its panel at {width} px"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"train-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 1000})

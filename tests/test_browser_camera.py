@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from bench.live import camera_browser as chromium_with_camera, fake_camera, live_frames, start_camera
 from conftest import CAT_LABELS, PHOTOS, Server, require_debian_package
-from test_browser import ARTIFACTS, CHROMIUM, choose_file, open_page
+from test_browser import ARTIFACTS, CHROMIUM, choose_file, open_page, pictures_whole_at_desktop_and_phone_widths
 
 
 def camera_browser(video: Path):
@@ -129,6 +129,7 @@ def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_
             report = page.inner_text("#train-report")
             assert "in 3 classes (cat 12, coffee 12, rocket" in report, report
             steps.append(f"train ({trained_s:.0f} s)")
+            pictures_whole_at_desktop_and_phone_widths(page)
             with page.expect_download(timeout=120_000) as download:
                 page.locator("#train-download").click()
             archive = tmp_path / "model.zip"
@@ -137,8 +138,8 @@ def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_
             # Try it live: the camera (the rocket) classified by the new model, not yet served.
             page.get_by_text("Try it live").click()
             start_camera(page, "#trial-camera")
-            page.wait_for_function("() => document.querySelector('#trial-labels h2[data-testid=\"label-output-value\"]')"
-                                   "?.innerText.trim() === 'rocket'", timeout=60_000)
+            page.wait_for_function("() => document.querySelector('#trial-labels h2[data-testid=\"label-output-"
+                                   "value\"]')?.innerText.trim() === 'rocket'", timeout=60_000)
             steps.append("try it live (rocket)")
             page.screenshot(path=str(ARTIFACTS / "train-trained.png"), full_page=True)
             assert requests.post(f"{running.url}/service", data=(PHOTOS / "cat.jpeg").read_bytes(),

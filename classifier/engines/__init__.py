@@ -165,7 +165,8 @@ def _record(runtime: Runtime, key: str, check_name: str, choice: str, precision:
     record.update(converted_by=f"{runtime.reference} {_version(runtime.reference)}", format=runtime.format,
                   reference=runtime.reference,
                   num_classes=runtime.num_classes, applies_softmax=runtime.applies_softmax,
-                  extra_columns=runtime.extra_columns, input_size=list(runtime.input_size) if runtime.input_size else None,
+                  extra_columns=runtime.extra_columns,
+                  input_size=list(runtime.input_size) if runtime.input_size else None,
                   convention=dataclasses.asdict(runtime.convention) if runtime.convention else None,
                   convention_source=runtime.convention_source, fixed_batch=runtime.fixed_batch)
     record.setdefault("decisions", {})[_decision(check_name, choice, precision)] = _decided(best, candidates, reason)

@@ -23,7 +23,8 @@ def _normalised(features: np.ndarray) -> np.ndarray:
 
 
 def _whitener(centred: np.ndarray) -> np.ndarray:
-    """L with L Lᵀ the inverse of the shrunk covariance of the centred rows: ‖x L‖² is x's Mahalanobis distance."""
+    """L with L Lᵀ the inverse of the shrunk covariance of the centred rows: ‖x L‖² is x's Mahalanobis
+    distance."""
     covariance = centred.T @ centred / len(centred)
     target = np.trace(covariance) / len(covariance)
     shrunk = (1 - SHRINKAGE) * covariance + SHRINKAGE * target * np.eye(len(covariance))

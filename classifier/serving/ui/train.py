@@ -184,7 +184,8 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
 
     load_flagged.click(show_flagged, None, flagged, api_name="flagged")
     trained = train_button.click(train, [photos, flagged, steps, int8, none_of_these, builder.classes],
-                                 [report, matrix, curve, checkpoint, serve_button], api_name="train", concurrency_limit=1)
+                                 [report, matrix, curve, checkpoint, serve_button], api_name="train",
+                                 concurrency_limit=1)
     trained.success(after_training, [checkpoint, builder.classes], [download, *builder.outputs],
                     api_visibility="private", concurrency_limit=1)
     serve_button.click(serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)
