@@ -29,7 +29,7 @@ UPLOAD_RETENTION_S = 900  # as app.py's --upload-retention
 
 
 class RemoteBatcher:
-    """What the page's tabs use of a Batcher (classify, the model's limits and top_k, the batch size), answered
+    """What the page's tabs use of a Batcher (classify, pending, the model's limits and top_k, the batch size), answered
     by the Classifier deployment through its handle. An error is raised as the Classifier's own (a bad image, a
     busy server), for the page to show its message, never Ray's traceback."""
 
@@ -37,9 +37,14 @@ class RemoteBatcher:
         self.handle = handle
         self.model = SimpleNamespace(limits=facts["limits"], top_k=facts["top_k"], describe=lambda: facts["describe"])
         self.conf: BatchingConf = facts["batching"]
+        self.pending = 0  # requests sent and not yet answered (the live camera drops frames past a batch of them)
 
     async def classify(self, item: bytes) -> Any:
-        return await unwrapped(self.handle.classify.remote(item))
+        self.pending += 1
+        try:
+            return await unwrapped(self.handle.classify.remote(item))
+        finally:
+            self.pending -= 1
 
 
 class RemoteExplainer:
