@@ -24,7 +24,7 @@ pytestmark = pytest.mark.browser
 
 
 def stop_camera(page, element: str) -> None:
-    page.locator(element).locator("button", has_text=re.compile("Stop", re.I)).first.click(timeout=30_000)
+    page.locator(element).locator("button", has_text=re.compile("Stop", re.I)).first.click(timeout=60_000)
 
 
 def test_the_live_camera_is_classified_in_place_one_stream_per_visitor(server, tmp_path):
@@ -55,6 +55,16 @@ def test_the_live_camera_is_classified_in_place_one_stream_per_visitor(server, t
         assert second.locator('#live-labels h2[data-testid="label-output-value"]').count() == 0
 
 
+def settled(read, quiet_s: float = 1.5, timeout_s: float = 30) -> int:
+    """read()'s value once it has stopped changing for quiet_s."""
+    value, since, deadline = read(), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.25)
+        if (now := read()) != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 def variants(photo: Path, folder: Path, count: int = 12) -> list[Path]:
     """`count` different views of a photo (crops and mirror images), as photos dropped on a class."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +93,7 @@ def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_
                 page.locator("#class-name textarea, #class-name input").first.fill(name)
                 page.locator("#class-add").click()
                 page.wait_for_function("(name) => document.querySelector('#class-counts').innerText.includes(name)",
-                                       arg=name, timeout=30_000)
+                                       arg=name, timeout=60_000)
                 steps.append(f"add class {name}")
 
             def count_of(name: str) -> int:
@@ -102,18 +112,20 @@ def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_
             page.wait_for_function("() => /rocket (1[3-9]|[2-9]\\d) photos/.test(document.querySelector("
                                    "'#class-counts').innerText)", timeout=60_000)
             stop_camera(page, "#class-burst")
-            steps.append(f"capture a burst of {count_of('rocket')} frames into rocket")
+            burst = settled(lambda: count_of("rocket"))  # frames still on their way when Stop was pressed land
+            steps.append(f"capture a burst of {burst} frames into rocket")
             assert page.locator("#class-gallery img").count() > 0  # its thumbnails
-            # Remove one photo (the first thumbnail), and a class added by mistake.
-            burst = count_of("rocket")
+            # Remove one photo (the first thumbnail, once the page says it is selected), and a class added by mistake.
             page.locator("#class-gallery img").first.click()
+            page.wait_for_function("() => document.querySelector('#class-selected').innerText.includes('Selected')",
+                                   timeout=60_000)
             page.get_by_role("button", name="Remove the selected photo").click()
             page.wait_for_function(f"() => /rocket {burst - 1} photos/.test(document.querySelector('#class-counts')"
-                                   ".innerText)", timeout=30_000)
+                                   ".innerText)", timeout=60_000)
             add_class("mistake")
             page.get_by_role("button", name="Remove this class").click()
             page.wait_for_function("() => !document.querySelector('#class-counts').innerText.includes('mistake')",
-                                   timeout=30_000)
+                                   timeout=60_000)
             steps.append("remove a photo and a class")
             page.locator("#class-chosen input").first.click()
             page.get_by_role("option", name="cat").click()  # back to a dropped class: its thumbnails

@@ -154,11 +154,15 @@ def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
     def add_frame(held: Classes | None, name: str | None, frame: bytes | str | None) -> Any:
         if frame is None or not held or not name:
             return gr.skip()
-        held.add(name, frame if isinstance(frame, bytes) else Path(frame).read_bytes(), limits())
+        try:
+            held.add(name, frame if isinstance(frame, bytes) else Path(frame).read_bytes(), limits())
+        except ImageError as exc:  # the same clear message /service sends
+            raise gr.Error(str(exc)) from None
         return shown(held, name)[1:]
 
-    def chosen_photo(event: gr.SelectData) -> dict:
-        return {"photo": (event.value or {}).get("caption")}
+    def chosen_photo(event: gr.SelectData) -> tuple[dict, str]:
+        photo = (event.value or {}).get("caption")
+        return {"photo": photo}, f"Selected: {photo}" if photo else ""
 
     def remove_photo(held: Classes | None, name: str | None, chosen: dict | None) -> tuple[Any, ...]:
         if not held or not isinstance(chosen, dict) or not isinstance(chosen.get("photo"), str):
@@ -189,7 +193,9 @@ def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
         gallery = gr.Gallery(label="Photos of this class (select one to remove it)", columns=10, height=220,
                              allow_preview=False, elem_id="class-gallery")
         selected = gr.State(None)
-        remove_photo_button = gr.Button("Remove the selected photo", size="sm")
+        with gr.Row():
+            selected_line = gr.Markdown(elem_id="class-selected")
+            remove_photo_button = gr.Button("Remove the selected photo", size="sm")
 
     add.click(add_class, [classes, label], [classes, label, chosen_class, gallery, counts], api_visibility="private")
     label.submit(add_class, [classes, label], [classes, label, chosen_class, gallery, counts],
@@ -199,9 +205,10 @@ def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
                 api_visibility="private", concurrency_limit=4)
     burst.stream(add_frame, [classes, chosen_class, burst], [gallery, counts], stream_every=BURST_SECONDS,
                  time_limit=60, concurrency_limit=4, show_progress="hidden", api_visibility="private")
-    gallery.select(chosen_photo, None, selected, api_visibility="private")
+    gallery.select(chosen_photo, None, [selected, selected_line], api_visibility="private")
     remove_photo_button.click(remove_photo, [classes, chosen_class, selected], [chosen_class, gallery, counts],
-                              api_visibility="private")
+                              api_visibility="private").then(lambda: (None, ""), None, [selected, selected_line],
+                                                             api_visibility="private")
     remove_class_button.click(remove_class, [classes, chosen_class], [chosen_class, gallery, counts],
                               api_visibility="private")
     return Builder(classes, shown, [chosen_class, gallery, counts])
