@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.live import BROWSER_FLAGS
 from conftest import CAT_LABELS, COFFEE_LABELS, PHOTOS, ROOT, require_debian_package
 
 pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = BROWSER_FLAGS  # Chromium headless, on loopback, without its background services
 ARTIFACTS = ROOT / "test-artifacts"
 DROP_ZONE = 'button[aria-label="Drop an image file here to upload"]'
 TOP_LABEL = 'h2[data-testid="label-output-value"]'

@@ -77,7 +77,11 @@ class OpenSetScore:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """[N] the served column, in numpy: what the graph computes."""
-        return 1 / (1 + np.exp(-(self.distance(features) - self.threshold) / self.scale))
+        return self.column(self.distance(features))
+
+    def column(self, distances: np.ndarray) -> np.ndarray:
+        """The served column for distances already computed."""
+        return 1 / (1 + np.exp(-(distances - self.threshold) / self.scale))
 
     def graph(self, features):
         """The same column in TensorFlow ops, [N, 1], on the graph's features tensor [N, D]."""
@@ -117,12 +121,12 @@ def fit_and_measure(train: tuple[np.ndarray, np.ndarray], validation: np.ndarray
                                                   "--validation_percentage or add photos"}
     score = OpenSetScore.fit(*train)
     score.calibrate(validation)
-    known = score(test)
+    known = score.distance(test)
     measured = {"calibrated": True, "threshold": score.threshold, "scale": score.scale,
                 "calibration_photos": int(len(validation)), "target_known_rejected": KNOWN_REJECTED,
-                "test_photos": int(len(test)), "test_rejected": rejected(known)}
+                "test_photos": int(len(test)), "test_rejected": rejected(score.column(known))}
     if other is not None:
-        unseen = score(other)
-        measured.update(other_photos=int(len(other)), other_rejected=rejected(unseen),
-                        auroc=auroc(score.distance(test), score.distance(other)))
+        unseen = score.distance(other)
+        measured.update(other_photos=int(len(other)), other_rejected=rejected(score.column(unseen)),
+                        auroc=auroc(known, unseen))
     return score, measured

@@ -37,6 +37,9 @@ class Classes:
         self.folder = Path(tempfile.mkdtemp(prefix=".classes-", dir=train_dir))
         self._thumbnails: dict[str, deque[tuple[Image.Image, str]]] = {}  # by class: (thumbnail, file name)
         self._numbers = itertools.count(1)
+        # The visitor's totals, kept as photos come and go: a burst adds four a second, and walking up to 2,000
+        # files for each one is the folder's whole listing again.
+        self._photos, self._bytes = 0, 0
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.folder.iterdir() if p.is_dir()) if self.folder.is_dir() else []
@@ -44,9 +47,11 @@ class Classes:
     def counts(self) -> dict[str, int]:
         return {name: sum(1 for _ in (self.folder / name).iterdir()) for name in self.names()}
 
-    def _used(self) -> tuple[int, int]:
-        files = [p for p in self.folder.rglob("*") if p.is_file()]
-        return len(files), sum(p.stat().st_size for p in files)
+    def _forget(self, files: list[Path]) -> None:
+        """The running totals, less these files (about to be deleted)."""
+        files = [p for p in files if p.is_file()]
+        self._photos -= len(files)
+        self._bytes -= sum(p.stat().st_size for p in files)
 
     def add_class(self, label: str) -> str:
         if not NAME.fullmatch(label or ""):
@@ -76,15 +81,15 @@ class Classes:
         sends), stored as a JPEG, within the visitor's bounds."""
         if not name or name not in self.names():
             raise gr.Error("Add a class, and choose it, first.")
-        count, used = self._used()
-        if count >= MAX_PHOTOS:
+        if self._photos >= MAX_PHOTOS:
             raise gr.Error(f"At most {MAX_PHOTOS} photos in all: train on these, or remove some.")
         photo, buffer = decode(image, limits).convert("RGB"), io.BytesIO()
         photo.save(buffer, "JPEG", quality=90)
-        if used + buffer.tell() > MAX_BYTES:
+        if self._bytes + buffer.tell() > MAX_BYTES:
             raise gr.Error(f"At most {MAX_BYTES // 1024 ** 2} MB of photos in all: train on these, or remove some.")
         file_name = f"{next(self._numbers):05d}.jpg"
         (self.folder / name / file_name).write_bytes(buffer.getvalue())
+        self._photos, self._bytes = self._photos + 1, self._bytes + buffer.tell()
         photo.thumbnail(THUMBNAIL_SIZE)
         self._thumbnails[name].append((photo, file_name))
 
@@ -92,9 +97,11 @@ class Classes:
         """The class, or one photo of it."""
         self.check(name)
         if photo is None:
+            self._forget(list((self.folder / name).iterdir()))
             shutil.rmtree(self.folder / name, ignore_errors=True)
             self._thumbnails.pop(name, None)
         else:
+            self._forget([self.folder / name / Path(photo).name])
             (self.folder / name / Path(photo).name).unlink(missing_ok=True)
             kept = [shown for shown in self._thumbnails[name] if shown[1] != Path(photo).name]
             self._thumbnails[name] = deque(kept, maxlen=THUMBNAILS)
@@ -107,6 +114,7 @@ class Classes:
     def delete(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self._thumbnails.clear()
+        self._photos, self._bytes = 0, 0
 
 
 class Builder(NamedTuple):
