@@ -61,7 +61,7 @@ FROM all-packages AS full
 COPY --from=app /app /app
 USER 10001
 RUN python -m classifier --convert
-EXPOSE 8080
+EXPOSE 8080 8500
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/readyz' % os.environ['CLASSIFIER_PORT'], timeout=4)"]
 CMD ["python", "app.py"]
@@ -74,7 +74,7 @@ COPY --from=serving-packages /opt/venv /opt/venv
 COPY --from=app /app /app
 COPY --from=full --chown=10001:10001 /app/checkpoint_dir/.litert /app/checkpoint_dir/.litert
 USER 10001
-EXPOSE 8080
+EXPOSE 8080 8500
 # Python's standard library does the probe (the image has no curl); /readyz: the model answered its warm-up.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/readyz' % os.environ['CLASSIFIER_PORT'], timeout=4)"]

@@ -39,7 +39,9 @@ from classifier.serving.batching import Batcher
 from classifier.serving import explanations
 from classifier.serving.api import create_app
 from classifier.serving.connections import with_read_timeout
+from classifier.serving.grpc_server import GrpcServer, port_in_use
 from classifier.serving.guard import GuardConf, gradio_login_check
+from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
 from classifier.serving.service import Health, request_limit
 from classifier.serving.ui import CSS, FlagBudget, build_demo, delete_old_uploads
@@ -51,6 +53,7 @@ MAX_ZIP_BYTES = 500 * 1024 * 1024
 GRADIO_JSON_LIMIT = 4 * 1024 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024  # an upload's form fields and boundaries, beside the file itself
 KEEP_ALIVE_SECONDS = 5
+GRPC_GRACE_SECONDS = 10  # at shutdown, gRPC calls in flight get this long to finish
 log = logging.getLogger("app")
 
 
@@ -69,6 +72,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("CLASSIFIER_PORT", 8080)),
                         help="port (default: $CLASSIFIER_PORT, else 8080, as the UAI service)")
+    parser.add_argument("--grpc-port", type=int, default=int(os.environ.get("CLASSIFIER_GRPC_PORT", 8500)),
+                        metavar="PORT",
+                        help="the gRPC port: KServe v2's and TF Serving's gRPC services and grpc.health.v1, on "
+                             "--host (default: $CLASSIFIER_GRPC_PORT, else 8500, TF Serving's; 0: none)")
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     parser.add_argument("--root-path", default=os.environ.get("CLASSIFIER_ROOT_PATH", ""), metavar="PREFIX",
                         help="the public path prefix when a reverse proxy serves the app under one (e.g. "
@@ -177,6 +184,9 @@ try:
     args.conf = chosen_conf(args.conf, args.model, args.labels, default=ROOT / "conf.json")
 except classifier.ConfError as exc:
     sys.exit(f"error: cannot start: {exc}")
+if args.grpc_port and port_in_use(args.host, args.grpc_port):  # before the model loads: fail fast
+    sys.exit(f"error: cannot start: the gRPC port {args.grpc_port} is in use (another server?); choose another "
+             "with --grpc-port PORT, or --grpc-port 0 for none")
 credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
 if args.auth and not credentials:
     sys.exit("error: --auth must be USER:PASS")
@@ -195,6 +205,9 @@ explainer = explanations.Explainer(batcher)
 demo = build_demo(model, batcher, explainer, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint,
                   training_off, FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20))
 demo.queue(max_size=batcher.conf.max_queue)
+# The gRPC port: both protocols on the same batcher, limits and login as their REST forms, in this process's loop.
+grpc_server = GrpcServer(Served(batcher, limits, credentials, health), args.host, args.grpc_port,
+                         max_calls=args.max_connections) if args.grpc_port else None
 
 
 @asynccontextmanager
@@ -203,10 +216,14 @@ async def lifespan(_app):
         try:  # one request through the whole path (decode, batcher, model) before /readyz says yes
             await batcher.classify(EXAMPLES[0].read_bytes())
             health.ready = True
+            if grpc_server:
+                await grpc_server.ready()
         except Exception as exc:
             health.reason = f"warm-up failed: {exc}"
             log.exception("warm-up failed")
 
+    if grpc_server:
+        await grpc_server.start()
     task = asyncio.create_task(warm_up())
     sweeping = asyncio.create_task(delete_old_uploads(demo, args.upload_retention))
     if args.share:
@@ -218,6 +235,8 @@ async def lifespan(_app):
     yield
     stop_polling.set()
     task.cancel()
+    if grpc_server:  # after the HTTP requests in flight have finished (uvicorn's graceful shutdown)
+        await grpc_server.stop(GRPC_GRACE_SECONDS)
     sweeping.cancel()
     with suppress(asyncio.CancelledError):
         await sweeping  # its last act: the uploads still in the cache are deleted
@@ -250,6 +269,8 @@ def main() -> None:
     print(f"* Model: {classifier.describe(model)} (from {getattr(model, 'model_dir', args.conf)})", flush=True)
     print(f"* Page:    http://{shown}:{args.port}/", flush=True)
     print(f"* Service: curl -T photo.jpg http://{shown}:{args.port}/service", flush=True)
+    if grpc_server:
+        print(f"* gRPC:    {shown}:{args.grpc_port} (KServe v2, TF Serving, grpc.health.v1)", flush=True)
     if root_path:
         print(f"* Behind the proxy: https://<host>{root_path}/ (--root-path)", flush=True)
     if training_off and not args.no_train:

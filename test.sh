@@ -29,4 +29,5 @@ else
 fi
 
 python3 -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt
+python3 -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 python3 -m pytest -ra --durations=25 "$@"  # the 25 slowest, to keep the whole run under 15 minutes

@@ -5,6 +5,8 @@ b. JPEG decoding: Pillow draft mode against simplejpeg, small photos and camera-
 c. POST /service end to end on a real server (loopback) under wrk (bench/wrk.py: real JPEG bodies, one client
    thread whose CPU share is reported): c1, c16, c64 with the default config and with the fastest precision the
    guard allows, c1 with batching off, memory before and after a longer run, start to ready, RSS and PSS;
+   and the same server's gRPC port at c1 and c16, KServe v2 ModelInfer and TF Serving Predict of the same JPEGs
+   (bench/grpc_load.py: one client process whose CPU share is reported);
 d. Gradio's API through gradio_client, c1 and c8, beside Gradio's own floor (bench/gradio_floor.py);
 e. the naive demo (bench/naive_app.py: Keras model.predict per request) under the same wrk;
 f. POST /explain on a 224×224 photo, one at a time;
@@ -27,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench import decode, wrk
+from bench import decode, grpc_load, wrk
 from bench.load import drive_gradio
 from bench.report import markdown
 from bench.server import ROOT, ServerProcess, conf_variant
@@ -147,6 +149,9 @@ def main() -> int:
     server = ServerProcess()  # the model was converted and checked by a.: it serves without TensorFlow
     try:
         report["service"] = under_load(server, (1, 16, 64), seconds)
+        print("c. gRPC …", file=sys.stderr)  # the same server, its gRPC port: right after its REST rows
+        report["grpc"] = {protocol: {f"c{c}": grpc_load.drive(server.grpc_target, JPEGS, protocol, c, seconds)
+                                     for c in (1, 16)} for protocol in grpc_load.METHODS}
         report["memory"] = {"rss_before_mb": round(server.rss_mb()[0])}
         longer = wrk.drive(server.url, JPEGS, 16, 3 * seconds)
         report["memory"].update(requests=longer["requests"], non_2xx=longer["non_2xx"],
@@ -228,6 +233,9 @@ def targets(r: dict) -> dict:
              "gradio_c8_over_floor": round(r["gradio"]["c8"]["img_s"] / r["gradio_floor"]["c8"]["img_s"], 2),
              "c1_p50_over_unbatched_p50": round(r["service"]["c1"]["p50_ms"]
                                                 / r["service_unbatched"]["c1"]["p50_ms"], 2)}
+    if "grpc" in r:
+        for protocol, runs in r["grpc"].items():
+            found[f"grpc_{protocol}_c16_over_rest_c16"] = round(runs["c16"]["img_s"] / c16, 2)
     best = max((runs["c16"]["img_s"] for runs in r.get("service_engines", {}).values()), default=None)
     if best:
         found["auto_c16_over_best_forced_engine_c16"] = round(c16 / best, 2)

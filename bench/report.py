@@ -25,6 +25,11 @@ def load_rows(r: dict) -> list[str]:
             if level.startswith("c"):
                 rows.append(row(name, path, s["concurrency"], s["img_s"], s["p50_ms"], s["p90_ms"], s["p99_ms"],
                                 s["non_2xx"] + s["socket_errors"], f"{s['client_cpu_share']:.0%}"))
+    methods = {"kserve": "gRPC KServe v2 ModelInfer", "tf_serving": "gRPC TF Serving Predict"}
+    for protocol, runs in r.get("grpc", {}).items():  # bench/grpc_load.py: its failed calls in the non-2xx column
+        for s in runs.values():
+            rows.append(row("ours, default", methods[protocol], s["concurrency"], s["img_s"], s["p50_ms"],
+                            s["p90_ms"], s["p99_ms"], s["failed"], f"{s['client_cpu_share']:.0%}"))
     for name, runs in (("ours", r["gradio"]), ("Gradio's floor (a fixed answer)", r["gradio_floor"])):
         for level, s in runs.items():
             rows.append(row(name, "Gradio API (gradio_client)", s["concurrency"], s["img_s"], s["p50_ms"],
@@ -64,7 +69,7 @@ def markdown(r: dict) -> str:
     m, t = r["memory"], r["targets"]
     return "\n".join(
         ["Model-only ceiling (images/s on preprocessed tensors):", "", *engine_rows(r), "",
-         "Under load (wrk, one client thread; real JPEGs):", "", *load_rows(r), "",
+         "Under load (wrk, one client thread; gRPC: bench/grpc_load.py, one client process; real JPEGs):", "", *load_rows(r), "",
          *memory_rows(r), "",
          f"Memory under load: {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
          f"requests at c16 (peak {m['rss_peak_mb']} MB, {m['non_2xx']} non-2xx).", "",

@@ -56,6 +56,12 @@ class ServerProcess:
         started = time.perf_counter()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # app.py's gRPC port too, on a free port of its own (its default, 8500, would be one server's only).
+        self.grpc_port = None
+        if script.name == "app.py" and "--grpc-port" not in args:
+            self.grpc_port = free_port()
+            args = (*args, "--grpc-port", str(self.grpc_port))
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(self.port), *args],

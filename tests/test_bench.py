@@ -27,6 +27,11 @@ def test_quick_benchmark_runs(tmp_path):
             assert run_["requests"] > 0 and run_["non_2xx"] == 0 and run_["socket_errors"] == 0, (server, run_)
             assert 0 < run_["client_cpu_share"] < 0.5
         assert result[server]["pss_mb"] > 0 and result[server]["ready_rss_mb"] > 0 and result[server]["ready_s"] > 0
+    for protocol in ("kserve", "tf_serving"):  # the gRPC rows, from the same server
+        for level in ("c1", "c16"):
+            run_ = result["grpc"][protocol][level]
+            assert run_["requests"] > 0 and run_["failed"] == 0 and 0 < run_["client_cpu_share"] < 0.5, run_
+    assert "| gRPC KServe v2 ModelInfer | 16 |" in run.stdout and "grpc_kserve_c16_over_rest_c16" in result["targets"]
     assert set(result["service_engines"]) == {"litert fp32", "openvino fp32"}  # each engine forced, beside auto
     assert all(runs["c16"]["non_2xx"] == 0 for runs in result["service_engines"].values())
     assert "auto_c16_over_best_forced_engine_c16" in result["targets"]

@@ -23,6 +23,7 @@ from gradio_client import Client, handle_file
 from bench.server import free_port, wait_until_ready
 from conftest import CAT_LABELS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
 from test_app import curl
+from test_grpc import top_label
 
 CACHE = Path(os.environ.get("CLASSIFIER_TEST_CACHE", Path.home() / ".cache" / "classifier-tests"))
 BASE = "classifier-test-base:bookworm"  # Debian 12's Python 3.11: what python:3.11-slim is built on
@@ -191,11 +192,12 @@ class Container:
     """`docker run -d` of the image on a free loopback port (host network), removed on exit."""
 
     def __init__(self, *args: str, image: str = IMAGE, command: tuple[str, ...] = ()):
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
         self.id = docker("run", "-d", "--network", "host", "-e", "CLASSIFIER_HOST=127.0.0.1", "-e",
-                         f"CLASSIFIER_PORT={self.port}", *args, image, *command).stdout.strip()
+                         f"CLASSIFIER_PORT={self.port}", "-e", f"CLASSIFIER_GRPC_PORT={self.grpc_port}", *args, image,
+                         *command).stdout.strip()
 
     def wait_until_ready(self, timeout: float = 120) -> float:
         """Seconds from `docker run` to the first 200 from /readyz."""
@@ -243,6 +245,8 @@ def test_the_runtime_image_is_small_read_only_healthy_and_serves_without_tensorf
                 assert answer["label"] in CAT_LABELS
             finally:
                 client.close()
+            # The gRPC port too (CLASSIFIER_GRPC_PORT), through tritonclient.grpc.
+            assert top_label(f"127.0.0.1:{container.grpc_port}", (PHOTOS / "cat.jpeg").read_bytes()) in CAT_LABELS
             for package in ("tensorflow", "keras"):
                 run = docker("exec", container.id, "python", "-c", f"import {package}", check=False)
                 assert run.returncode != 0 and f"No module named '{package}'" in run.stderr, run.stderr

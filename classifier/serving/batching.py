@@ -165,8 +165,11 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [self._held or await self._queue.get()]
+            first = self._held or await self._queue.get()
             self._held = None
+            if first[1].done():  # its caller has gone (a cancelled call, a passed deadline): no model time for it
+                continue
+            batch = [first]
             deadline = loop.time() + self.conf.max_batch_wait_ms / 1000
             while len(batch) < self.conf.max_batch_size:
                 if not self._queue.empty():
@@ -179,6 +182,8 @@ class Batcher:
                         entry = await asyncio.wait_for(self._queue.get(), remaining)
                     except asyncio.TimeoutError:
                         break
+                if entry[1].done():
+                    continue
                 if entry[2] is not batch[0][2]:  # decoded for another model (a swap happened): next batch
                     self._held = entry
                     break

@@ -137,9 +137,14 @@ async def _refuse(send: Callable, status: int, message: str, *headers: tuple[str
 
 
 def basic_auth_ok(request: HTTPConnection, credentials: tuple[str, str] | None) -> bool:
+    return authorization_ok(request.headers.get("authorization", ""), credentials)
+
+
+def authorization_ok(authorization: str, credentials: tuple[str, str] | None) -> bool:
+    """Whether an Authorization value (an HTTP header, gRPC metadata) holds the Basic login, if one is set."""
     if credentials is None:
         return True
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    scheme, _, encoded = authorization.partition(" ")
     if scheme.lower() != "basic":
         return False
     try:

@@ -12,6 +12,10 @@ from .guard import route_path
 REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
 LATENCY = Histogram("classifier_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+GRPC_REQUESTS = Counter("classifier_grpc_requests_total", "gRPC calls by method and status code",
+                        ["method", "code"])
+GRPC_LATENCY = Histogram("classifier_grpc_request_seconds", "gRPC call latency by method", ["method"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by outcome (ok, or the error's kind)",
                           ["outcome"])
 LIVE_FRAMES = Counter("classifier_live_frames_total", "The page's live camera frames, by outcome: classified, "

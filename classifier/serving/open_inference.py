@@ -100,10 +100,7 @@ async def _infer(served: Served, request: Request) -> Response:
     requested = header.get("outputs") or [{"name": PROBABILITIES}]
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise ProtocolError(400, "outputs must be a list of objects with a name")
-    names = [wanted.get("name") for wanted in requested]
-    if len(names) != len(set(map(str, names))) or len(names) > len(OUTPUTS):  # each answer is [N, classes] big
-        raise ProtocolError(400, f"outputs must name each of {', '.join(map(repr, OUTPUTS))} at most once, "
-                                 f"not {len(names)} outputs")
+    check_outputs([wanted.get("name") for wanted in requested])
     outputs, blobs = [], []
     for wanted in requested:
         output, blob = _output(wanted, probabilities, model, binary_default)
@@ -118,6 +115,13 @@ async def _infer(served: Served, request: Request) -> Response:
     head = json.dumps(answer).encode()
     return Response(head + b"".join(blobs), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+def check_outputs(names: list[Any]) -> None:
+    """The 400 for outputs named twice, or more of them than there are: each answer is [N, classes] big."""
+    if len(names) != len(set(map(str, names))) or len(names) > len(OUTPUTS):
+        raise ProtocolError(400, f"outputs must name each of {', '.join(map(repr, OUTPUTS))} at most once, "
+                                 f"not {len(names)} outputs")
 
 
 def _read_request(served: Served, body: bytes, header_length: str | None) -> tuple[dict, dict, list | np.ndarray]:
@@ -147,15 +151,7 @@ def _split(served: Served, body: bytes, header_length: str | None) -> tuple[dict
 
 def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | np.ndarray:
     """The input's encoded images, or its tensors, from its JSON data or its part of the binary data."""
-    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-    expected = {IMAGE_INPUT: "BYTES", TENSOR_INPUT: "FP32"}
-    if name not in expected:
-        raise ProtocolError(400, f"unknown input {name!r}: this model takes {IMAGE_INPUT!r} (BYTES, encoded "
-                                 f"images) or {TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
-    if datatype != expected[name]:
-        raise ProtocolError(400, f"input {name!r} must have datatype {expected[name]}, not {datatype!r}")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ProtocolError(400, f"input {name!r}: shape must be a list of non-negative integers, not {shape!r}")
+    name = tensor.get("name")
     parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
     if "shared_memory_region" in parameters:
         raise ProtocolError(400, "shared memory is not supported by this server: send the data in the request")
@@ -164,9 +160,25 @@ def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | n
         if not isinstance(size, int) or size < 0 or size > len(binary):
             raise ProtocolError(400, f"input {name!r}: binary_data_size {size!r} does not fit the "
                                      f"{len(binary)} bytes after the JSON header")
-        raw = binary[:size]
-    elif "data" not in tensor:
+        return input_items(served, name, tensor.get("datatype"), tensor.get("shape"), raw=binary[:size])
+    if "data" not in tensor:
         raise ProtocolError(400, f"input {name!r} has neither data nor binary_data_size")
+    return input_items(served, name, tensor.get("datatype"), tensor.get("shape"), data=tensor["data"])
+
+
+def input_items(served: Served, name: Any, datatype: Any, shape: Any, *, raw: bytes | None = None,
+                data: Any = None, encoded: list[bytes] | None = None) -> list[bytes] | np.ndarray:
+    """One input tensor's encoded images or ready tensors, checked: its name, datatype and shape, then its values,
+    from `raw` (the binary form: FP32 little-endian, or length-prefixed BYTES elements), `data` (JSON: numbers,
+    or base64 text for BYTES, flat or nested) or `encoded` (gRPC's bytes_contents: the images themselves)."""
+    expected = {IMAGE_INPUT: "BYTES", TENSOR_INPUT: "FP32"}
+    if name not in expected:
+        raise ProtocolError(400, f"unknown input {name!r}: this model takes {IMAGE_INPUT!r} (BYTES, encoded "
+                                 f"images) or {TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
+    if datatype != expected[name]:
+        raise ProtocolError(400, f"input {name!r} must have datatype {expected[name]}, not {datatype!r}")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(400, f"input {name!r}: shape must be a list of non-negative integers, not {shape!r}")
     where = f"input {name!r}"
     check_count(shape[0], where)  # before anything is converted: 16 million empty elements are not 16 million images
     count = int(np.prod(shape, dtype=np.int64))
@@ -175,23 +187,27 @@ def _input_items(served: Served, tensor: dict, binary: bytes) -> list[bytes] | n
         if shape[1:] != [height, width, 3]:
             raise ProtocolError(400, f"{where}: the shape must be [N, {height}, {width}, 3] (RGB, as the model's "
                                      f"preprocess makes it), not {shape}")
-        values = np.frombuffer(raw[:len(raw) // 4 * 4], "<f4") if size is not None else tensor["data"]
+        values = np.frombuffer(raw[:len(raw) // 4 * 4], "<f4") if raw is not None else data
         try:
             array = np.asarray(values, dtype=np.float32).reshape(shape)
         except (TypeError, ValueError) as exc:
-            raise ProtocolError(400, f"input {name!r}: the data does not fill the shape {shape}: {exc}") from None
-        return served.tensors(array, f"input {name!r}")
+            raise ProtocolError(400, f"{where}: the data does not fill the shape {shape}: {exc}") from None
+        return served.tensors(array, where)
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
-        raise ProtocolError(400, f"input {name!r}: one encoded image per element, shape [N] or [N, 1], not {shape}")
-    if size is not None:
+        raise ProtocolError(400, f"{where}: one encoded image per element, shape [N] or [N, 1], not {shape}")
+    if raw is not None:
         images = _length_prefixed(raw, name, served.limits.max_bytes, count)
+    elif encoded is not None:
+        images = list(encoded[:count + 1])
+        for number, image in enumerate(images):
+            if len(image) > served.limits.max_bytes:
+                raise ProtocolError(413, f"{where} element {number}: the image is larger than the limit of "
+                                         f"{served.limits.max_bytes} bytes")
     else:
-        data = tensor["data"]
         elements = _flatten(data, count) if isinstance(data, list) else [data]
-        images = [served.image(element, f"input {name!r} element {index}") for index, element in enumerate(elements)]
+        images = [served.image(element, f"{where} element {index}") for index, element in enumerate(elements)]
     if len(images) != count:
-        raise ProtocolError(400, f"input {name!r}: the shape {shape} holds {count} images but the data has "
-                                 f"{len(images)}")
+        raise ProtocolError(400, f"{where}: the shape {shape} holds {count} images but the data has {len(images)}")
     return images
 
 
@@ -238,30 +254,38 @@ def _output(wanted: dict, probabilities: np.ndarray, model: Any, binary_default:
     parameters = wanted.get("parameters") if isinstance(wanted.get("parameters"), dict) else {}
     if "shared_memory_region" in parameters:
         raise ProtocolError(400, "shared memory is not supported by this server")
-    labels = list(model.labels)
-    classes = parameters.get("classification")
-    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
-        raise ProtocolError(400, f"output {name!r}: classification must be a count ≥ 1, not {classes!r}")
-    if name == PROBABILITIES and classes is None:
-        datatype, values = "FP32", probabilities
-    elif name == PROBABILITIES:  # Triton's classification extension: "probability:index:label", best first
-        datatype = "BYTES"
-        values = np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in best(row, classes)]
-                           for row in probabilities], dtype=object)
-    elif name == LABELS:
-        datatype = "BYTES"
-        k = classes or getattr(model, "top_k", 5)
-        values = np.array([[labels[i] for i in best(row, k)] for row in probabilities], dtype=object)
-    else:
-        raise ProtocolError(400, f"unknown output {name!r}: this model gives {PROBABILITIES!r} and {LABELS!r}")
+    datatype, values = output_values(name, parameters.get("classification"), probabilities, model)
     output = {"name": name, "datatype": datatype, "shape": list(values.shape)}
     if not parameters.get("binary_data", binary_default):
         output["data"] = values.ravel().tolist()
         return output, None
-    if datatype == "FP32":
-        blob = values.astype("<f4").tobytes()
-    else:
-        encoded = [str(value).encode() for value in values.ravel()]
-        blob = b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+    blob = raw_contents(datatype, values)
     output["parameters"] = {"binary_data_size": len(blob)}
     return output, blob
+
+
+def output_values(name: Any, classes: Any, probabilities: np.ndarray, model: Any) -> tuple[str, np.ndarray]:
+    """An output's datatype and values: `probabilities` (FP32 [N, classes], or with a `classification` count, as
+    Triton's classification extension gives it: "probability:index:label" strings, best first) or `labels` (the
+    top-k names, BYTES [N, k])."""
+    labels = list(model.labels)
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ProtocolError(400, f"output {name!r}: classification must be a count ≥ 1, not {classes!r}")
+    if name == PROBABILITIES and classes is None:
+        return "FP32", probabilities
+    if name == PROBABILITIES:
+        return "BYTES", np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in best(row, classes)]
+                                  for row in probabilities], dtype=object)
+    if name == LABELS:
+        k = classes or getattr(model, "top_k", 5)
+        return "BYTES", np.array([[labels[i] for i in best(row, k)] for row in probabilities], dtype=object)
+    raise ProtocolError(400, f"unknown output {name!r}: this model gives {PROBABILITIES!r} and {LABELS!r}")
+
+
+def raw_contents(datatype: str, values: np.ndarray) -> bytes:
+    """The binary form of an output (REST's binary extension, gRPC's raw_output_contents): FP32 little-endian, or
+    each BYTES element as a 4-byte little-endian length and its UTF-8 bytes."""
+    if datatype == "FP32":
+        return values.astype("<f4").tobytes()
+    encoded = [str(value).encode() for value in values.ravel()]
+    return b"".join(struct.pack("<I", len(item)) + item for item in encoded)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from ..conf import ArchJsonConfLoader
 from ..images import ENCODED_INPUT, Limits
-from .batching import Batcher, Scores
+from .batching import Batcher, Overloaded, Scores
 from .guard import basic_auth_ok, byte_count
 from .service import BodyTooLarge, error, error_for, read_limited, request_limit
 
@@ -28,6 +28,10 @@ class ProtocolError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+class Busy(ProtocolError):
+    """The 503 of a full queue: retry later (gRPC's RESOURCE_EXHAUSTED; a replaced model's 503 is UNAVAILABLE)."""
 
 
 class Served:
@@ -81,6 +85,10 @@ class Served:
         """Raises the ProtocolError for a request without the login, or for another model or version."""
         if not basic_auth_ok(request, self.credentials):
             raise ProtocolError(401, "authentication required")
+        self.check_model(name, version)
+
+    def check_model(self, name: str, version: str | None) -> None:
+        """Raises the ProtocolError (404) for another model, or a version that does not serve."""
         if name != self.name:
             raise ProtocolError(404, f"unknown model {name!r}: this server serves {self.name!r}")
         if version not in (None, "", self.version):
@@ -152,7 +160,8 @@ class Served:
         for number, result in enumerate(results):
             if isinstance(result, Exception):  # the first bad image decides the status
                 answer = error_for(result, subject=f"{where} image {number}")
-                raise ProtocolError(answer.status_code, json.loads(answer.body)["error"])
+                kind = Busy if isinstance(result, Overloaded) else ProtocolError
+                raise kind(answer.status_code, json.loads(answer.body)["error"])
         models = {id(result.model) for result in results}
         if len(models) > 1:
             raise ProtocolError(503, "the model was replaced while this request ran; send it again")

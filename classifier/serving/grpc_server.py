@@ -1,0 +1,169 @@
+"""The gRPC port: KServe v2's and TF Serving's services and grpc.health.v1, with the HTTP routes' login, limits and
+batcher, on grpcio's asyncio server in the app's own event loop."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from . import metrics
+from .guard import authorization_ok
+from .protocols import Busy, ProtocolError, Served
+
+log = logging.getLogger(__name__)
+
+# The calls that answer without the login, as their REST forms do (/v2/health/*, /healthz): Kubernetes' gRPC
+# probes, and KServe v2's server liveness and readiness.
+OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List",
+                "/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
+IDLE_CONNECTION_SECONDS = 300  # a connection with no call for this long is closed (clients reconnect by themselves)
+# The HTTP statuses our protocol errors carry, as gRPC codes. A full queue is RESOURCE_EXHAUSTED (protocols.Busy);
+# another 503 (the model replaced mid-request, not yet ready) is UNAVAILABLE: retry.
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+         404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+         415: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+         503: grpc.StatusCode.UNAVAILABLE}
+
+
+def code_of(error: ProtocolError) -> grpc.StatusCode:
+    if isinstance(error, Busy):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return CODES.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+def unary(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:
+    """The handler, answering a ProtocolError with its gRPC code and message, and anything unexpected with
+    INTERNAL (the traceback goes to the log, never to the client); each call is counted in /metrics."""
+    @functools.wraps(handler)
+    async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await handler(request, context)
+        except ProtocolError as exc:
+            code = code_of(exc)
+            await context.abort(code, str(exc))
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody to answer
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            if context.code() is not None:  # context.abort() above: already answered
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("gRPC %s failed", method)
+            await context.abort(code, "internal error; the server log has the details")
+        finally:
+            metrics.GRPC_REQUESTS.labels(method, code.name).inc()
+            metrics.GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+    return answer
+
+
+def method_table(service: str, methods: dict[str, tuple[Callable, Any, Any]],
+                 streams: dict[str, tuple[Callable, Any, Any]] | None = None) -> grpc.GenericRpcHandler:
+    """A service's handlers by method name: unary (handler, request class, response class), and bidirectional
+    streams likewise. The service name is the protocol's own (inference.GRPCInferenceService, …), which our
+    messages' package is not (classifier/serving/protos)."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(unary(f"{service}/{name}", handler),
+                                                          request_deserializer=request.FromString,
+                                                          response_serializer=response.SerializeToString)
+                for name, (handler, request, response) in methods.items()}
+    for name, (handler, request, response) in (streams or {}).items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(handler, request_deserializer=request.FromString,
+                                                               response_serializer=response.SerializeToString)
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+class Login(grpc.aio.ServerInterceptor):
+    """--auth's login on every call but the probes: `authorization: Basic base64(user:password)` metadata, as the
+    HTTP header is (tritonclient's headers={…}, or metadata=[("authorization", …)] on a stub's call)."""
+
+    def __init__(self, credentials: tuple[str, str] | None):
+        self.credentials = credentials
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method in OPEN_METHODS:
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if authorization_ok(str(metadata.get("authorization", "")), self.credentials):
+            return handler
+        metrics.GRPC_REQUESTS.labels(details.method.lstrip("/"), "UNAUTHENTICATED").inc()
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as the refused one (unary or streaming), answering UNAUTHENTICATED."""
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication required: send the --auth login as "
+                                                             "'authorization: Basic …' metadata")
+    options = {"request_deserializer": handler.request_deserializer,
+               "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse, **options)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse, **options)
+    return grpc.unary_unary_rpc_method_handler(refuse, **options)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another process listens on the port: checked before start-up, for a clear message (grpcio's own
+    bind failure is a bare RuntimeError, and its default SO_REUSEPORT, turned off below, would share the port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class GrpcServer:
+    """Both protocols' services, health and the login on one port. max_calls: calls at once (past it, grpcio
+    answers RESOURCE_EXHAUSTED); a request message is at most the HTTP routes' body limit."""
+
+    def __init__(self, served: Served, host: str, port: int, max_calls: int):
+        # Imported here: each protocol's module imports this one for its helpers.
+        from . import grpc_open_inference, grpc_tf_serving
+
+        self.served, self.host, self.port = served, host, port
+        self.health = health.aio.HealthServicer()
+        self._services = [grpc_open_inference.SERVICE, *grpc_tf_serving.SERVICES]
+        self._handlers = [grpc_open_inference.handlers(served), *grpc_tf_serving.handlers(served)]
+        self._max_calls = max_calls
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Listens; returns the port (the one asked for, or the one chosen for port 0)."""
+        limit = self.served.body_limit
+        self.server = grpc.aio.server(
+            interceptors=[Login(self.served.credentials)], maximum_concurrent_rpcs=self._max_calls,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0), ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000)])
+        self.server.add_generic_rpc_handlers(self._handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until the warm-up has gone through
+        self.port = self.server.add_insecure_port(address(self.host, self.port))
+        await self.server.start()
+        return self.port
+
+    async def ready(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """New calls are refused and health says NOT_SERVING; calls in flight get grace_seconds to finish."""
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace_seconds)
+
+    async def _set_health(self, status: int) -> None:
+        for service in ["", *self._services]:  # "" is the whole server, as grpc_health_probe asks by default
+            await self.health.set(service, status)

@@ -1,0 +1,1 @@
+"""The gRPC messages of KServe v2 and TF Serving: .proto files (wire-compatible subsets) and their generated Python."""
