@@ -303,3 +303,12 @@ def test_our_messages_are_wire_compatible_with_the_clients_own():
         differences += [d for name in names
                         for d in same_wire_form(getattr(ours, name).DESCRIPTOR, getattr(module, name).DESCRIPTOR)]
     assert differences == []
+
+
+def test_readmes_grpc_example_runs_as_written(server, capsys):
+    """README's Python block for gRPC, pointed at this server's port: both clients print the cat's class (285)."""
+    readme = (ROOT / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "tritonclient.grpc" in b]
+    exec(compile(block.replace("localhost:8500", server.grpc_target).replace('"examples/', f'"{ROOT}/examples/'),
+                 "README.md", "exec"), {})
+    assert capsys.readouterr().out.split() == ["285", "285"]
