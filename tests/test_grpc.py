@@ -256,6 +256,18 @@ def test_auth_is_asked_of_every_call_but_the_probes(guarded, photo_bytes):
     assert grpc_error(client.get_model_metadata, MODEL, headers=wrong).status() == "StatusCode.UNAUTHENTICATED"
     login = {"authorization": "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()}
     assert top_label(running.grpc_target, photo_bytes["cat.jpeg"], login) in CAT_LABELS
+    for headers, refused in ((None, True), (login, False)):  # a stream too, refused or answered
+        answers: queue.Queue = queue.Queue()
+        stream = triton.InferenceServerClient(running.grpc_target)
+        stream.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+        try:
+            stream.async_stream_infer(MODEL, [image_input([photo_bytes["cat.jpeg"]])])
+            result, error = answers.get(timeout=60)
+        except InferenceServerException as exc:  # the refusal arrived before the request was queued
+            result, error = None, exc
+        finally:
+            stream.stop_stream()
+        assert (error is not None and result is None) if refused else (error is None and result is not None)
 
 
 def test_a_taken_grpc_port_stops_start_up_with_a_clear_message(server):
