@@ -25,7 +25,7 @@ def test_dockerfile_lints_clean_and_follows_the_rules():
     runtime = DOCKERFILE[DOCKERFILE.rindex("FROM "):]
     assert "all-packages" not in runtime and "requirements.txt" not in runtime  # no TensorFlow, no wheels
     assert instructions("USER")[-1] not in ("root", "0")
-    assert instructions("EXPOSE")[-1] == "8080"
+    assert instructions("EXPOSE")[-1] == "8080 8500"  # HTTP, and the gRPC port (TF Serving's)
     probe = json.loads(instructions("HEALTHCHECK")[-1].split("CMD", 1)[1])
     assert probe[0] == "python" and "/readyz" in probe[-1]
     assert json.loads(instructions("CMD")[-1]) == ["python", "app.py"]
