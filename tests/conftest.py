@@ -112,6 +112,15 @@ def server(flagging_dir):
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def expected(server, photo_bytes) -> dict[str, list]:
+    """What /service answers for each shared photo: the reference every protocol (REST and gRPC) must match."""
+    import requests
+
+    return {name: requests.post(f"{server.url}/service", data=body, timeout=60).json()
+            for name, body in sorted(photo_bytes.items())}
+
+
 AUTH = ("émile", "pässwörd")  # non-ASCII on purpose: credentials are compared as bytes
 
 

@@ -25,13 +25,6 @@ LIMIT = 20 * 1024 * 1024  # the default model's image limit (conf's limits: imag
 
 
 @pytest.fixture(scope="module")
-def expected(server, photo_bytes) -> dict[str, list]:
-    """What /service answers for each shared photo: the reference every protocol must match."""
-    return {name: requests.post(f"{server.url}/service", data=body, timeout=60).json()
-            for name, body in sorted(photo_bytes.items())}
-
-
-@pytest.fixture(scope="module")
 def client(server) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(server.grpc_target)
 

@@ -18,13 +18,6 @@ MODEL = "checkpoint_dir"  # the default model's name: its folder's
 
 
 @pytest.fixture(scope="module")
-def expected(server, photo_bytes) -> dict[str, list]:
-    """What /service answers for each shared photo: the reference every protocol must match."""
-    return {name: requests.post(f"{server.url}/service", data=body, timeout=60).json()
-            for name, body in sorted(photo_bytes.items())}
-
-
-@pytest.fixture(scope="module")
 def client(server) -> triton.InferenceServerClient:
     return triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=120)
 
