@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -84,7 +85,6 @@ def ceiling(folder: Path, seconds: float) -> dict:
 def explain_times(url: str, repeats: int) -> dict:
     """Seconds per POST /explain of a 224×224 JPEG (the cat photo, resized), median and worst of `repeats`."""
     import io
-    import urllib.request
 
     from PIL import Image
 
@@ -112,9 +112,20 @@ def naive_saved_model(folder: Path) -> Path:
     return folder / "saved_model"
 
 
+def settle(url: str, path: str) -> None:
+    """One POST of a real JPEG, waited for. Behind requests already queued, it returns when the server is idle;
+    without it a slow server's warm-up backlog (the naive demo's: seconds a request) ate the first timed run."""
+    request = urllib.request.Request(url.rstrip("/") + path, data=JPEGS[0].read_bytes(),
+                                     headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+
+
 def under_load(server: ServerProcess, levels: tuple[int, ...], seconds: float, path: str = "/service") -> dict:
     """wrk at each concurrency, after a short warm-up; the server's memory when it was ready and after."""
+    settle(server.url, path)  # its first call's work (graph tracing, lazy imports) is not timed
     wrk.drive(server.url, JPEGS, 4, 1, path)
+    settle(server.url, path)  # wrk stops sending, not the server computing: let the warm-up's backlog drain
     runs = {f"c{c}": wrk.drive(server.url, JPEGS, c, seconds, path) for c in levels}
     return {**runs, "ready_s": round(server.ready_s, 1), "ready_rss_mb": round(server.ready_rss_mb),
             "ready_pss_mb": round(server.ready_pss_mb), "rss_mb": round(server.rss_mb()[0]),
