@@ -1,20 +1,25 @@
 """Behind Debian's nginx under a sub-path (--root-path): the page in Chromium, curl and gradio_client, through
-the nginx block README gives."""
+the nginx block README gives; and the gRPC port through docs/deploy.md's block, with tritonclient.grpc."""
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.server import free_port
 from conftest import CAT_LABELS, PHOTOS, ROOT, Server, require_debian_package
 from test_browser import CHROMIUM, DROP_ZONE, FLAGS, TOP_LABEL
+from test_grpc import LIMIT, MODEL, grpc_error, image_input, top_label
 
 NGINX = Path("/usr/sbin/nginx")
 PREFIX = "/classifier"
@@ -28,6 +33,14 @@ def documented_block(port: int) -> tuple[str, str]:
     return head, location
 
 
+def documented_grpc_block(grpc_port: int, listen: int) -> str:
+    """docs/deploy.md's gRPC server block, pointed at `grpc_port` and listening on loopback's `listen`."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    [block] = [b for b in re.findall(r"```nginx\n(.*?)```", text, re.S) if "grpc_pass" in b]
+    return (block.replace("127.0.0.1:8500", f"127.0.0.1:{grpc_port}")
+            .replace("listen 8501 ", f"listen 127.0.0.1:{listen} "))
+
+
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory):
     require_debian_package(NGINX, "nginx")
@@ -35,7 +48,7 @@ def proxied(tmp_path_factory):
     app = Server("--root-path", PREFIX, "--no-train")
     nginx = None
     try:  # from here on, whatever fails, the server is stopped
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         head, location = documented_block(app.port)
         temp = "\n".join(f"  {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                                                "uwsgi", "scgi"))
@@ -52,6 +65,7 @@ http {{
     listen 127.0.0.1:{port};
     {location}
   }}
+{documented_grpc_block(app.grpc_port, grpc_port)}
 }}
 """)
         nginx = subprocess.Popen([str(NGINX), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g",
@@ -65,7 +79,7 @@ http {{
                 time.sleep(0.1)
         else:
             raise RuntimeError(f"nginx did not answer: {(folder / 'error.log').read_text(errors='replace')}")
-        yield url, app
+        yield url, f"127.0.0.1:{grpc_port}"
     finally:
         if nginx:
             nginx.terminate()
@@ -117,3 +131,27 @@ def test_the_page_works_in_chromium_through_the_proxy(proxied):
         finally:
             browser.close()
     assert not failed, failed  # no asset, upload or API call went to a wrong URL
+
+
+def test_grpc_works_through_the_proxy(proxied):
+    _, target = proxied
+    cat = (PHOTOS / "cat.jpeg").read_bytes()
+    assert top_label(target, cat) in CAT_LABELS
+    client = triton.InferenceServerClient(target)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for _ in range(2):
+            client.async_stream_infer(MODEL, [image_input([cat])], outputs=[triton.InferRequestedOutput("labels")])
+        streamed = [answers.get(timeout=60) for _ in range(2)]
+    finally:
+        client.stop_stream()
+    assert [(error, result.as_numpy("labels")[0][0].decode() in CAT_LABELS) for result, error in streamed] \
+        == [(None, True)] * 2
+    large = grpc_error(client.infer, MODEL, [image_input([b"\xff\xd8" + bytes(LIMIT)])])
+    assert large.status() == "StatusCode.RESOURCE_EXHAUSTED" and f"limit of {LIMIT} bytes" in large.message()
+    huge = grpc_error(client.infer, MODEL, [image_input([bytes(LIMIT)] * 4)])  # past the server's message limit
+    assert huge.status() == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in huge.message(), huge
+    with grpc.insecure_channel(target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
