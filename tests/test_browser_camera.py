@@ -142,6 +142,9 @@ def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_
             assert "in 3 classes (cat 12, coffee 12, rocket" in report, report
             steps.append(f"train ({trained_s:.0f} s)")
             pictures_whole_at_desktop_and_phone_widths(page)
+            # The button shows once the new model is loaded for Try it live, converted and timed on each engine:
+            # on a busy 2-core machine, more than a click's 30 s.
+            page.wait_for_selector("#train-download", state="visible", timeout=240_000)
             with page.expect_download(timeout=120_000) as download:
                 page.locator("#train-download").click()
             archive = tmp_path / "model.zip"
