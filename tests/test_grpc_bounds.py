@@ -17,7 +17,7 @@ from classifier.serving.grpc_server import GrpcServer
 from classifier.serving.protocols import Served
 
 MAX_CALLS = 2
-STREAM_SECONDS = 3
+STREAM_SECONDS = 6  # long enough for the streams to reach the server first on a slow machine
 
 
 class Ready:
