@@ -54,6 +54,26 @@ def grpc_error(call, *args, **kwargs) -> InferenceServerException:
     return raised.value
 
 
+def streamed(client: triton.InferenceServerClient, bodies: list[bytes]) -> list[tuple]:
+    """Each encoded image sent on one ModelStreamInfer stream: (result, error) for each, in the order sent."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for number, body in enumerate(bodies):
+            client.async_stream_infer(MODEL, [image_input([body])], request_id=str(number),
+                                      outputs=[triton.InferRequestedOutput("labels")])
+        return [answers.get(timeout=60) for _ in bodies]
+    finally:
+        client.stop_stream()
+
+
+def size_refusals(client: triton.InferenceServerClient) -> tuple[InferenceServerException, ...]:
+    """The errors for an image past its limit, and for a message past the server's (the HTTP routes' body limit,
+    64 MiB), which grpcio refuses before it is parsed."""
+    return (grpc_error(client.infer, MODEL, [image_input([b"\xff\xd8" + bytes(LIMIT)])]),
+            grpc_error(client.infer, MODEL, [image_input([bytes(LIMIT)] * 4)]))
+
+
 def test_kserve_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
     assert client.is_model_ready(MODEL, "1") and not client.is_model_ready("another_model")
@@ -105,15 +125,7 @@ def test_kserve_infers_a_ready_tensor(client, photo_bytes, expected):
 
 
 def test_kserve_stream_answers_each_request_and_its_errors(client, photo_bytes, expected):
-    answers: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    try:
-        for number, body in enumerate([photo_bytes["cat.jpeg"], b"not an image", photo_bytes["coffee.jpeg"]]):
-            client.async_stream_infer(MODEL, [image_input([body])], request_id=str(number),
-                                      outputs=[triton.InferRequestedOutput("labels")])
-        got = [answers.get(timeout=60) for _ in range(3)]
-    finally:
-        client.stop_stream()
+    got = streamed(client, [photo_bytes["cat.jpeg"], b"not an image", photo_bytes["coffee.jpeg"]])
     assert got[0][1] is None and got[0][0].as_numpy("labels")[0][0].decode() == expected["cat.jpeg"][0][0]
     assert got[1][0] is None and "INVALID_ARGUMENT" in str(got[1][1]) and "not a recognised image" in str(got[1][1])
     assert got[2][1] is None and got[2][0].as_numpy("labels")[0][0].decode() == expected["coffee.jpeg"][0][0]
@@ -122,10 +134,8 @@ def test_kserve_stream_answers_each_request_and_its_errors(client, photo_bytes, 
 def test_kserve_errors_have_their_codes_and_our_messages(client, photo_bytes):
     bad = grpc_error(client.infer, MODEL, [image_input([b"not an image"])])
     assert bad.status() == "StatusCode.INVALID_ARGUMENT" and "not a recognised image" in bad.message()
-    large = grpc_error(client.infer, MODEL, [image_input([b"\xff\xd8" + bytes(LIMIT)])])
+    large, huge = size_refusals(client)
     assert large.status() == "StatusCode.RESOURCE_EXHAUSTED" and f"limit of {LIMIT} bytes" in large.message()
-    # Past the message limit (the HTTP routes' body limit, 64 MiB), grpcio refuses it before it is parsed.
-    huge = grpc_error(client.infer, MODEL, [image_input([bytes(LIMIT)] * 4)])
     assert huge.status() == "StatusCode.RESOURCE_EXHAUSTED", huge
     assert grpc_error(client.infer, "another_model", [image_input([b"x"])]).status() == "StatusCode.NOT_FOUND"
     many = grpc_error(client.infer, MODEL, [image_input([photo_bytes["cat.jpeg"]] * 33)])

@@ -3,7 +3,6 @@ the nginx block README gives; and the gRPC port through docs/deploy.md's block, 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.server import free_port
 from conftest import CAT_LABELS, PHOTOS, ROOT, Server, require_debian_package
 from test_browser import CHROMIUM, DROP_ZONE, FLAGS, TOP_LABEL
-from test_grpc import LIMIT, MODEL, grpc_error, image_input, top_label
+from test_grpc import LIMIT, size_refusals, streamed, top_label
 
 NGINX = Path("/usr/sbin/nginx")
 PREFIX = "/classifier"
@@ -138,19 +137,11 @@ def test_grpc_works_through_the_proxy(proxied):
     cat = (PHOTOS / "cat.jpeg").read_bytes()
     assert top_label(target, cat) in CAT_LABELS
     client = triton.InferenceServerClient(target)
-    answers: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    try:
-        for _ in range(2):
-            client.async_stream_infer(MODEL, [image_input([cat])], outputs=[triton.InferRequestedOutput("labels")])
-        streamed = [answers.get(timeout=60) for _ in range(2)]
-    finally:
-        client.stop_stream()
-    assert [(error, result.as_numpy("labels")[0][0].decode() in CAT_LABELS) for result, error in streamed] \
+    answers = streamed(client, [cat, cat])
+    assert [(error, result.as_numpy("labels")[0][0].decode() in CAT_LABELS) for result, error in answers] \
         == [(None, True)] * 2
-    large = grpc_error(client.infer, MODEL, [image_input([b"\xff\xd8" + bytes(LIMIT)])])
+    large, huge = size_refusals(client)  # each refused by the server, its status and message passed on by nginx
     assert large.status() == "StatusCode.RESOURCE_EXHAUSTED" and f"limit of {LIMIT} bytes" in large.message()
-    huge = grpc_error(client.infer, MODEL, [image_input([bytes(LIMIT)] * 4)])  # past the server's message limit
     assert huge.status() == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in huge.message(), huge
     with grpc.insecure_channel(target) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
