@@ -20,6 +20,7 @@ import logging
 import resource
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager, suppress
@@ -43,7 +44,7 @@ from classifier.serving.grpc_server import GrpcServer, port_in_use
 from classifier.serving.guard import GuardConf, gradio_login_check
 from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
-from classifier.serving.service import Health, request_limit
+from classifier.serving.service import ADMIN_NEEDS_LOGIN, Health, request_limit
 from classifier.serving.ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 ROOT = Path(__file__).resolve().parent
@@ -83,6 +84,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "protocols all work at https://host/PREFIX/… (default: $CLASSIFIER_ROOT_PATH, none)")
     parser.add_argument("--auth", default=os.environ.get("CLASSIFIER_AUTH"), metavar="USER:PASS",
                         help="require this login for the page, its API and /service (default: $CLASSIFIER_AUTH)")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("CLASSIFIER_ALLOWED_HOSTS"), metavar="NAMES",
+                        help="comma-separated Host names the server answers (\"*.example.com\" for subdomains, \"*\" "
+                             "any); others get 400, so a page of another site whose name re-resolves here (DNS "
+                             "rebinding) is refused. Behind a proxy, name the public host (default: "
+                             "$CLASSIFIER_ALLOWED_HOSTS, else localhost and 127.0.0.1 plus --host; any with "
+                             "--host 0.0.0.0 or --share)")
+    parser.add_argument("--cors-origins", default=os.environ.get("CLASSIFIER_CORS_ORIGINS", ""), metavar="URLS",
+                        help="comma-separated origins (https://app.example.com) whose pages may call this server "
+                             "from a browser (default: $CLASSIFIER_CORS_ORIGINS, else none: no CORS headers)")
+    parser.add_argument("--open-admin", action="store_true",
+                        help="without --auth, still allow what changes the served model (POST /admin/reload, the "
+                             "Train tab's Serve this model); for a machine of your own (default: they need --auth)")
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
     parser.add_argument("--flagging-dir", type=Path, default=ROOT / "flagged",
                         help="where the Flag button saves photos and their labels (default: ./flagged)")
@@ -131,6 +144,16 @@ def why_training_is_off(args: argparse.Namespace, credentials: tuple[str, str] |
     return None
 
 
+def allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """--allowed-hosts, else this machine's loopback names and the listening address (any, when it listens on
+    every interface or shares a public link: then the login, not the name, is what keeps strangers out)."""
+    if args.allowed_hosts:
+        return [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
+    if args.share or args.host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return sorted({"localhost", "127.0.0.1", args.host})
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -160,10 +183,25 @@ def remove_unfinished_training(train_dir: Path) -> None:
 
 
 def serve_checkpoint(conf: Path) -> str:
-    """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one."""
+    """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one. It
+    changes what every client is served, so it needs the login (or --open-admin)."""
+    if not credentials and not args.open_admin:
+        raise gr.Error(f"Serving a trained model from the page is off: {ADMIN_NEEDS_LOGIN}. The model is in "
+                       "the train folder: download it, or serve it with --conf.")
     new_model = reloader.switch_to(conf, "Train tab")
-    return (f"Now serving **{classifier.describe(new_model)}** from `{conf.parent}`, "
+    return (f"Now serving **{classifier.describe(new_model)}** (`{conf.parent.name}` in the train folder), "
             "on this page, its API and /service.")
+
+
+def blocked_paths(folders: list[Path], keep: list[Path]) -> list[str]:
+    """Gradio's blocked_paths: the server's own folders (its code, conf, flagged photos, trained models), which
+    Gradio would otherwise copy into its cache if an event named them. A folder holding Gradio's upload cache or
+    one of `keep` (which blocking would block too) is not blocked; the page's file gate still covers it."""
+    from gradio.utils import get_upload_folder
+
+    inside = [Path(get_upload_folder()).resolve(), *(folder.resolve() for folder in keep)]
+    resolved = {folder.resolve() for folder in folders}
+    return sorted(str(folder) for folder in resolved if not any(p.is_relative_to(folder) for p in inside))
 
 
 def open_share_link(port: int) -> None:
@@ -202,8 +240,10 @@ reloader = Reloader(args.conf, batcher, EXAMPLES[0])
 health = Health()
 training_off = why_training_is_off(args, credentials)
 explainer = explanations.Explainer(batcher)
+# What the page gives out (CSVs, thumbnails, model zips) is written here, and nothing else is given out.
+page_files = Path(tempfile.mkdtemp(prefix="classifier-page-"))
 demo = build_demo(model, batcher, explainer, EXAMPLES, args.flagging_dir, args.train_dir, serve_checkpoint,
-                  training_off, FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20))
+                  training_off, FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20), page_files)
 demo.queue(max_size=batcher.conf.max_queue)
 # The gRPC port: both protocols on the same batcher, limits and login as their REST forms, in this process's loop.
 grpc_server = GrpcServer(Served(batcher, limits, credentials, health), args.host, args.grpc_port,
@@ -241,6 +281,7 @@ async def lifespan(_app):
     with suppress(asyncio.CancelledError):
         await sweeping  # its last act: the uploads still in the cache are deleted
     await batcher.close()
+    shutil.rmtree(page_files, ignore_errors=True)
 
 
 # Gradio's upload limit is the image limit, unless the Train tab is on: then it must admit a .zip of photos.
@@ -252,10 +293,14 @@ guard = GuardConf(credentials, body_limits=[("/service", request_limit(limits)),
                                             ("/gradio_api/", GRADIO_JSON_LIMIT)],
                   streams_per_client=args.streams_per_client)
 # /service, /explain, the protocols existing clients speak (KServe v2, TF Serving REST), the probes, /metrics.
-app = create_app(batcher, limits, health, credentials, reloader, guard, explainer, lifespan=lifespan)
+app = create_app(batcher, limits, health, credentials, reloader, guard, explainer, allowed_hosts=allowed_hosts(args),
+                 cors_origins=[origin.strip() for origin in args.cors_origins.split(",") if origin.strip()],
+                 open_admin=args.open_admin, lifespan=lifespan)
 # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
 app = gr.mount_gradio_app(app, demo, path="/", auth=credentials, max_file_size=upload_limit, css=CSS,
-                          root_path=root_path or None)
+                          root_path=root_path or None, enable_monitoring=False,
+                          blocked_paths=blocked_paths([ROOT, Path.cwd(), args.flagging_dir, args.train_dir],
+                                                      keep=[page_files]))
 gradio_app = app.routes[-1].app  # the mount's Gradio app: its login tokens, its stop event
 guard.logged_in = gradio_login_check(gradio_app)
 # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only once

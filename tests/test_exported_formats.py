@@ -210,7 +210,7 @@ def test_an_onnx_model_served_through_every_door(onnx_folders, tmp_path):
         (folder / "label_map.txt").write_text(names)
 
     version(1, "Egyptian cat")
-    running = Server("--conf", str(write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)))
+    running = Server("--conf", str(write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)), "--open-admin")
     try:
         assert "ONNX NCHW · 1000 labels · 224×224 input (x − [123.7, 116.3, 103.5])" in running.output()
         service = requests.post(f"{running.url}/service", files=[("a", CAT), ("b", ROCKET)], timeout=60).json()

@@ -173,7 +173,7 @@ def test_a_kill_while_reloading_keeps_the_versions_and_starts_on_the_newest(tmp_
         write_colour_graph(tmp_path / "models" / str(version))
     (tmp_path / "models" / "2" / "label_map.txt").write_text("blue\ngreen\nred\n")
     conf = write_conf(tmp_path, model_dir="models")
-    running = Server("--conf", str(conf), "--no-train")
+    running = Server("--conf", str(conf), "--no-train", "--open-admin")
     write_colour_graph(tmp_path / "models" / "3")
     try:
         with httpx.Client() as http:  # a reload in flight, then the kill

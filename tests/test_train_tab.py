@@ -20,7 +20,8 @@ def flagged_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def training_server(tmp_path_factory, flagged_dir):
-    running = Server("--train-dir", str(tmp_path_factory.mktemp("trained")), "--flagging-dir", str(flagged_dir))
+    running = Server("--train-dir", str(tmp_path_factory.mktemp("trained")), "--flagging-dir", str(flagged_dir),
+                     "--open-admin")  # Serve this model, without --auth
     yield running
     running.stop()
 

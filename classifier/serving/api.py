@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..images import Limits
 from . import metrics, open_inference, service, tf_serving
@@ -18,17 +20,28 @@ from .service import Health
 
 def create_app(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
                reloader: Any = None, guard: GuardConf | None = None, explainer: Explainer | None = None,
-               **fastapi_kwargs: Any) -> FastAPI:
+               allowed_hosts: list[str] | None = None, cors_origins: list[str] | None = None,
+               open_admin: bool = False, **fastapi_kwargs: Any) -> FastAPI:
     """Every HTTP route but the page (app.py mounts the Gradio UI at / after these). The protocols (KServe v2,
     TF Serving REST) run on the same batcher and limits. guard: the middleware every request passes first
-    (inside the metrics, so that what it refuses is counted)."""
+    (inside the metrics, so that what it refuses is counted).
+
+    allowed_hosts: the Host names answered (Starlette's TrustedHostMiddleware: "*" any, "*.example.com"); any
+    other gets 400, so that a page of another site whose name re-resolves to this server (DNS rebinding) is not
+    answered. None: no check (Ray Serve's proxy checks its own). cors_origins: the other sites' pages that may
+    call this server from a browser; none by default, and then no CORS header is sent (Gradio's own CORS, which
+    reflects any origin when Host is not localhost, stands aside for Starlette's when the app sets one)."""
     app = FastAPI(**{"title": "Image classifier", **fastapi_kwargs})
-    app.include_router(service.create_router(batcher, limits, health, credentials, reloader))
+    app.include_router(service.create_router(batcher, limits, health, credentials, reloader, open_admin))
     served = Served(batcher, limits, credentials, health)
     app.include_router(open_inference.create_router(served))
     app.include_router(tf_serving.create_router(served))
     app.include_router(explain_router(explainer or Explainer(batcher), limits, credentials))
+    app.add_middleware(CORSMiddleware, allow_origins=cors_origins or [], allow_credentials=bool(cors_origins),
+                       allow_methods=["*"], allow_headers=["*"])
     if guard is not None:
         app.add_middleware(Guard, conf=guard)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
     app.add_middleware(metrics.MetricsMiddleware)
     return app

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class Guard:
                 return  # the app's own answer to the cut-off body: the 413 below is sent instead
             if message["type"] == "http.response.start":
                 state["started"] = True
+                message = lax_cookies(message)
                 if message["status"] == 413:  # the routes' own limits too: never read the rest of the body
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
@@ -115,6 +117,17 @@ class Guard:
         if "authorization" in connection.headers and basic_auth_ok(connection, self.conf.credentials):
             return True
         return self.conf.logged_in(connection)
+
+
+def lax_cookies(start: dict) -> dict:
+    """The response start with every cookie SameSite=Lax: Gradio sets its login cookie SameSite=None (for pages
+    embedded in other sites), which sends the login along with another site's requests (CSRF)."""
+    headers = start.get("headers", [])
+    if not any(name.lower() == b"set-cookie" and b"samesite=none" in value.lower() for name, value in headers):
+        return start
+    fixed = [(name, re.sub(rb"(?i)samesite=none", b"SameSite=lax", value) if name.lower() == b"set-cookie"
+              else value) for name, value in headers]
+    return {**start, "headers": fixed}
 
 
 def route_path(scope: dict) -> str:

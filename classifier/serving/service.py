@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
@@ -59,8 +58,13 @@ class Health:
         self.reason = "warming up"
 
 
+ADMIN_NEEDS_LOGIN = ("this action changes what the server serves, so it needs the login: start the server with "
+                     "--auth USER:PASS (or, on a machine of your own, --open-admin)")
+
+
 def create_router(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
-                  reloader: Any = None) -> APIRouter:
+                  reloader: Any = None, open_admin: bool = False) -> APIRouter:
+    """open_admin: let /admin/reload answer without --auth (else it is refused with 403 when there is no login)."""
     router = APIRouter()
 
     def unauthorised(request: Request) -> JSONResponse | None:
@@ -128,10 +132,12 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
         """Loads the conf's model again (the highest version folder), beside the serving one, and swaps it in."""
         if refused := unauthorised(request):
             return refused
+        if credentials is None and not open_admin:
+            return error(403, ADMIN_NEEDS_LOGIN)
         if reloader is None:
             return error(404, "reloading is not available")
-        try:
-            model = await run_in_threadpool(reloader.reload, "POST /admin/reload")
+        try:  # a reload already under way is joined, not repeated
+            model = await asyncio.wrap_future(reloader.reload_shared("POST /admin/reload"))
         except Exception as exc:
             return error(409, f"the new model was refused, the previous one still serves: {exc}")
         return JSONResponse({"status": "reloaded", "model": describe(model),

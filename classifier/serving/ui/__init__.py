@@ -1,6 +1,7 @@
 """The Gradio page: Classify (drop a photo: its labels and, on request, why), Batch (many photos), Train tabs."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,6 +13,7 @@ from ..batching import Batcher
 from ..explanations import Explainer
 from .batch import batch_tab
 from .classify import classify_tab
+from .file_gate import GatedBlocks
 from .flagging import FlagBudget
 from .train import train_tab
 from .uploads import delete_old_uploads
@@ -29,17 +31,21 @@ CSS = """
 
 def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path,
                train_dir: Path, serve_checkpoint: Callable[[Path], str], training_off: str | None = None,
-               flag_budget: FlagBudget = FlagBudget()) -> gr.Blocks:
-    """training_off: why the Train tab is disabled (None: enabled)."""
-    with gr.Blocks(title="Image classifier") as demo:
+               flag_budget: FlagBudget = FlagBudget(), output_folder: Path | None = None) -> gr.Blocks:
+    """training_off: why the Train tab is disabled (None: enabled). output_folder: where the page writes the files
+    it gives out (CSVs, thumbnails, model zips); every event's files are gated (file_gate)."""
+    output_folder = output_folder or Path(tempfile.mkdtemp(prefix="classifier-page-"))
+    with GatedBlocks(title="Image classifier") as demo:
+        demo.output_folders = [output_folder.resolve()]
         with gr.Tab("Classify"):
             classify_tab(batcher, explainer, examples, flagging_dir, describe(model), getattr(model, "top_k", 5),
                          flag_budget)
         with gr.Tab("Batch"):
-            batch_tab(batcher)
+            batch_tab(batcher, output_folder)
         with gr.Tab("Train"):
             if training_off:
                 gr.Markdown(f"Training is turned off: {training_off}.")
             else:
-                train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(batcher.model))
+                train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(batcher.model),
+                          output_folder)
     return demo

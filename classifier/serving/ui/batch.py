@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import shutil
 import tempfile
 import time
 import zipfile
@@ -26,8 +27,8 @@ ORDERS = ["as dropped", "by label", "most confident first", "least confident fir
 CSV_KEEP_SECONDS = 600  # Gradio copies each CSV into its cache when it answers; our own copy goes after this
 
 
-def batch_tab(batcher: Batcher) -> None:
-    csv_folder = Path(tempfile.mkdtemp(prefix="classifier-batch-"))
+def batch_tab(batcher: Batcher, output_folder: Path) -> None:
+    """output_folder: where the tab writes what it gives out (each batch's CSV and thumbnails)."""
 
     async def classify_all(paths: list[str] | None, order: str, progress=gr.Progress()) -> tuple:
         limits = limits_of(batcher.model)
@@ -41,20 +42,17 @@ def batch_tab(batcher: Batcher) -> None:
         async for part in chunks(read_photos(paths, limits)):
             progress((len(rows), total), desc="Classifying", unit="photos")
             rows += await asyncio.gather(*(classify_one(batcher, name, body, limits) for name, body in part))
+        folder = await asyncio.to_thread(new_batch_folder, output_folder)
         for number, row in enumerate(rows):
             row["number"] = number
-        path = await asyncio.to_thread(write_csv, rows, csv_folder, getattr(batcher.model, "top_k", 5))
-        ordered = sort_rows(rows, order)
-        shown = [(row.pop("thumbnail"), caption(row)) for row in ordered]
-        return shown, str(path), ordered
+            row["thumbnail"] = await asyncio.to_thread(save_thumbnail, row["thumbnail"], folder, number)
+        path = await asyncio.to_thread(write_csv, rows, folder, getattr(batcher.model, "top_k", 5))
+        return gallery(rows, order), str(path), rows
 
-    def resort(shown: list | None, rows: list[dict] | None, order: str) -> tuple[list, list[dict]]:
-        """The gallery as it is shown (Gradio's cached thumbnails) and its rows, both put in the new order."""
-        if not shown or not rows or len(shown) != len(rows):
-            return shown or [], rows or []
-        pictures = {row["number"]: picture for row, (picture, _) in zip(rows, shown)}
-        ordered = sort_rows(rows, order)
-        return [(pictures[row["number"]], caption(row)) for row in ordered], ordered
+    def resort(rows: list[dict] | None, order: str) -> list:
+        """The gallery in the new order, from this visitor's rows kept on the server (never from what the client
+        sends: a gallery value handed back would be served as files)."""
+        return gallery(rows or [], order)
 
     gr.Markdown(f"Drop up to {MAX_PHOTOS} photos, or a .zip of photos: each is classified (with the requests of "
                 "everyone else, in shared model calls). Sort the results, download them as CSV.")
@@ -64,12 +62,12 @@ def batch_tab(batcher: Batcher) -> None:
     results = gr.Gallery(label="Top label of each photo", columns=6, height="auto", object_fit="contain",
                          type="filepath", elem_id="batch-gallery")
     table = gr.File(label="CSV: file, top-k labels and probabilities", interactive=False, elem_id="batch-csv")
-    # This visitor's rows (names, labels: a few kB), in the gallery's order, for re-sorting; dropped after a while.
+    # This visitor's rows (names, labels, thumbnails' files: a few kB), for re-sorting; dropped after a while.
     shown_rows = gr.State(time_to_live=CSV_KEEP_SECONDS)
 
     files.upload(classify_all, [files, order], [results, table, shown_rows], api_name="classify_batch",
                  concurrency_limit=2)
-    order.change(resort, [results, shown_rows, order], [results, shown_rows], api_visibility="private")
+    order.change(resort, [shown_rows, order], results, api_visibility="private")
 
 
 def count_photos(paths: list[str]) -> int:
@@ -162,6 +160,27 @@ async def classify_one(batcher: Batcher, name: str, body: bytes | ImageError, li
         return {"name": name, "pairs": [], "error": str(exc), "thumbnail": Image.new("RGB", (THUMBNAIL, THUMBNAIL))}
 
 
+def new_batch_folder(output_folder: Path) -> Path:
+    """A folder for one batch's CSV and thumbnails; batches older than CSV_KEEP_SECONDS are deleted (Gradio has
+    long copied what it shows into its cache by then)."""
+    output_folder.mkdir(parents=True, exist_ok=True)
+    for old in output_folder.glob("batch-*"):
+        if time.time() - old.stat().st_mtime > CSV_KEEP_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="batch-", dir=output_folder))
+
+
+def save_thumbnail(thumbnail: Image.Image, folder: Path, number: int) -> str:
+    path = folder / f"{number:03d}.jpg"
+    thumbnail.convert("RGB").save(path, "JPEG", quality=85)
+    return str(path)
+
+
+def gallery(rows: list[dict], order: str) -> list[tuple[str, str]]:
+    """(thumbnail file, caption) of each row, in the chosen order."""
+    return [(row["thumbnail"], caption(row)) for row in sort_rows(rows, order)]
+
+
 def make_thumbnail(body: bytes, limits: Limits) -> Image.Image:
     image = decode(body, limits, (THUMBNAIL, THUMBNAIL))
     image.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -187,11 +206,7 @@ def caption(row: dict) -> str:
 
 def write_csv(rows: list[dict], folder: Path, top_k: int) -> Path:
     """file, label_1, probability_1, …, label_k, probability_k, error: one row per photo, in the dropped order."""
-    for old in folder.glob("*.csv"):  # bounded: earlier CSVs have long been copied into Gradio's cache
-        if time.time() - old.stat().st_mtime > CSV_KEEP_SECONDS:
-            old.unlink(missing_ok=True)
     path = folder / time.strftime("classified-%Y%m%d-%H%M%S.csv")
-    path = path.with_stem(f"{path.stem}-{time.monotonic_ns() % 1_000_000}")
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file", *[f"{kind}_{n}" for n in range(1, top_k + 1) for kind in ("label", "probability")],

@@ -19,6 +19,19 @@ from .live import live_camera
 from .uploads import received_upload
 
 
+DOWNLOAD_KEEP_SECONDS = 3600  # a trained model's zip, for its Download button
+
+
+def new_download_folder(output_folder: Path) -> Path:
+    """A folder for one model's zip; those older than DOWNLOAD_KEEP_SECONDS are deleted (the model itself stays
+    in the train folder)."""
+    output_folder.mkdir(parents=True, exist_ok=True)
+    for old in output_folder.glob("download-*"):
+        if time.time() - old.stat().st_mtime > DOWNLOAD_KEEP_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="download-", dir=output_folder))
+
+
 def _rows(table) -> list[list]:
     """A Dataframe's value as a list of rows, whether Gradio hands over a pandas DataFrame or a dict."""
     if table is None:
@@ -83,8 +96,10 @@ trial = Trial()
 
 
 def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
-              limits: Callable[[], Limits] = Limits) -> None:
-    """limits(): the serving model's image limits, which the photos added on the page must keep."""
+              limits: Callable[[], Limits] = Limits, output_folder: Path | None = None) -> None:
+    """limits(): the serving model's image limits, which the photos added on the page must keep. output_folder:
+    where the Download button's zips are written (the page gives out files from there only)."""
+    downloads = output_folder or Path(tempfile.mkdtemp(prefix="classifier-downloads-"))
     gr.Markdown("Make the classes here, and/or upload a **.zip with one folder of photos per class** (folder name = "
                 "label), and/or label the photos flagged on the Classify tab: they are merged into the same classes. "
                 "A new last layer is trained on the embedded EfficientNet-Lite0's features; then try it, serve it "
@@ -171,7 +186,7 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
         if not output:
             raise gr.Error("Train a model first.")
         trial.load(output)
-        archive = retrain.write_archive(Path(output), Path(output).with_suffix(".zip"))
+        archive = retrain.write_archive(Path(output), new_download_folder(downloads) / f"{Path(output).name}.zip")
         return (gr.DownloadButton(value=str(archive), visible=True), *builder.shown(made))
 
     def serve(output: str | None) -> str:
@@ -179,6 +194,8 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
             raise gr.Error("Train a model first.")
         try:
             return serve_checkpoint(Path(output) / "conf.json")
+        except gr.Error:
+            raise
         except Exception as exc:
             raise gr.Error(f"could not load the new model: {exc}") from None
 

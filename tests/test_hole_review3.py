@@ -1,0 +1,136 @@
+"""Third review (issue 38), each item as the attacker ran it: files named by events, trust by Host, floods."""
+from __future__ import annotations
+
+import itertools
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import pytest
+
+from classifier.serving.ui.file_gate import answer_paths, payload_paths
+from conftest import AUTH, ROOT
+from test_hole_files import copies_of, event_within, meta_less
+from test_security import Attacker
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("server-files") / "secret.txt"
+    path.write_text(f"TOP-SECRET-{uuid.uuid4().hex}\n")
+    return path
+
+
+def file_shapes(path: Path | str) -> list:
+    """A path as every value shape an event may take: a file, a list of files, a gallery, with and without meta."""
+    bare, marked = meta_less(path), {**meta_less(path), "meta": {"_type": "gradio.FileData"}}
+    return [bare, [marked], [{"image": bare, "caption": "x"}]]
+
+
+# Item 1: the Batch tab's re-sort (private, callable by fn_index) handed a client's gallery back; Gradio then
+# copied any file under the working folder or /tmp into its cache and served it. Every event, every shape.
+@pytest.mark.parametrize("auth", [None, AUTH], ids=["open", "auth"])
+def test_no_event_takes_or_gives_back_a_server_file_in_any_shape(guarded, secret, auth):
+    running, folder = guarded(auth)
+    attacker = Attacker(running.url, auth)
+    events = [d for d in attacker.config["dependencies"] if d.get("backend_fn") and d["inputs"]]
+    resort = [d for d in events if d.get("api_name") is None or d.get("api_visibility") == "private"]
+    assert resort, "the private events (the Batch tab's re-sort) are callable by fn_index and must be tried"
+    kinds = {component["id"]: component["type"] for component in attacker.config["components"]}
+    for dependency in events:
+        # A gr.State input holds the server's value whatever the client sends (a streaming event given no frame
+        # waits for one): each other input in turn gets the file.
+        places = [place for place, block in enumerate(dependency["inputs"]) if kinds[block] != "state"]
+        for target in (secret, ROOT / "conf.json"):
+            for place, shape in itertools.product(places, file_shapes(target)):
+                data = [None] * len(dependency["inputs"])
+                data[place] = shape  # one input at a time: another input's bad value would end the event early
+                ok, answer = event_within(attacker, dependency["id"], data)
+                assert target.read_text()[:40] not in answer
+                if ok:  # an event may ignore the value (gr.State inputs hold the server's own), never return it
+                    assert str(target) not in answer and target.name not in answer, (dependency, shape, answer)
+    assert copies_of(secret, folder) == []
+    assert not [p for p in (folder / "gradio").rglob("conf.json")]
+    for target in (secret, ROOT / "conf.json", ROOT / "app.py"):
+        got = attacker.http.get(f"{running.url}/gradio_api/file={target}")
+        assert got.status_code in (403, 404) and target.read_text()[:40] not in got.text
+
+
+def test_the_gate_finds_every_file_a_value_names():
+    """In-process: the shapes the gate reads (no server)."""
+    assert sorted(payload_paths([{"image": {"path": "/a"}, "caption": "/not-a-path"}, {"path": "/b"}])) == ["/a", "/b"]
+    assert list(payload_paths({"label": "x", "confidences": []})) == []
+    gallery = gr.Gallery(render=False)
+    assert list(answer_paths(gallery, [("/a.jpg", "caption /c"), "/b.jpg"])) == ["/a.jpg", "/b.jpg"]
+    assert list(answer_paths(gr.DownloadButton(render=False), gr.DownloadButton(value="/m.zip", render=False))) \
+        == ["/m.zip"]
+    assert list(answer_paths(gr.File(render=False), gr.update(value=["/x", {"path": "/y"}]))) == ["/x", "/y"]
+
+
+def test_monitoring_is_off(guarded):
+    running, _ = guarded(None)
+    assert httpx.get(f"{running.url}/monitoring/summary", timeout=10).status_code in (401, 403, 404)
+    assert httpx.get(f"{running.url}/gradio_api/monitoring/summary", timeout=10).status_code in (401, 403, 404)
+
+
+# Item 2: trust by who is asking. A page of another site whose name re-resolves to 127.0.0.1 sends its own Host.
+@pytest.mark.parametrize("auth", [None, AUTH], ids=["open", "auth"])
+def test_another_sites_host_origin_and_cookie_are_refused(guarded, auth):
+    running, _ = guarded(auth)
+    port = running.url.rsplit(":", 1)[1]
+    for path in ("/", "/config", "/service", "/gradio_api/upload", "/admin/reload"):
+        rebound = httpx.post(f"{running.url}{path}", headers={"Host": f"rebind.evil.example:{port}"}, auth=auth,
+                             content=b"x", timeout=10)
+        assert rebound.status_code == 400 and "host" in rebound.text.lower(), (path, rebound.text)
+    assert httpx.get(f"{running.url}/healthz", headers={"Host": f"localhost:{port}"}, timeout=10).status_code == 200
+    # No CORS for another origin, on our routes or Gradio's (which reflected any origin with credentials).
+    for path in ("/config", "/gradio_api/info", "/service"):
+        simple = httpx.get(f"{running.url}{path}", headers={"Origin": "https://evil.example"}, auth=auth, timeout=10)
+        preflight = httpx.options(f"{running.url}{path}", timeout=10, headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        for answer in (simple, preflight):
+            assert "access-control-allow-origin" not in answer.headers, (path, answer.headers)
+            assert "access-control-allow-credentials" not in answer.headers
+    if auth:  # the login cookie is not sent along with another site's requests
+        login = httpx.post(f"{running.url}/login", data={"username": auth[0], "password": auth[1]}, timeout=10)
+        cookies = login.headers.get_list("set-cookie")
+        assert cookies and all("samesite=lax" in c.lower() and "samesite=none" not in c.lower() for c in cookies)
+
+
+# Item 4: the actions that change what is served need the login; without --auth they are refused.
+def test_reload_needs_the_login_and_another_sites_form_post_cannot_trigger_it(guarded):
+    running, _ = guarded(None)
+    for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "text/plain", "Origin": "https://x.example"}):
+        answer = httpx.post(f"{running.url}/admin/reload", headers=headers, content=b"", timeout=30)
+        assert answer.status_code == 403 and "--auth" in answer.json()["error"], answer.text
+
+
+def test_a_burst_of_reloads_loads_the_model_once(tmp_path, monkeypatch):
+    """In-process, on a tiny model: 30 reloads asked at once join the one under way (each load was a model more
+    in memory: 363 at once took the server from 523 to 1,686 MB)."""
+    import threading
+
+    import classifier
+    from classifier.serving import reload
+    from classifier.serving.batching import Batcher
+    from conftest import solid, write_colour_graph, write_conf
+
+    write_colour_graph(tmp_path / "models" / "1")
+    conf = write_conf(tmp_path, model_dir="models")
+    photo = tmp_path / "red.png"
+    solid("red").save(photo)
+    reloader = reload.Reloader(conf, Batcher(classifier.load(conf)), photo)
+    loads, gate = [], threading.Event()
+
+    def slow_load(path):
+        loads.append(path)
+        gate.wait(10)  # every other reload arrives while this one is under way
+        return classifier.load(path)
+
+    monkeypatch.setattr(reload, "load", slow_load)
+    futures = [reloader.reload_shared("burst") for _ in range(30)]
+    gate.set()
+    models = {id(future.result(timeout=60)) for future in futures}
+    assert len(loads) == 1 and len(models) == 1
+    assert reloader.reload("after") is not None and len(loads) == 2  # a reload after it loads again
