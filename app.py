@@ -246,8 +246,11 @@ demo = build_demo(model, batcher, explainer, EXAMPLES, args.flagging_dir, args.t
                   training_off, FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20), page_files)
 demo.queue(max_size=batcher.conf.max_queue)
 # The gRPC port: both protocols on the same batcher, limits and login as their REST forms, in this process's loop.
+# Its connections: a quarter of the process's file limit (HTTP's --max-connections takes at most half), at most 256.
 grpc_server = GrpcServer(Served(batcher, limits, credentials, health), args.host, args.grpc_port,
-                         max_calls=args.max_connections) if args.grpc_port else None
+                         max_calls=args.max_connections,
+                         max_connections=max(16, min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))) \
+    if args.grpc_port else None
 
 
 @asynccontextmanager

@@ -134,3 +134,32 @@ def test_a_burst_of_reloads_loads_the_model_once(tmp_path, monkeypatch):
     models = {id(future.result(timeout=60)) for future in futures}
     assert len(loads) == 1 and len(models) == 1
     assert reloader.reload("after") is not None and len(loads) == 2  # a reload after it loads again
+
+
+# Item 3 (and 11's 5,000-digit integer): a protocol body is bounded by what it holds, not only by its brackets.
+def test_a_body_of_numbers_is_refused_before_parsing_and_a_huge_integer_is_a_400():
+    from classifier.serving.protocols import ProtocolError, json_object
+
+    flood = b'{"inputs": [{"data": [' + b"0," * 5_000_000 + b'0]}]}'
+    with pytest.raises(ProtocolError) as refused:
+        json_object(flood, "the request", max_containers=10_000, max_values=4_817_920)
+    assert refused.value.status == 413 and "JSON values" in str(refused.value)
+    with pytest.raises(ProtocolError) as huge:
+        json_object(b'{"instances": [' + b"9" * 5000 + b"]}", "the request", 10_000, 10_000)
+    assert huge.value.status == 400
+
+
+def test_a_gzip_of_numbers_gets_413_over_http(guarded):
+    import gzip
+
+    running, _ = guarded(None)
+    body = gzip.compress(b'{"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": ['
+                         + b"0," * 16_000_000 + b"0]}]}")
+    assert len(body) < 200_000
+    for url in ("/v2/models/checkpoint_dir/infer", "/v1/models/checkpoint_dir:predict"):
+        answer = httpx.post(f"{running.url}{url}", content=body, timeout=60,
+                            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert answer.status_code == 413 and "JSON values" in answer.json()["error"], answer.text
+    digits = httpx.post(f"{running.url}/v1/models/checkpoint_dir:predict", timeout=60,
+                        content=b'{"instances": [' + b"9" * 5000 + b"]}")
+    assert digits.status_code == 400, digits.text

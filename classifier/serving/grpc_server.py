@@ -19,10 +19,13 @@ from .protocols import Busy, ProtocolError, Served
 log = logging.getLogger(__name__)
 
 # The calls that answer without the login, as their REST forms do (/v2/health/*, /healthz): Kubernetes' gRPC
-# probes, and KServe v2's server liveness and readiness.
-OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List",
+# probes, and KServe v2's server liveness and readiness. Not Health/Watch: a stream that never ends, which held
+# the whole call cap when anyone could open it (1,000 of them locked every logged-in client out).
+OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/List",
                 "/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
 IDLE_CONNECTION_SECONDS = 300  # a connection with no call for this long is closed (clients reconnect by themselves)
+MAX_WATCHES = 16  # Health/Watch streams at once: a few load balancers' and probes'; more get RESOURCE_EXHAUSTED
+WATCH_SECONDS = 300  # the longest a Watch stream stays open (its client opens another), as ModelStreamInfer's
 # The HTTP statuses our protocol errors carry, as gRPC codes. A full queue is RESOURCE_EXHAUSTED (protocols.Busy);
 # another 503 (the model replaced mid-request, not yet ready) is UNAVAILABLE: retry.
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -126,19 +129,41 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+class BoundedHealth(health.aio.HealthServicer):
+    """grpc.health.v1 whose Watch streams are bounded: MAX_WATCHES at once, each WATCH_SECONDS at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watching = 0
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802 (gRPC's name)
+        if self.watching >= MAX_WATCHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.watching} health watches are open, the most allowed; use Check")
+        self.watching += 1
+        try:
+            await asyncio.wait_for(super().Watch(request, context), WATCH_SECONDS)
+        except asyncio.TimeoutError:
+            pass  # ended cleanly: the client watches again
+        finally:
+            self.watching -= 1
+
+
 class GrpcServer:
     """Both protocols' services, health and the login on one port. max_calls: calls at once (past it, grpcio
-    answers RESOURCE_EXHAUSTED); a request message is at most the HTTP routes' body limit."""
+    answers RESOURCE_EXHAUSTED); max_connections: connections at once (past it, grpcio closes new ones: each is a
+    file descriptor, and 1,100 idle ones ran the process out of them, HTTP included); a request message is at
+    most the HTTP routes' body limit."""
 
-    def __init__(self, served: Served, host: str, port: int, max_calls: int):
+    def __init__(self, served: Served, host: str, port: int, max_calls: int, max_connections: int = 256):
         # Imported here: each protocol's module imports this one for its helpers.
         from . import grpc_open_inference, grpc_tf_serving
 
         self.served, self.host, self.port = served, host, port
-        self.health = health.aio.HealthServicer()
+        self.health = BoundedHealth()
         self._services = [grpc_open_inference.SERVICE, *grpc_tf_serving.SERVICES]
         self._handlers = [grpc_open_inference.handlers(served), *grpc_tf_serving.handlers(served)]
-        self._max_calls = max_calls
+        self._max_calls, self._max_connections = max_calls, max_connections
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
@@ -147,7 +172,8 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[Login(self.served.credentials)], maximum_concurrent_rpcs=self._max_calls,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0), ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000)])
+                     ("grpc.so_reuseport", 0), ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
+                     ("grpc.max_allowed_incoming_connections", self._max_connections)])
         self.server.add_generic_rpc_handlers(self._handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until the warm-up has gone through

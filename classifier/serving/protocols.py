@@ -61,9 +61,16 @@ class Served:
         width, height = self.input_size or (0, 0)
         return MAX_IMAGES * (height * (width + 1) + 1) + 1024
 
+    @property
+    def max_values(self) -> int:
+        """JSON values (numbers, strings) the largest request can need: MAX_IMAGES tensors' numbers, and room for
+        the names and fields around them."""
+        width, height = self.input_size or (0, 0)
+        return MAX_IMAGES * height * width * 3 + 1024
+
     def json(self, body: bytes, what: str) -> dict:
-        """json_object with this model's bound."""
-        return json_object(body, what, self.max_containers)
+        """json_object with this model's bounds."""
+        return json_object(body, what, self.max_containers, self.max_values)
 
     @property
     def version(self) -> str:
@@ -177,20 +184,25 @@ def check_count(count: int, where: str) -> None:
         raise ProtocolError(400, f"{where}: {count} images; at most {MAX_IMAGES} per request")
 
 
-def json_object(text: bytes, what: str, max_containers: int) -> dict:
+def json_object(text: bytes, what: str, max_containers: int, max_values: int | None = None) -> dict:
     """The body's JSON object, or the 400 that says what is wrong with it. Call it in a worker thread: a large
     body takes a while to parse.
 
-    Before parsing, its arrays and objects are counted (a byte count: ~10 ms for 64 MB) against what the largest
-    request this server takes can hold: 55 MB of `[],` would otherwise become 18 million Python lists, seconds of
-    one core with the GIL held and 2 GB of memory, before any check could refuse it."""
+    Before parsing, what it holds is counted (byte counts: ~10 ms for 64 MB) against what the largest request
+    this server takes can hold: its arrays and objects (55 MB of `[],` would otherwise become 18 million Python
+    lists, seconds of one core with the GIL held and 2 GB of memory, before any check could refuse it), and its
+    values, by their separators (64 MB inflated from 65 KB of gzip held 16.7 million numbers: 350 MB each)."""
     containers = text.count(b"[") + text.count(b"{")
     if containers > max_containers:
         raise ProtocolError(413, f"{what} holds {containers} JSON arrays and objects; a request of at most "
                                  f"{MAX_IMAGES} images needs at most {max_containers}")
+    values = text.count(b",") + 1
+    if max_values is not None and values > max_values:
+        raise ProtocolError(413, f"{what} holds about {values} JSON values; a request of at most {MAX_IMAGES} "
+                                 f"images needs at most {max_values}")
     try:
         value = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also an integer of over 4,300 digits
         raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError(400, f"{what} is nested too deeply") from None
