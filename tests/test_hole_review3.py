@@ -163,3 +163,45 @@ def test_a_gzip_of_numbers_gets_413_over_http(guarded):
     digits = httpx.post(f"{running.url}/v1/models/checkpoint_dir:predict", timeout=60,
                         content=b'{"instances": [' + b"9" * 5000 + b"]}")
     assert digits.status_code == 400, digits.text
+
+
+# Item 7: decoding work is bounded before it is done.
+def progressive_jpeg(side: int, repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated `repeats` times (each repeat is decoded again)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    Image.fromarray(np.dstack([np.add.outer(ramp, ramp // 2)] * 3)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeats + data[end:]
+
+
+def png_of_empty_chunks(chunks: int) -> bytes:
+    import struct
+    import zlib
+
+    from conftest import encode, solid
+
+    png = encode(solid("red", (8, 8)))
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return png[:33] + empty * chunks + png[33:]  # after IHDR (8 + 25 bytes)
+
+
+def test_decoder_bombs_are_refused_before_decoding_and_real_photos_still_decode():
+    from classifier.images import ImageTooLarge, decode
+    from conftest import PHOTOS
+
+    for bomb in (progressive_jpeg(4000, 200), png_of_empty_chunks(200_000)):  # refused from their structure
+        with pytest.raises(ImageTooLarge, match="too much work"):
+            decode(bomb)
+    assert decode(progressive_jpeg(4000, 0)).size == (4000, 4000)  # a real progressive photo
+    assert decode(progressive_jpeg(400, 50)).size == (400, 400)  # a small one may have many scans
+    assert decode(png_of_empty_chunks(100)).size == (8, 8)
+    for photo in PHOTOS.iterdir():
+        if photo.suffix in (".jpeg", ".jpg", ".png"):
+            decode(photo.read_bytes())
