@@ -205,3 +205,45 @@ def test_decoder_bombs_are_refused_before_decoding_and_real_photos_still_decode(
     for photo in PHOTOS.iterdir():
         if photo.suffix in (".jpeg", ".jpg", ".png"):
             decode(photo.read_bytes())
+
+
+# Item 8: /explain held every waiting request's body; now only the admitted ones, the rest get 503 unread.
+def test_explanations_past_their_places_get_503_before_their_body_is_read():
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from classifier.images import CorruptImage, Limits
+    from classifier.serving import explanations
+
+    explainer = explanations.Explainer(batcher=None)
+    released = asyncio.Event()
+
+    async def slow_explain(body, label):
+        await released.wait()
+        raise CorruptImage("not explained")
+
+    explainer.explain = slow_explain
+    app = FastAPI()
+    app.include_router(explanations.create_router(explainer, Limits()))
+    places = explanations.EXPLANATIONS_AT_ONCE + explanations.EXPLANATIONS_WAITING
+
+    async def run() -> tuple[list[int], int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [asyncio.create_task(client.post("/explain", content=b"photo")) for _ in range(places)]
+            while explainer.admitted < places:
+                await asyncio.sleep(0.01)
+            read = []
+
+            async def body():  # the body of the request past the places: never read
+                read.append(True)
+                yield b"photo"
+            refused = await client.post("/explain", content=body())
+            released.set()
+            answers = await asyncio.gather(*held)
+            return [answer.status_code for answer in answers], refused.status_code, read
+
+    statuses, refused, read = asyncio.run(run())
+    assert refused == 503 and not read
+    assert statuses == [400] * places and explainer.admitted == 0  # every admitted one was answered

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -18,6 +19,9 @@ from .service import error, error_for, json_response, read_image_body
 # Explanations at once: each holds up to CHUNKS_IN_FLIGHT × max_batch_size copies of the photo (600 KB each at
 # 224²) and 100 model inputs' worth of the engine; more wait their turn instead of crowding out /service.
 EXPLANATIONS_AT_ONCE = 2
+# Explanations that may wait for their turn; more get 503 before their body is read (each holds its photo, up to
+# 20 MiB, while it waits: 60 waiting took 2.1 GB).
+EXPLANATIONS_WAITING = 8
 CHUNKS_IN_FLIGHT = 2  # two batches of copies in the batcher keep both of its model calls busy
 
 
@@ -28,6 +32,18 @@ class Explainer:
     def __init__(self, batcher: Batcher):
         self.batcher = batcher
         self._turns = asyncio.Semaphore(EXPLANATIONS_AT_ONCE)
+        self.admitted = 0  # requests between their admission and their answer (explaining, waiting, being read)
+
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """A place for one request, from before its body is read to its answer; Overloaded when all are taken."""
+        if self.admitted >= EXPLANATIONS_AT_ONCE + EXPLANATIONS_WAITING:
+            raise Overloaded(f"{self.admitted} explanations are under way or waiting, the most allowed; retry")
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
 
     async def explain(self, item: Any, label: str | None = None) -> Explanation:
         async with self._turns:
@@ -59,13 +75,14 @@ def create_router(explainer: Explainer, limits: Limits, credentials: tuple[str, 
         (default: the top one)."""
         if not basic_auth_ok(request, credentials):
             return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
-        body = await read_image_body(request, limits.max_bytes)
-        if isinstance(body, JSONResponse):
-            return body
         try:
-            explanation = await explainer.explain(body, label)
-            photo: Image.Image = await asyncio.to_thread(decode, body, limits)
-            return json_response(await asyncio.to_thread(explanation.as_json, photo))
+            with explainer.admission():
+                body = await read_image_body(request, limits.max_bytes)
+                if isinstance(body, JSONResponse):
+                    return body
+                explanation = await explainer.explain(body, label)
+                photo: Image.Image = await asyncio.to_thread(decode, body, limits)
+                return json_response(await asyncio.to_thread(explanation.as_json, photo))
         except Exception as exc:
             return error_for(exc)
 
