@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="convert the model for the engines and check them against TensorFlow (once: the "
                              "result is cached beside the model), so that an install without TensorFlow serves "
                              "it; with no IMAGE, only that")
+    parser.add_argument("--converted-only", action="store_true",
+                        help="with --convert: choose among the converted engines only, for an install that has "
+                             "no TensorFlow (the Docker image's runtime stage), even where TensorFlow times faster")
     args = parser.parse_args(argv)
     if not args.images and not (args.retime or args.convert):
         parser.error("give at least one IMAGE (or --retime, or --convert)")
@@ -42,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from .model import RETIME_VARIABLE
 
+        from .engines import CONVERTED_ONLY_VARIABLE
+
         if args.retime:
             os.environ[RETIME_VARIABLE] = "1"
+        if args.converted_only:
+            os.environ[CONVERTED_ONLY_VARIABLE] = "1"
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # the figures and the choice are the answer
     if args.verbose:
         quiet.set_verbose()  # before TensorFlow loads, with the model

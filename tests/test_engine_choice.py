@@ -165,3 +165,19 @@ def test_litert_int8_is_a_candidate_for_int8(tmp_path, caplog):
     else:
         assert "litert int8 refused" in caplog.text  # the guard said no, and fp32 serves
     assert [r[0][0] for r in model.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS
+
+
+def test_converting_for_an_install_without_tensorflow_chooses_among_the_converted_engines(tmp_path, monkeypatch):
+    """Issue 38 item 12: the Docker image's build timed TensorFlow fastest on a busy machine and recorded it, which
+    its runtime stage does not have; `--convert --converted-only` leaves TensorFlow out of the choice."""
+    from classifier.__main__ import main
+    from classifier.engines import CONVERTED_ONLY_VARIABLE
+
+    monkeypatch.setenv(CONVERTED_ONLY_VARIABLE, "0")  # main() sets it; put back as it was after the test
+    write_colour_graph(tmp_path / "model")
+    conf = write_conf(tmp_path)
+    assert main(["--convert", "--converted-only", "--conf", str(conf)]) == 0
+    record, _ = record_of(tmp_path)
+    [decision] = record["decisions"].values()
+    assert set(decision["candidates"]) == {"litert fp32", "openvino fp32"}
+    assert decision["engine"] in ("litert", "openvino")

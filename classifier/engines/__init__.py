@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -69,14 +70,20 @@ def accelerate(runtime: Runtime, check: np.ndarray, check_name: str = "", choice
         reduced = [c for c in (_checked(runtime, key, name, precision, check, reference, calibration)
                                for name in names if precision in ENGINES[name].PRECISIONS) if c]
     as_loaded = Candidate(f"{runtime.reference} fp32", runtime.reference, "fp32", runtime.predict)
-    # The precision asked for, if it passed its guard; else fp32, where the reference may win if auto may choose it.
-    contenders = reduced or [*fp32, *([as_loaded] if choice == "auto" or not fp32 else [])]
+    # The precision asked for, if it passed its guard; else fp32, where the reference may win if auto may choose it
+    # (not when converting for an install without it: the Docker image's runtime stage has no TensorFlow).
+    reference_may_serve = choice == "auto" and os.environ.get(CONVERTED_ONLY_VARIABLE) != "1"
+    contenders = reduced or [*fp32, *([as_loaded] if reference_may_serve or not fp32 else [])]
     best, reason = _timed(runtime, contenders, check, busy)
     _record(runtime, key, check_name, choice, precision, best, contenders, reason)
     _store_reference(runtime.path, key, check_name, reference)
     if best is as_loaded:
         return runtime
     return dataclasses.replace(runtime, predict=best.predict, engine=best.predict.engine)
+
+
+# Set (to "1") by `python -m classifier --convert --converted-only`: choose among the converted engines alone.
+CONVERTED_ONLY_VARIABLE = "CLASSIFIER_CONVERTED_ONLY"
 
 
 def _timed(runtime: Runtime, contenders: list[Candidate], check: np.ndarray,
