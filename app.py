@@ -41,7 +41,7 @@ from classifier.serving import explanations
 from classifier.serving.api import create_app
 from classifier.serving.connections import with_read_timeout
 from classifier.serving.grpc_server import GrpcServer, port_in_use
-from classifier.serving.guard import GuardConf, gradio_login_check
+from classifier.serving.guard import GuardConf, UploadBudget, gradio_login_check
 from classifier.serving.protocols import Served
 from classifier.serving.reload import Reloader
 from classifier.serving.service import ADMIN_NEEDS_LOGIN, Health, request_limit
@@ -112,6 +112,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--upload-retention", type=int, default=900, metavar="SECONDS",
                         help="delete photos and zips uploaded to the page this long after upload (default: 900; "
                              "looked for every minute). Flagged photos are kept.")
+    parser.add_argument("--upload-quota-mb", type=int, default=1024, metavar="MB",
+                        help="megabytes one client address may upload to the page within --upload-retention; "
+                             "past it, 429 (default: %(default)s)")
+    parser.add_argument("--max-uploads-mb", type=int, default=4096, metavar="MB",
+                        help="megabytes of uploads the server keeps from all clients together within "
+                             "--upload-retention; past it, 429 (default: %(default)s)")
     parser.add_argument("--read-timeout", type=float, default=30, metavar="SECONDS",
                         help="close a connection whose request headers, or the next part of its body, take longer "
                              "(default: 30)")
@@ -294,7 +300,9 @@ guard = GuardConf(credentials, body_limits=[("/service", request_limit(limits)),
                                             ("/v1/", request_limit(limits)), ("/v2/", request_limit(limits)),
                                             ("/gradio_api/upload", upload_limit + MULTIPART_OVERHEAD),
                                             ("/gradio_api/", GRADIO_JSON_LIMIT)],
-                  streams_per_client=args.streams_per_client)
+                  streams_per_client=args.streams_per_client,
+                  uploads=UploadBudget(args.upload_quota_mb * 2 ** 20, args.max_uploads_mb * 2 ** 20,
+                                       args.upload_retention + 60))  # the sweep looks every minute
 # /service, /explain, the protocols existing clients speak (KServe v2, TF Serving REST), the probes, /metrics.
 app = create_app(batcher, limits, health, credentials, reloader, guard, explainer, allowed_hosts=allowed_hosts(args),
                  cors_origins=[origin.strip() for origin in args.cors_origins.split(",") if origin.strip()],

@@ -77,7 +77,7 @@ class SlowClients:
 
     def _open(self) -> socket.socket:
         sock = socket.create_connection(self.address, timeout=10)
-        sock.sendall(b"POST /service HTTP/1.1\r\nHost: soak\r\n")
+        sock.sendall(b"POST /service HTTP/1.1\r\nHost: localhost\r\n")
         sock.setblocking(False)
         return sock
 

@@ -247,3 +247,52 @@ def test_explanations_past_their_places_get_503_before_their_body_is_read():
     statuses, refused, read = asyncio.run(run())
     assert refused == 503 and not read
     assert statuses == [400] * places and explainer.admitted == 0  # every admitted one was answered
+
+
+# Item 9: uploads are bounded per client and in total, over the time they are kept.
+def test_the_upload_budget_counts_per_client_and_in_total_and_forgets_after_the_retention():
+    from classifier.serving.guard import UploadBudget
+
+    budget = UploadBudget(per_client=100, total=150, keep_seconds=10)
+    assert budget.charge("a", 60, now=0) is None and budget.charge("a", 40, now=1) is None
+    assert "this client has uploaded" in budget.charge("a", 1, now=2)
+    assert budget.charge("b", 50, now=3) is None
+    assert "the server holds" in budget.charge("c", 1, now=4)
+    assert budget.charge("a", 60, now=10.5) is None  # the first 60 are deleted by now; the 40 still count
+    assert "this client" in budget.charge("a", 1, now=10.6)
+
+
+def test_uploads_past_the_budget_get_429_before_or_while_they_stream():
+    import asyncio
+
+    from classifier.serving.guard import Guard, GuardConf, UploadBudget
+
+    stored: list[int] = []
+
+    async def app(scope, receive, send):  # stands in for Gradio's upload route: reads the body, answers 200
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        stored.append(size)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = Guard(app, GuardConf(body_limits=[("/gradio_api/upload", 10 ** 6)],
+                                 uploads=UploadBudget(per_client=250_000, total=10 ** 6, keep_seconds=900)))
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://test") as client:
+            async def chunked():
+                for _ in range(10):
+                    yield b"x" * 20_000
+            statuses = [(await client.post("/gradio_api/upload", content=b"x" * 200_000)).status_code,
+                        (await client.post("/gradio_api/upload", content=b"x" * 100_000)).status_code,
+                        (await client.post("/gradio_api/upload", content=chunked())).status_code]
+            other = await client.post("/service", content=b"x" * 200_000)  # other routes are not uploads
+            return [*statuses, other.status_code]
+
+    assert asyncio.run(run()) == [200, 429, 429, 200]
+    assert stored == [200_000, 200_000]  # the refused ones never reached the app whole

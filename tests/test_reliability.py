@@ -113,7 +113,7 @@ def test_sigterm_finishes_accepted_requests():
 
     running = Server()
     photo = (PHOTOS / "coffee.png").read_bytes()
-    request = (b"POST /service HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(photo)) + photo
+    request = (b"POST /service HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(photo)) + photo
 
     async def scenario() -> list[int]:
         connections = [await asyncio.open_connection("127.0.0.1", running.port) for _ in range(96)]

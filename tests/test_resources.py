@@ -86,7 +86,7 @@ def half_requests(url: str, count: int, first_line_only: bool = False) -> list[s
     for _ in range(count):
         sock = socket.create_connection((host, int(port)), timeout=10)
         sock.sendall(b"POST /service HTTP/1.1\r\n" if first_line_only else
-                     b"POST /service HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part of the body")
+                     b"POST /service HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly part of the body")
         sockets.append(sock)
     return sockets
 

@@ -5,7 +5,8 @@ import base64
 import json
 import re
 import secrets
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,16 +24,52 @@ STREAM_PREFIXES = ("/gradio_api/heartbeat/", "/gradio_api/queue/data", "/gradio_
                    "/gradio_api/upload_progress")
 
 
+UPLOAD_PREFIX = "/gradio_api/upload"  # the page's uploads, kept on disk until the sweep deletes them
+
+
+class UploadBudget:
+    """The bytes the page's uploads may put on disk: per client address and in total, over the time an upload is
+    kept (app.py's --upload-retention, after which the sweep deletes it). Charged as the bytes arrive, never
+    refunded early (a refused upload's part is deleted by the same sweep)."""
+
+    def __init__(self, per_client: int, total: int, keep_seconds: float):
+        self.per_client, self.total, self.keep_seconds = per_client, total, keep_seconds
+        self._charges: deque[tuple[float, str, int]] = deque()  # (when, client, bytes), oldest first
+        self._by_client: Counter[str] = Counter()
+        self._sum = 0
+
+    def charge(self, client: str, size: int, now: float | None = None) -> str | None:
+        """Takes `size` bytes of `client`'s budget; or, if it would pass a bound, takes nothing and says why."""
+        now = time.monotonic() if now is None else now
+        while self._charges and now - self._charges[0][0] > self.keep_seconds:
+            _, old_client, old_size = self._charges.popleft()
+            self._sum -= old_size
+            self._by_client[old_client] -= old_size
+            if self._by_client[old_client] <= 0:
+                del self._by_client[old_client]
+        if self._by_client[client] + size > self.per_client:
+            return (f"this client has uploaded {self._by_client[client] // 2 ** 20} MB in the last "
+                    f"{self.keep_seconds / 60:.0f} minutes, the most allowed")
+        if self._sum + size > self.total:
+            return f"the server holds {self._sum // 2 ** 20} MB of recent uploads, the most it keeps"
+        self._charges.append((now, client, size))
+        self._by_client[client] += size
+        self._sum += size
+        return None
+
+
 @dataclass
 class GuardConf:
     """credentials: --auth's (None: open). body_limits: (path prefix, bytes), the first match applies;
-    default_body_limit: every other route. logged_in: whether a request carries a valid Gradio login cookie."""
+    default_body_limit: every other route. logged_in: whether a request carries a valid Gradio login cookie.
+    uploads: the disk budget of the page's uploads (None: unbounded)."""
 
     credentials: tuple[str, str] | None = None
     body_limits: list[tuple[str, int]] = field(default_factory=list)
     default_body_limit: int = 1024 * 1024
     streams_per_client: int = 32
     logged_in: Callable[[HTTPConnection], bool] = lambda connection: False
+    uploads: UploadBudget | None = None
 
 
 class Guard:
@@ -74,19 +111,30 @@ class Guard:
                 self.streams[client] -= 1
                 if not self.streams[client]:
                     del self.streams[client]
-        await self._limited(scope, receive, send, limit)
+        budget = self.conf.uploads if path.startswith(UPLOAD_PREFIX) else None
+        client = scope["client"][0] if scope.get("client") else ""
+        if budget and length is not None and (why := budget.charge(client, length)):
+            return await _refuse(send, 429, f"upload refused: {why}; try again later", ("retry-after", "60"))
+        charge = (lambda size: budget.charge(client, size)) if budget and length is None else None
+        await self._limited(scope, receive, send, limit, charge)
 
-    async def _limited(self, scope: dict, receive: Callable, send: Callable, limit: int) -> None:
-        """The app, with the body cut off at `limit`: past it, the app's receive() raises, and whatever the app
-        answers then is replaced by a 413 that closes the connection."""
-        state = {"received": 0, "over": False, "started": False}
+    async def _limited(self, scope: dict, receive: Callable, send: Callable, limit: int,
+                       charge: Callable[[int], str | None] | None = None) -> None:
+        """The app, with the body cut off at `limit` (or where `charge`, given each part's size, says why not):
+        past it, the app's receive() raises, and whatever the app answers then is replaced by a 413 (or 429)
+        that closes the connection."""
+        state: dict[str, Any] = {"received": 0, "over": False, "started": False, "refused": None}
 
         async def limited_receive() -> dict:
             message = await receive()
             if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                state["received"] += size
                 if state["received"] > limit:
                     state["over"] = True
+                elif charge and (why := charge(size)):
+                    state["over"], state["refused"] = True, why
+                if state["over"]:
                     raise BodyTooLargeForRoute(limit)
             return message
 
@@ -108,7 +156,10 @@ class Guard:
             if not state["over"]:
                 raise
         if state["over"] and not state["started"]:
-            await _refuse(send, 413, f"the request body is larger than the limit of {limit} bytes")
+            if state["refused"]:
+                await _refuse(send, 429, f"upload refused: {state['refused']}; try again later", ("retry-after", "60"))
+            else:
+                await _refuse(send, 413, f"the request body is larger than the limit of {limit} bytes")
 
     def _public(self, path: str) -> bool:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
