@@ -48,6 +48,7 @@ def test_no_event_takes_or_gives_back_a_server_file_in_any_shape(guarded, secret
                 data[place] = shape  # one input at a time: another input's bad value would end the event early
                 ok, answer = event_within(attacker, dependency["id"], data)
                 assert target.read_text()[:40] not in answer
+                assert str(target.parent) not in answer and str(ROOT) not in answer  # item 11: no server folder
                 if ok:  # an event may ignore the value (gr.State inputs hold the server's own), never return it
                     assert str(target) not in answer and target.name not in answer, (dependency, shape, answer)
     assert copies_of(secret, folder) == []

@@ -47,5 +47,5 @@ def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: lis
                 gr.Markdown(f"Training is turned off: {training_off}.")
             else:
                 train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(batcher.model),
-                          output_folder)
+                          output_folder, lambda: getattr(batcher.model, "model_dir", None))
     return demo

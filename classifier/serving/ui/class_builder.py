@@ -6,7 +6,8 @@ import itertools
 import re
 import shutil
 import tempfile
-from collections import deque
+import threading
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -19,8 +20,10 @@ from ...images import ImageError, Limits, decode
 from .uploads import Photo, received_upload
 
 MAX_CLASSES = 50
-MAX_PHOTOS = 2000  # a visitor's photos, all classes together
-MAX_BYTES = 500 * 1024 ** 2  # the same as the Train tab's zip
+MAX_PHOTOS = 2000  # a client's photos, all classes and sessions together
+MAX_BYTES = 500 * 1024 ** 2  # a client's bytes, likewise: the same as the Train tab's zip
+MAX_TOTAL_BYTES = 4 * MAX_BYTES  # every client's classes together
+STORED_SIDE = 1024  # px: a photo that is not a JPEG or PNG as sent is stored as a JPEG at most this large
 BURST_SECONDS = 0.25  # a webcam burst keeps four frames a second
 IDLE_HOURS = 2  # a visitor's classes not trained on after this long are deleted with their session state
 THUMBNAILS = 30  # the newest photos of a class shown, as 64 px thumbnails kept in memory; the count says the rest
@@ -28,13 +31,50 @@ THUMBNAIL_SIZE = (64, 64)
 NAME = re.compile(r"[\w \-]{1,100}")  # what a visitor may type as a class name (no paths, no markup)
 
 
+class Quota:
+    """The photos and bytes of every visitor's classes, by client address and in all: a session costs nothing to
+    make (three made-up session ids tripled one visitor's quota), an address does."""
+
+    def __init__(self, photos: int | None = None, per_client: int | None = None, total: int | None = None):
+        self.max_photos = photos or MAX_PHOTOS
+        self.per_client, self.max_total = per_client or MAX_BYTES, total or MAX_TOTAL_BYTES
+        self._photos: Counter[str] = Counter()
+        self._bytes: Counter[str] = Counter()
+        self._total = 0
+        self._lock = threading.Lock()  # handlers run in worker threads
+
+    def take(self, client: str, size: int) -> None:
+        """One photo of `size` bytes for `client`, or gr.Error saying which bound it would pass."""
+        with self._lock:
+            if self._photos[client] >= self.max_photos:
+                raise gr.Error(f"At most {self.max_photos} photos in all: train on these, or remove some.")
+            if self._bytes[client] + size > self.per_client:
+                raise gr.Error(f"At most {self.per_client // 1024 ** 2} MB of photos in all: train on these, or "
+                               "remove some.")
+            if self._total + size > self.max_total:
+                raise gr.Error("The server holds as many photos of classes as it keeps: try again later.")
+            self._photos[client] += 1
+            self._bytes[client] += size
+            self._total += size
+
+    def give_back(self, client: str, photos: int, size: int) -> None:
+        with self._lock:
+            self._photos[client] -= photos
+            self._bytes[client] -= size
+            self._total -= size
+            if self._photos[client] <= 0:
+                del self._photos[client], self._bytes[client]
+
+
 class Classes:
     """One visitor's classes: a folder per class in a private folder of the train folder (`.classes-*`), deleted
-    when they are trained on, when the visitor's session state expires (IDLE_HOURS) or at app.py's next start."""
+    when they are trained on, when the visitor's session state expires (IDLE_HOURS) or at app.py's next start.
+    Its photos count against `quota` under `client` (the visitor's address)."""
 
-    def __init__(self, train_dir: Path):
+    def __init__(self, train_dir: Path, quota: Quota | None = None, client: str = ""):
         train_dir.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix=".classes-", dir=train_dir))
+        self.quota, self.client = quota or Quota(), client
         self._thumbnails: dict[str, deque[tuple[Image.Image, str]]] = {}  # by class: (thumbnail, file name)
         self._numbers = itertools.count(1)
         # The visitor's totals, kept as photos come and go: a burst adds four a second, and walking up to 2,000
@@ -48,10 +88,12 @@ class Classes:
         return {name: sum(1 for _ in (self.folder / name).iterdir()) for name in self.names()}
 
     def _forget(self, files: list[Path]) -> None:
-        """The running totals, less these files (about to be deleted)."""
+        """The running totals (and the quota), less these files (about to be deleted)."""
         files = [p for p in files if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
         self._photos -= len(files)
-        self._bytes -= sum(p.stat().st_size for p in files)
+        self._bytes -= size
+        self.quota.give_back(self.client, len(files), size)
 
     def add_class(self, label: str) -> str:
         if not NAME.fullmatch(label or ""):
@@ -78,20 +120,17 @@ class Classes:
 
     def add(self, name: str | None, image: bytes | np.ndarray, limits: Limits) -> None:
         """One photo into the class: decoded within the model's limits (a bad file gets the message /service
-        sends), stored as a JPEG, within the visitor's bounds."""
+        sends), stored as it came (a JPEG or PNG) or as a JPEG of at most STORED_SIDE px, within the quota."""
         if not name or name not in self.names():
             raise gr.Error("Add a class, and choose it, first.")
-        if self._photos >= MAX_PHOTOS:
-            raise gr.Error(f"At most {MAX_PHOTOS} photos in all: train on these, or remove some.")
-        photo, buffer = decode(image, limits).convert("RGB"), io.BytesIO()
-        photo.save(buffer, "JPEG", quality=90)
-        if self._bytes + buffer.tell() > MAX_BYTES:
-            raise gr.Error(f"At most {MAX_BYTES // 1024 ** 2} MB of photos in all: train on these, or remove some.")
-        file_name = f"{next(self._numbers):05d}.jpg"
-        (self.folder / name / file_name).write_bytes(buffer.getvalue())
-        self._photos, self._bytes = self._photos + 1, self._bytes + buffer.tell()
+        photo = decode(image, limits)
+        stored, suffix = stored_form(image, photo)
+        self.quota.take(self.client, len(stored))
+        file_name = f"{next(self._numbers):05d}{suffix}"
+        (self.folder / name / file_name).write_bytes(stored)
+        self._photos, self._bytes = self._photos + 1, self._bytes + len(stored)
         photo.thumbnail(THUMBNAIL_SIZE)
-        self._thumbnails[name].append((photo, file_name))
+        self._thumbnails[name].append((photo.convert("RGB"), file_name))
 
     def remove(self, name: str | None, photo: str | None = None) -> None:
         """The class, or one photo of it."""
@@ -114,7 +153,20 @@ class Classes:
     def delete(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self._thumbnails.clear()
+        self.quota.give_back(self.client, self._photos, self._bytes)
         self._photos, self._bytes = 0, 0
+
+
+def stored_form(sent: bytes | np.ndarray, photo: Image.Image) -> tuple[bytes, str]:
+    """What a class keeps of a photo: the bytes as sent when they are a JPEG or PNG (a re-encoding can be far
+    larger: 1.6 MB of striped PNGs became 140 MB of JPEGs), else a JPEG at most STORED_SIDE px on its longer side."""
+    kind = Image.open(io.BytesIO(sent)).format if isinstance(sent, bytes) else None  # its header only
+    if kind in ("JPEG", "PNG"):
+        return sent, ".jpg" if kind == "JPEG" else ".png"
+    reduced, buffer = photo.convert("RGB"), io.BytesIO()
+    reduced.thumbnail((STORED_SIDE, STORED_SIDE))
+    reduced.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue(), ".jpg"
 
 
 class Builder(NamedTuple):
@@ -129,6 +181,7 @@ class Builder(NamedTuple):
 def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
     """The section of the Train tab: limits() gives the serving model's image limits."""
     classes = gr.State(None, time_to_live=IDLE_HOURS * 3600, delete_callback=lambda held: held and held.delete())
+    quota = Quota()  # every visitor's classes, by address and in all
 
     def shown(held: Classes | None, name: str | None = None) -> tuple[Any, Any, Any]:
         """The class chooser, the chosen class's thumbnails and the counts of all."""
@@ -142,8 +195,8 @@ def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
         summary = " · ".join(f"**{n}** {c} photo{'s' * (c != 1)}" for n, c in counts.items()) or "No classes yet."
         return gr.Dropdown(choices=names, value=name), held.thumbnails(name) if held else [], summary
 
-    def add_class(held: Classes | None, label: str) -> tuple[Any, ...]:
-        held = held or Classes(train_dir)
+    def add_class(held: Classes | None, label: str, request: gr.Request) -> tuple[Any, ...]:
+        held = held or Classes(train_dir, quota, request.client.host if request and request.client else "")
         name = held.add_class(label)
         return (held, "", *shown(held, name))
 

@@ -20,6 +20,17 @@ from .uploads import received_upload
 
 
 DOWNLOAD_KEEP_SECONDS = 3600  # a trained model's zip, for its Download button
+KEEP_TRAINED = 10  # models the Train tab keeps in the train folder (~50 MB each); older ones are deleted
+
+
+def prune_trained(train_dir: Path, serving: Path | None, keep: int = KEEP_TRAINED) -> None:
+    """The Train tab's models beyond the newest `keep`, deleted, except the one serving (each run left ~53 MB,
+    never removed)."""
+    models = sorted((p for p in train_dir.glob("model-*") if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    for old in models[keep:]:
+        if serving is None or not Path(serving).resolve().is_relative_to(old.resolve()):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def new_download_folder(output_folder: Path) -> Path:
@@ -96,9 +107,11 @@ trial = Trial()
 
 
 def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
-              limits: Callable[[], Limits] = Limits, output_folder: Path | None = None) -> None:
+              limits: Callable[[], Limits] = Limits, output_folder: Path | None = None,
+              serving: Callable[[], Path | None] = lambda: None) -> None:
     """limits(): the serving model's image limits, which the photos added on the page must keep. output_folder:
-    where the Download button's zips are written (the page gives out files from there only)."""
+    where the Download button's zips are written (the page gives out files from there only). serving(): the
+    folder of the model serving, which pruning the train folder keeps."""
     downloads = output_folder or Path(tempfile.mkdtemp(prefix="classifier-downloads-"))
     gr.Markdown("Make the classes here, and/or upload a **.zip with one folder of photos per class** (folder name = "
                 "label), and/or label the photos flagged on the Classify tab: they are merged into the same classes. "
@@ -175,6 +188,7 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
                 Path(zip_path).unlink(missing_ok=True)
         if made:  # nor the classes made on the page, once trained on (kept after a refusal, to add photos)
             made.delete()
+        prune_trained(train_dir, serving())
         text = "```\n" + retrain.format_summary(summary) + "\n```"
         return (text, Image.open(output / "report" / "confusion_matrix.png"),
                 Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
