@@ -233,7 +233,7 @@ def _check_work(data: bytes, image: Image.Image) -> None:
                                 "decode (a photo has about 10)")
     elif image.format == "PNG":
         allowed = 4096 + PNG_CHUNKS_PER_KIB * len(data) // 1024
-        if (chunks := _png_chunks(data, allowed + 1)) > allowed:
+        if _png_chunks(data, allowed + 1) > allowed:
             raise ImageTooLarge(f"the PNG has more than {allowed} chunks for {len(data)} bytes: too much work "
                                 "to decode")
 

@@ -24,10 +24,8 @@ class Ready:
     ready = True
 
 
-@pytest.fixture
-def target(monkeypatch):
-    """A GrpcServer allowing MAX_CALLS calls at once and streams of STREAM_SECONDS, in an event loop of its own."""
-    monkeypatch.setattr(grpc_open_inference, "STREAM_SECONDS", STREAM_SECONDS)
+def started_server(credentials=None, max_calls=100, max_connections=256):
+    """A GrpcServer in an event loop of its own: (its address, a function that stops it)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -35,19 +33,32 @@ def target(monkeypatch):
     def run(coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
 
-    async def started() -> GrpcServer:
-        server = GrpcServer(Served(None, Limits(), None, Ready()), "127.0.0.1", 0, max_calls=MAX_CALLS)
+    async def start() -> GrpcServer:
+        server = GrpcServer(Served(None, Limits(), credentials, Ready()), "127.0.0.1", 0, max_calls=max_calls,
+                            max_connections=max_connections)
         await server.start()
         await server.ready()
         return server
 
-    server = run(started())
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
+    server = run(start())
+
+    def stop() -> None:
         run(server.stop(0))
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+    return f"127.0.0.1:{server.port}", stop
+
+
+@pytest.fixture
+def target(monkeypatch):
+    """A GrpcServer allowing MAX_CALLS calls at once and streams of STREAM_SECONDS, in an event loop of its own."""
+    monkeypatch.setattr(grpc_open_inference, "STREAM_SECONDS", STREAM_SECONDS)
+    address, stop = started_server(max_calls=MAX_CALLS)
+    try:
+        yield address
+    finally:
+        stop()
 
 
 def test_calls_past_the_cap_are_refused_and_a_stream_ends_at_its_longest(target):
@@ -74,31 +85,6 @@ def test_calls_past_the_cap_are_refused_and_a_stream_ends_at_its_longest(target)
         assert error.status() == "StatusCode.DEADLINE_EXCEEDED", error
         assert f"open for {STREAM_SECONDS} s" in error.message()
     assert probe.is_server_live()  # the ended streams gave their calls back
-
-
-def started_server(credentials=None, max_calls=100, max_connections=256):
-    """A GrpcServer in an event loop of its own: (its address, a function that stops it)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def run(coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
-
-    async def start() -> GrpcServer:
-        server = GrpcServer(Served(None, Limits(), credentials, Ready()), "127.0.0.1", 0, max_calls=max_calls,
-                            max_connections=max_connections)
-        await server.start()
-        await server.ready()
-        return server
-
-    server = run(start())
-
-    def stop() -> None:
-        run(server.stop(0))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-    return f"127.0.0.1:{server.port}", stop
 
 
 def test_health_watch_needs_the_login_and_is_capped(monkeypatch):

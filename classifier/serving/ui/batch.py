@@ -8,7 +8,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator
 
 import gradio as gr
 from PIL import Image
