@@ -157,7 +157,7 @@ def allowed_hosts(args: argparse.Namespace) -> list[str]:
         return [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
     if args.share or args.host in ("0.0.0.0", "::", ""):
         return ["*"]
-    return sorted({"localhost", "127.0.0.1", args.host})
+    return sorted({"localhost", "127.0.0.1", args.host, *([f"[{args.host}]"] if ":" in args.host else [])})
 
 
 def is_loopback(host: str) -> bool:

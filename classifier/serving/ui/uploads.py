@@ -10,28 +10,22 @@ from typing import Any
 import gradio as gr
 from gradio.context import LocalContext
 from gradio.route_utils import delete_files_created_by_app
-from gradio.utils import get_upload_folder, is_in_or_equal
 
 from ...images import limits_of, read_bytes
+from .file_gate import GatedBlocks
 
 log = logging.getLogger(__name__)
 
 
 def received_upload(path: Any) -> str:
     """`path`, if it names a file that Gradio received as an upload for this app (or cached for the page: the
-    examples); else gr.Error. Every event that takes a file calls this first.
-
-    Gradio itself checks a file payload only when it carries `"meta": {"_type": "gradio.FileData"}`, and then
-    only that it lies in the upload folder; a payload without `meta`, or an event with preprocess=False (Flag),
-    would hand any server path to our code ({"path": "/etc/passwd"}, {"path": "/dev/zero"}).
-    """
+    examples); else gr.Error. The page's gate (file_gate.GatedBlocks) checks every event's file values before
+    the event runs; the events that read a file call this too, with the same rule, where they read it."""
     blocks = LocalContext.blocks.get(None)
-    if not isinstance(path, (str, os.PathLike)) or blocks is None:
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(blocks, GatedBlocks):
         raise gr.Error("no uploaded file was received: upload the file first")
     absolute = os.path.abspath(path)
-    # Membership tests only: the event loop adds to these sets while a handler runs in a worker thread.
-    known = any(absolute in files for files in list(blocks.temp_file_sets))
-    if not known or not is_in_or_equal(absolute, get_upload_folder()):
+    if not blocks.received(absolute):
         raise gr.Error(f"{os.path.basename(absolute)} was not uploaded to this page: upload the file first")
     return absolute
 
