@@ -141,10 +141,10 @@ def test_a_recorded_conversion_serves_without_tensorflow(default_model, tmp_path
     import json
     import shutil
 
-    started = run_python("import json, sys; sys.argv = ['app.py']; import app; "
+    started = run_python("import json, sys, classifier, app; server = app.build(['--grpc-port', '0']); "
                          "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules, "
-                         "'model': app.classifier.describe(app.model), "
-                         "'answer': app.model.execute(['tests/photos/cat.jpeg'], 1)[0][0][0]}))")
+                         "'model': classifier.describe(server.model), "
+                         "'answer': server.model.execute(['tests/photos/cat.jpeg'], 1)[0][0][0]}))")
     assert started == {"tf": False, "keras": False, "answer": default_model.execute([PHOTOS / "cat.jpeg"])[0][0][0],
                        "model": default_model.describe()}
 

@@ -16,11 +16,9 @@ Optional: Ray comes from requirements-ray.txt, and only this module and ray_page
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shlex
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,17 +31,13 @@ except ImportError as exc:  # optional: app.py and the library never import this
     raise ImportError("Ray Serve is not installed: pip install -r requirements-ray.txt (scale-out is optional; "
                       "python app.py needs none of it)") from exc
 
-from .. import describe, load
-from ..conf import JsonConfLoader
+from .. import describe
 from ..explain import LabelError
 from ..images import ImageError, limits_of
-from ..model import example_photos
 from . import metrics
 from .api import create_app
 from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
-from .explanations import Explainer
-from .reload import Reloader
-from .service import Health
+from .core import load_core
 
 # Which replica answered, and on which Ray node: for the operator, and the tests.
 REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
@@ -146,22 +140,15 @@ class Classifier:
 
     def __init__(self, conf_path: str, max_batch_size: int | None = None, batch_wait_ms: float | None = None,
                  page: str | None = None):
-        started = time.monotonic()
-        self.model = load(conf_path)
-        metrics.describe_model(self.model, time.monotonic() - started)
-        conf = JsonConfLoader(self.model.conf)
-        batching = conf.get_batching()
-        batching = dataclasses.replace(batching, **{key: value for key, value in (
-            ("max_batch_size", max_batch_size), ("max_batch_wait_ms", batch_wait_ms)) if value is not None})
-        self.batcher = ServeBatcher(self.model, batching)
-        self.explainer = Explainer(self.batcher)
-        self.reloader = Reloader(Path(conf_path), self.batcher, example_photos()[0])
+        # The same core as app.py's server (server.load_core), with Ray Serve's batching.
+        self.core = load_core(Path(conf_path), ServeBatcher, max_batch_size=max_batch_size,
+                              max_batch_wait_ms=batch_wait_ms)
+        self.model, self.batcher, self.explainer = self.core.model, self.core.batcher, self.core.explainer
+        self.reloader, self.health = self.core.reloader, self.core.health
         self.page = page
-        self.health = Health()
         self.health.ready = True  # Ray Serve routes traffic to a replica only once its constructor has returned
         self._stop_polling = threading.Event()
-        if poll_seconds := conf.get_reload_poll_seconds():
-            threading.Thread(target=self.reloader.poll, args=(poll_seconds, self._stop_polling), daemon=True).start()
+        self.core.poll(self._stop_polling)
 
     def __serve_build_asgi_app__(self) -> Any:
         # /admin/reload is left out: it would reload only the replica that answers (redeploy user_config instead).

@@ -1,0 +1,64 @@
+"""What every shape of the server serves from one conf.json: the model, its batcher, explainer, reloader, health.
+
+app.py's server (server.build_server) and each Ray Serve replica (ray_serve.Classifier) build it with load_core;
+it imports neither Gradio nor grpcio.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import classifier
+from ..images import Limits, limits_of
+from ..model import example_photos
+from . import metrics
+from .batching import Batcher
+from .explanations import Explainer
+from .reload import Reloader
+from .service import Health
+
+
+@dataclass
+class Core:
+    """What every shape serves (app.py, each Ray Serve replica): the model, its batcher, explainer, reloader and
+    health, from one conf.json."""
+
+    conf_path: Path
+    batcher: Batcher
+    explainer: Explainer
+    reloader: Reloader
+    health: Health
+    reload_poll_seconds: int
+
+    @property
+    def model(self) -> Any:
+        return self.batcher.model
+
+    @property
+    def limits(self) -> Limits:
+        return limits_of(self.model)
+
+    def poll(self, stop: threading.Event) -> None:
+        """Looks for a new version folder every reload_poll_seconds (if set) in a daemon thread, until `stop`."""
+        if self.reload_poll_seconds:
+            threading.Thread(target=self.reloader.poll, args=(self.reload_poll_seconds, stop), daemon=True).start()
+
+
+def load_core(conf_path: Path, batcher_class: type[Batcher] = Batcher, top_k: int | None = None,
+              **batching: Any) -> Core:
+    """The model conf_path names, loaded (and described in /metrics), with its batcher (batcher_class: Ray
+    Serve's plugs in here; batching: overrides of the conf's batching), explainer and reloader. Raises the
+    library's errors (ConfError, ModelError, LabelsError) for a broken conf or model."""
+    started = time.monotonic()
+    model = classifier.load(conf_path)
+    metrics.describe_model(model, time.monotonic() - started)
+    if top_k:
+        model.top_k = top_k
+    conf = classifier.JsonConfLoader(model.conf)
+    batcher = batcher_class(model, replace(conf.get_batching(), **{k: v for k, v in batching.items() if v is not None}))
+    metrics.QUEUE_DEPTH.set_function(lambda: batcher.pending)
+    return Core(Path(conf_path), batcher, Explainer(batcher), Reloader(Path(conf_path), batcher, example_photos()[0]),
+                Health(), conf.get_reload_poll_seconds())

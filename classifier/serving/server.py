@@ -1,0 +1,233 @@
+"""The server as one object: typed settings in, every part built by one factory (build_server), one lifecycle.
+
+    settings ──► build_server ──► Server: core (model, batcher, explainer, reloader, health)
+                                          guard · HTTP routes · the page · gRPC · lifespan (warm-up, polling, stop)
+
+app.py builds it from argv, the tests from Settings on a tiny model; Ray Serve's replicas build its core
+(load_core) with their own batcher; building one loads the model but binds no port (`run()` does).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import secrets
+import shutil
+import tempfile
+import threading
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import gradio as gr
+import uvicorn
+from gradio import networking
+
+import classifier
+from ..model import example_photos
+from .api import create_app
+from .connections import with_read_timeout
+from .core import Core, load_core
+from .grpc_server import GrpcServer
+from .guard import GuardConf, UploadBudget, gradio_login_check
+from .protocols import Served
+from .service import ADMIN_NEEDS_LOGIN, request_limit
+from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
+
+log = logging.getLogger(__name__)
+
+MAX_ZIP_BYTES = 500 * 1024 * 1024
+# Gradio's JSON routes (events, queue): a few photos' names and labels; 4 MiB leaves room for a base64 photo.
+GRADIO_JSON_LIMIT = 4 * 1024 * 1024
+MULTIPART_OVERHEAD = 1024 * 1024  # an upload's form fields and boundaries, beside the file itself
+KEEP_ALIVE_SECONDS = 5
+GRPC_GRACE_SECONDS = 10  # at shutdown, gRPC calls in flight get this long to finish
+
+
+def file_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a server is built from (app.py's flags, typed). conf: the conf.json to serve. training_off: why
+    the Train tab is off (None: on; app.py decides it from the flags and who can reach the server)."""
+
+    conf: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    grpc_port: int = 0
+    root_path: str = ""  # "/classifier", or ""
+    credentials: tuple[str, str] | None = None
+    allowed_hosts: list[str] | None = field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    cors_origins: list[str] = field(default_factory=list)
+    open_admin: bool = False
+    share: bool = False
+    top_k: int | None = None
+    flagging_dir: Path = Path("flagged")
+    flag_budget: FlagBudget = FlagBudget()
+    train_dir: Path = Path("trained")
+    training_off: str | None = "it was not asked for"
+    upload_retention: int = 900
+    upload_quota: int = 1024 * 2 ** 20
+    max_uploads: int = 4096 * 2 ** 20
+    read_timeout: float = 30
+    max_connections: int = 1000
+    streams_per_client: int = 32
+    blocked: tuple[Path, ...] = ()  # folders Gradio must never serve a file from (app.py: its own, the cwd)
+
+
+class Server:
+    """One server: its core, the page, the gRPC port and the ASGI app (`app`) that serves them all, with a
+    lifespan that warms the model up before /readyz says yes and stops every part in order."""
+
+    def __init__(self, settings: Settings, core: Core):
+        self.settings, self.core = settings, core
+        # What the page gives out (CSVs, thumbnails, model zips) is written here, and nothing else is given out.
+        self.page_files = Path(tempfile.mkdtemp(prefix="classifier-page-"))
+        self.demo = build_demo(core.model, core.batcher, core.explainer, example_photos(), settings.flagging_dir,
+                               settings.train_dir, self.serve_checkpoint, settings.training_off,
+                               settings.flag_budget, self.page_files)
+        self.demo.queue(max_size=core.batcher.conf.max_queue)
+        # The gRPC port: both protocols on the same batcher, limits and login as their REST forms, in this loop;
+        # its connections: a quarter of the file limit (HTTP's --max-connections takes at most half), ≤ 256.
+        self.grpc = GrpcServer(Served(core.batcher, core.limits, settings.credentials, core.health), settings.host,
+                               settings.grpc_port, max_calls=settings.max_connections,
+                               max_connections=max(16, min(256, file_limit() // 4))) if settings.grpc_port else None
+        self.app = self._asgi_app()
+
+    @property
+    def model(self) -> Any:
+        return self.core.model
+
+    def serve_checkpoint(self, conf: Path) -> str:
+        """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one. It
+        changes what every client is served, so it needs the login (or open_admin)."""
+        if not self.settings.credentials and not self.settings.open_admin:
+            raise gr.Error(f"Serving a trained model from the page is off: {ADMIN_NEEDS_LOGIN}. The model is in "
+                           "the train folder: download it, or serve it with --conf.")
+        new_model = self.core.reloader.switch_to(conf, "Train tab")
+        return (f"Now serving **{classifier.describe(new_model)}** (`{conf.parent.name}` in the train folder), "
+                "on this page, its API and /service.")
+
+    def _asgi_app(self) -> Any:
+        settings, core = self.settings, self.core
+        limits = core.limits
+        # Gradio's upload limit is the image limit, unless the Train tab is on: then it must admit a .zip of photos.
+        upload_limit = limits.max_bytes if settings.training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
+        # Before any route: the login, each route's body limit (first matching prefix), the open event streams,
+        # the uploads' disk budget (kept as long as uploads are, and the sweep looks every minute).
+        guard = GuardConf(settings.credentials,
+                          body_limits=[("/service", request_limit(limits)), ("/explain", limits.max_bytes),
+                                       ("/v1/", request_limit(limits)), ("/v2/", request_limit(limits)),
+                                       ("/gradio_api/upload", upload_limit + MULTIPART_OVERHEAD),
+                                       ("/gradio_api/", GRADIO_JSON_LIMIT)],
+                          streams_per_client=settings.streams_per_client,
+                          uploads=UploadBudget(settings.upload_quota, settings.max_uploads,
+                                               settings.upload_retention + 60))
+        # /service, /explain, the protocols existing clients speak (KServe v2, TF Serving REST), probes, /metrics.
+        app = create_app(core.batcher, limits, core.health, settings.credentials, core.reloader, guard,
+                         core.explainer, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins,
+                         open_admin=settings.open_admin, lifespan=self._lifespan)
+        # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
+        app = gr.mount_gradio_app(app, self.demo, path="/", auth=settings.credentials, max_file_size=upload_limit,
+                                  css=CSS, root_path=settings.root_path or None, enable_monitoring=False,
+                                  blocked_paths=blocked_paths([*settings.blocked, settings.flagging_dir,
+                                                               settings.train_dir], keep=[self.page_files]))
+        self.gradio_app = app.routes[-1].app  # the mount's Gradio app: its login tokens, its stop event
+        guard.logged_in = gradio_login_check(self.gradio_app)
+        # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only
+        # once the Blocks "has launched"; launch() sets that, mount_gradio_app does not. Set it as Gradio's own
+        # reload mode does for a mounted app (utils.SourceFileReloader.swap_blocks).
+        self.demo.has_launched = True
+        return app
+
+    @asynccontextmanager
+    async def _lifespan(self, _app: Any) -> AsyncIterator[None]:
+        core, settings = self.core, self.settings
+
+        async def warm_up() -> None:
+            try:  # one request through the whole path (decode, batcher, model) before /readyz says yes
+                await core.batcher.classify(example_photos()[0].read_bytes())
+                core.health.ready = True
+                if self.grpc:
+                    await self.grpc.ready()
+            except Exception as exc:
+                core.health.reason = f"warm-up failed: {exc}"
+                log.exception("warm-up failed")
+
+        if self.grpc:
+            await self.grpc.start()
+        task = asyncio.create_task(warm_up())
+        sweeping = asyncio.create_task(delete_old_uploads(self.demo, settings.upload_retention))
+        if settings.share:
+            threading.Thread(target=open_share_link, args=(settings.port,), daemon=True).start()
+        if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
+            core.reloader.reload_on_sighup()
+        stop_polling = threading.Event()
+        core.poll(stop_polling)
+        yield
+        stop_polling.set()
+        task.cancel()
+        if self.grpc:  # after the HTTP requests in flight have finished (uvicorn's graceful shutdown)
+            await self.grpc.stop(GRPC_GRACE_SECONDS)
+        sweeping.cancel()
+        with suppress(asyncio.CancelledError):
+            await sweeping  # its last act: the uploads still in the cache are deleted
+        await core.batcher.close()
+        shutil.rmtree(self.page_files, ignore_errors=True)
+
+    def run(self) -> None:
+        """Serves on settings.host:port until SIGTERM or Ctrl-C (uvicorn's graceful shutdown)."""
+        settings = self.settings
+        # Slow and idle clients: a request's headers, or the next part of its body, must arrive within
+        # read_timeout (connections.with_read_timeout: uvicorn has no such deadline); an idle keep-alive
+        # connection is closed after 5 s (uvicorn's timeout_keep_alive); past max_connections, uvicorn answers
+        # 503 at once (limit_concurrency) instead of queueing.
+        config = uvicorn.Config(self.app, host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
+                                log_level="info", http=with_read_timeout(settings.read_timeout),
+                                timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=settings.max_connections,
+                                root_path=settings.root_path)
+        StoppingGradio(config, self.gradio_app).run()
+
+
+class StoppingGradio(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or Ctrl-C also tells the mounted Gradio app to stop, as Gradio's own
+    launch() does: its heartbeat streams (one per open tab) then end at once, instead of holding the graceful
+    shutdown for its whole 30 s while requests in flight still finish."""
+
+    def __init__(self, config: uvicorn.Config, gradio_app: Any):
+        super().__init__(config)
+        self.gradio_app = gradio_app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.gradio_app.stop_event.set()
+        super().handle_exit(sig, frame)
+
+
+def build_server(settings: Settings, core: Core | None = None) -> Server:
+    """The whole server from its settings: the model loaded (or `core`, already loaded), every part built, no
+    port bound. Raises the library's errors for a broken conf or model."""
+    return Server(settings, core or load_core(settings.conf, top_k=settings.top_k))
+
+
+def blocked_paths(folders: list[Path], keep: list[Path]) -> list[str]:
+    """Gradio's blocked_paths: the server's own folders (its code, conf, flagged photos, trained models), which
+    Gradio would otherwise copy into its cache if an event named them. A folder holding Gradio's upload cache or
+    one of `keep` (which blocking would block too) is not blocked; the page's file gate still covers it."""
+    from gradio.utils import get_upload_folder
+
+    inside = [Path(get_upload_folder()).resolve(), *(folder.resolve() for folder in keep)]
+    resolved = {folder.resolve() for folder in folders}
+    return sorted(str(folder) for folder in resolved if not any(p.is_relative_to(folder) for p in inside))
+
+
+def open_share_link(port: int) -> None:
+    """Gradio's share tunnel to this server. Without internet it fails fast; the server keeps serving locally."""
+    try:
+        url = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+        print(f"* Public share link: {url}", flush=True)
+    except Exception as exc:
+        print(f"* Could not open a share link ({exc.__class__.__name__}: {exc}). Is there internet access? "
+              f"The app is still serving locally.", flush=True)

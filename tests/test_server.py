@@ -1,0 +1,46 @@
+"""The server as one object, built in-process by the factory app.py uses, on a tiny model: no port, no process."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from starlette.testclient import TestClient
+
+from classifier.serving.server import Settings, build_server
+from conftest import ROOT, encode, solid, write_colour_graph, write_conf
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(tmp_path_factory) -> Settings:
+    folder = tmp_path_factory.mktemp("tiny")
+    write_colour_graph(folder / "model")
+    return Settings(conf=write_conf(folder), flagging_dir=folder / "flagged", train_dir=folder / "trained",
+                    allowed_hosts=["testserver"])
+
+
+def test_importing_app_loads_nothing_binds_nothing_and_prints_nothing():
+    code = ("import sys, app; heavy = [m for m in ('tensorflow', 'gradio', 'uvicorn', 'classifier.serving') "
+            "if m in sys.modules]; print(heavy)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "[]" and run.stderr == "", (run.stdout, run.stderr)
+
+
+def test_two_servers_in_one_process_each_serve_their_own_model(tiny_settings, tmp_path):
+    """The whole server (guard, routes, page, lifespan with its warm-up) answers through Starlette's TestClient;
+    a second one in the same process, on another model, answers with its own."""
+    write_colour_graph(tmp_path / "model")
+    (tmp_path / "model" / "label_map.txt").write_text("rouge\nvert\nbleu\n")  # COLOURS, in French
+    other = replace(tiny_settings, conf=write_conf(tmp_path), flagging_dir=tmp_path / "flagged")
+    first, second = build_server(tiny_settings), build_server(other)
+    red = encode(solid("red"))
+    with TestClient(first.app) as one, TestClient(second.app) as two:
+        assert one.get("/readyz").json() == {"status": "ready"}  # the lifespan warmed the model up
+        assert one.post("/service", content=red).json()[0][0] == "red"
+        assert two.post("/service", content=red).json()[0][0] == "rouge"
+        assert one.post("/service", content=b"not a photo").status_code == 400
+        assert "Image classifier" in one.get("/").text  # the page, mounted on the same app
+        assert one.post("/admin/reload").status_code == 403  # no --auth: admin actions are refused
+        assert one.get("/healthz", headers={"Host": "rebind.example"}).status_code == 400
+    assert first.core.health.ready and first.core.batcher is not second.core.batcher
