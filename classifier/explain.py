@@ -2,8 +2,9 @@
 
 The photo, as the model sees it, is cut into GRID × GRID cells. Each of the masked copies hides a square of
 PATCH × PATCH cells (painted in the photo's mean colour); all of them go through the model like any batch. A
-cell's heat is how much hiding it lowered the label's log-probability, averaged over the squares that hid it. It needs nothing but forward passes, so it works for every format and
-engine (LiteRT included) and for any class with preprocess/forward. Measured against RISE, and why log-probability:
+cell's heat is how much hiding it lowered the label's log-probability, averaged over the squares that hid it. It
+needs nothing but forward passes, so it works for every format and engine (LiteRT included) and for any class
+with preprocess/forward. Measured against RISE, and why log-probability:
 bench/explain.py and README's "Why this label".
 """
 from __future__ import annotations

@@ -150,3 +150,10 @@ def test_the_server_starts_quietly(server):
              if NATIVE_NOISE.match(line) or re.search(r" tensorflow: |:tensorflow:", line)]
     assert noise == []
     assert all(" classifier." in line for line in before_model), before_model
+
+
+def test_the_library_and_app_py_pass_the_linter():
+    """ruff, with pyproject.toml's rules (pyflakes' checks, syntax, 120 columns), on classifier/ and app.py."""
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "classifier", "app.py"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import metrics
+from .errors import code_for_status
 from .guard import authorization_ok
 from .protocols import Busy, ProtocolError, Served
 
@@ -26,18 +27,14 @@ OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/List",
 IDLE_CONNECTION_SECONDS = 300  # a connection with no call for this long is closed (clients reconnect by themselves)
 MAX_WATCHES = 16  # Health/Watch streams at once: a few load balancers' and probes'; more get RESOURCE_EXHAUSTED
 WATCH_SECONDS = 300  # the longest a Watch stream stays open (its client opens another), as ModelStreamInfer's
-# The HTTP statuses our protocol errors carry, as gRPC codes. A full queue is RESOURCE_EXHAUSTED (protocols.Busy);
-# another 503 (the model replaced mid-request, not yet ready) is UNAVAILABLE: retry.
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-         404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         415: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         503: grpc.StatusCode.UNAVAILABLE}
 
 
 def code_of(error: ProtocolError) -> grpc.StatusCode:
+    """The gRPC code of a protocol error (errors.CODES, by its HTTP status): a full queue (protocols.Busy) is
+    RESOURCE_EXHAUSTED, another 503 (the model replaced mid-request, not yet ready) UNAVAILABLE: retry."""
     if isinstance(error, Busy):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return CODES.get(error.status, grpc.StatusCode.INTERNAL)
+    return grpc.StatusCode[code_for_status(error.status)]
 
 
 def unary(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..labels import best
-from .protocols import ProtocolError, Served, byte_count, check_count, protocol_route
+from .guard import byte_count
+from .protocols import ProtocolError, Served, check_count, protocol_route
 
 log = logging.getLogger(__name__)
 

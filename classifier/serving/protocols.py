@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from ..conf import ArchJsonConfLoader
 from ..images import ENCODED_INPUT, Limits
 from .batching import Batcher, Overloaded, Scores
-from .guard import basic_auth_ok, byte_count
+from .errors import refusal_for
+from .guard import basic_auth_ok
 from .service import BodyTooLarge, error, error_for, read_limited, request_limit
 
 MAX_IMAGES = 32  # images (or tensors) in one protocol request, as in one multipart /service request
@@ -166,9 +167,10 @@ class Served:
                                          for item in items), return_exceptions=True)
         for number, result in enumerate(results):
             if isinstance(result, Exception):  # the first bad image decides the status
-                answer = error_for(result, subject=f"{where} image {number}")
-                kind = Busy if isinstance(result, Overloaded) else ProtocolError
-                raise kind(answer.status_code, json.loads(answer.body)["error"])
+                refusal = refusal_for(result, subject=f"{where} image {number}")
+                if refusal is None:
+                    raise result  # a bug: the transport answers 500 / INTERNAL and logs it
+                raise (Busy if isinstance(result, Overloaded) else ProtocolError)(refusal.status, refusal.message)
         models = {id(result.model) for result in results}
         if len(models) > 1:
             raise ProtocolError(503, "the model was replaced while this request ran; send it again")

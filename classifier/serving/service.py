@@ -11,20 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
 from .. import describe
-from ..explain import LabelError
-from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Limits, UnsupportedFormat
-from . import metrics
-from .batching import Batcher, Overloaded
+from ..images import Limits
+from .batching import Batcher
+from .errors import RETRY_AFTER_SECONDS, refusal_for
 from .guard import basic_auth_ok, byte_count
 
 log = logging.getLogger(__name__)
 
 MAX_FILES = 32  # files in one multipart request
 REQUEST_LIMIT = 64 * 1024 * 1024  # one whole request body (multipart, JSON), unless a single image may be larger
-RETRY_AFTER_SECONDS = 1
-
-_STATUS = [(ImageTooLarge, 413), (UnsupportedFormat, 415), (EmptyImage, 400), (CorruptImage, 400),
-           (ImageError, 400), (LabelError, 400), (Overloaded, 503)]
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -32,11 +27,11 @@ def error(status: int, message: str, **headers: str) -> JSONResponse:
 
 
 def error_for(exc: Exception, subject: str = "") -> JSONResponse:
-    """The JSON error response for an exception from decoding or the batcher; never a stack trace."""
-    for kind, status in _STATUS:
-        if isinstance(exc, kind):
-            extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
-            return error(status, f"{subject}: {exc}" if subject else str(exc), **extra)
+    """The JSON error response for an exception from decoding or the batcher (errors.ERRORS); never a stack
+    trace."""
+    if refusal := refusal_for(exc, subject):
+        extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if refusal.status == 503 else {}
+        return error(refusal.status, refusal.message, **extra)
     log.error("unexpected error while classifying", exc_info=exc)
     return error(500, "internal error while classifying the image; the server log has the details")
 
