@@ -157,3 +157,51 @@ def test_the_library_and_app_py_pass_the_linter():
     run = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "classifier", "app.py"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def classifier_imports() -> dict[str, set[str]]:
+    """Each module of classifier/ and the modules of classifier/ it imports (anywhere in it, lazy imports too)."""
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(path): path for path in (ROOT / "classifier").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                imported |= {f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                             for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        graph[name] = {module for module in imported if module in modules} - {name}
+    return graph
+
+
+def test_no_import_circle_in_the_library_and_the_protocols_import_no_transport():
+    graph = classifier_imports()
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        seen[module] = 1
+        for imported in sorted(graph[module]):
+            assert seen.get(imported) != 1, "import circle: " + " → ".join([*path, module, imported])
+            if imported not in seen:
+                visit(imported, [*path, module])
+        seen[module] = 2
+
+    for module in sorted(graph):
+        if module not in seen:
+            visit(module, [])
+    source = (ROOT / "classifier" / "serving" / "protocols.py").read_text()
+    tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and node.module and not node.level}
+    assert not imported & {"fastapi", "starlette", "grpc", "uvicorn", "gradio"}, imported
+    assert "classifier.serving.service" not in graph["classifier.serving.protocols"]  # a route module

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from . import metrics
-from .grpc_server import code_of, method_table
+from .grpc_calls import code_of, method_table
 from .open_inference import (EXTENSIONS, IMAGE_INPUT, PROBABILITIES, TENSOR_INPUT, check_outputs, input_items,
                              metadata, output_values, raw_contents)
 from .protocols import ProtocolError, Served

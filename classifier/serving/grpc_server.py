@@ -3,19 +3,16 @@ batcher, on grpcio's asyncio server in the app's own event loop."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
-import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import metrics
-from .errors import code_for_status
+from . import grpc_open_inference, grpc_tf_serving, metrics
 from .guard import authorization_ok
-from .protocols import Busy, ProtocolError, Served
+from .protocols import Served
 
 log = logging.getLogger(__name__)
 
@@ -27,55 +24,6 @@ OPEN_METHODS = {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/List",
 IDLE_CONNECTION_SECONDS = 300  # a connection with no call for this long is closed (clients reconnect by themselves)
 MAX_WATCHES = 16  # Health/Watch streams at once: a few load balancers' and probes'; more get RESOURCE_EXHAUSTED
 WATCH_SECONDS = 300  # the longest a Watch stream stays open (its client opens another), as ModelStreamInfer's
-
-
-def code_of(error: ProtocolError) -> grpc.StatusCode:
-    """The gRPC code of a protocol error (errors.CODES, by its HTTP status): a full queue (protocols.Busy) is
-    RESOURCE_EXHAUSTED, another 503 (the model replaced mid-request, not yet ready) UNAVAILABLE: retry."""
-    if isinstance(error, Busy):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return grpc.StatusCode[code_for_status(error.status)]
-
-
-def unary(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:
-    """The handler, answering a ProtocolError with its gRPC code and message, and anything unexpected with
-    INTERNAL (the traceback goes to the log, never to the client); each call is counted in /metrics."""
-    @functools.wraps(handler)
-    async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
-            return await handler(request, context)
-        except ProtocolError as exc:
-            code = code_of(exc)
-            await context.abort(code, str(exc))
-        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody to answer
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            if context.code() is not None:  # context.abort() above: already answered
-                raise
-            code = grpc.StatusCode.INTERNAL
-            log.exception("gRPC %s failed", method)
-            await context.abort(code, "internal error; the server log has the details")
-        finally:
-            metrics.GRPC_REQUESTS.labels(method, code.name).inc()
-            metrics.GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
-    return answer
-
-
-def method_table(service: str, methods: dict[str, tuple[Callable, Any, Any]],
-                 streams: dict[str, tuple[Callable, Any, Any]] | None = None) -> grpc.GenericRpcHandler:
-    """A service's handlers by method name: unary (handler, request class, response class), and bidirectional
-    streams likewise. The service name is the protocol's own (inference.GRPCInferenceService, …), which our
-    messages' package is not (classifier/serving/protos)."""
-    handlers = {name: grpc.unary_unary_rpc_method_handler(unary(f"{service}/{name}", handler),
-                                                          request_deserializer=request.FromString,
-                                                          response_serializer=response.SerializeToString)
-                for name, (handler, request, response) in methods.items()}
-    for name, (handler, request, response) in (streams or {}).items():
-        handlers[name] = grpc.stream_stream_rpc_method_handler(handler, request_deserializer=request.FromString,
-                                                               response_serializer=response.SerializeToString)
-    return grpc.method_handlers_generic_handler(service, handlers)
 
 
 class Login(grpc.aio.ServerInterceptor):
@@ -153,9 +101,6 @@ class GrpcServer:
     most the HTTP routes' body limit."""
 
     def __init__(self, served: Served, host: str, port: int, max_calls: int, max_connections: int = 256):
-        # Imported here: each protocol's module imports this one for its helpers.
-        from . import grpc_open_inference, grpc_tf_serving
-
         self.served, self.host, self.port = served, host, port
         self.health = BoundedHealth()
         self._services = [grpc_open_inference.SERVICE, *grpc_tf_serving.SERVICES]

@@ -10,7 +10,7 @@ import numpy as np
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 
 from ..labels import top_k
-from .grpc_server import method_table
+from .grpc_calls import method_table
 from .protocols import ProtocolError, Served, check_count
 from .protos import tf_serving_pb2 as pb
 from .tf_serving import CLASSIFY_SIGNATURE, IMAGE_INPUT, PREDICT_SIGNATURE, TENSOR_INPUT, signatures

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, Response
 
 from ..labels import best
 from .guard import byte_count
-from .protocols import ProtocolError, Served, check_count, protocol_route
+from . import rest_protocols as rest
+from .protocols import ProtocolError, Served, check_count
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +43,26 @@ def create_router(served: Served) -> APIRouter:
 
     @router.get("/models/{name}/ready")
     @router.get("/models/{name}/versions/{version}/ready")
-    @protocol_route
+    @rest.protocol_route
     async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
-        served.check(request, name, version)
+        rest.check(served, request, name, version)
         return _readiness(served)
 
     @router.get("/models/{name}")
     @router.get("/models/{name}/versions/{version}")
-    @protocol_route
+    @rest.protocol_route
     async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
-        served.check(request, name, version)
+        rest.check(served, request, name, version)
         return JSONResponse(metadata(served))
 
     @router.post("/models/{name}/infer")
     @router.post("/models/{name}/versions/{version}/infer")
-    @protocol_route
+    @rest.protocol_route
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         """One input, `image` (BYTES: encoded images, base64 in JSON, length-prefixed in binary) or `pixels`
         (FP32 [N, H, W, 3]); outputs `probabilities` (optionally as Triton's classification strings) and
         `labels`."""
-        served.check(request, name, version)
+        rest.check(served, request, name, version)
         return await _infer(served, request)
 
     return router
@@ -91,7 +92,7 @@ def metadata(served: Served) -> dict:
 
 
 async def _infer(served: Served, request: Request) -> Response:
-    body = await served.body(request)
+    body = await rest.body(served, request)
     # Off the event loop: a large body takes a while to parse, and every other request would wait for it.
     header, tensor, items = await asyncio.to_thread(_read_request, served, body,
                                                     request.headers.get("inference-header-content-length"))

@@ -1,24 +1,22 @@
-"""What the KServe v2 and TF Serving routes share: which model and version they serve, their bodies, their errors."""
+"""What the KServe v2 and TF Serving protocols share, over REST and gRPC alike: which model and version they serve,
+their bodies' bounds, images and tensors, their errors. No transport: rest_protocols.py and the grpc_* modules
+carry them."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
 import json
-import functools
 import zlib
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
-from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from ..conf import ArchJsonConfLoader
 from ..images import ENCODED_INPUT, Limits
 from .batching import Batcher, Overloaded, Scores
+from .bodies import request_limit
 from .errors import refusal_for
-from .guard import basic_auth_ok
-from .service import BodyTooLarge, error, error_for, read_limited, request_limit
 
 MAX_IMAGES = 32  # images (or tensors) in one protocol request, as in one multipart /service request
 
@@ -89,12 +87,6 @@ class Served:
         return getattr(self.model, "input_size", None) if hasattr(self.model, "forward") and not decodes_itself \
             else None
 
-    def check(self, request: Request, name: str, version: str | None) -> None:
-        """Raises the ProtocolError for a request without the login, or for another model or version."""
-        if not basic_auth_ok(request, self.credentials):
-            raise ProtocolError(401, "authentication required")
-        self.check_model(name, version)
-
     def check_model(self, name: str, version: str | None) -> None:
         """Raises the ProtocolError (404) for another model, or a version that does not serve."""
         if name != self.name:
@@ -103,13 +95,9 @@ class Served:
             raise ProtocolError(404, f"version {version} of {name!r} is not served; version {self.version} is "
                                      "(the highest version folder)")
 
-    async def body(self, request: Request) -> bytes:
-        """The whole body, refused (413) past the limit, decompressed when it says gzip or deflate."""
-        try:
-            body = await read_limited(request, self.body_limit)
-        except BodyTooLarge:
-            raise ProtocolError(413, f"the request body is larger than the limit of {self.body_limit} bytes") from None
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    def decoded(self, body: bytes, encoding: str) -> bytes:
+        """The body as sent, decompressed when its Content-Encoding says gzip or deflate; refused when empty."""
+        encoding = (encoding or "identity").strip().lower()
         if encoding in ("gzip", "deflate"):
             body = self._decompress(body, encoding)
         elif encoding != "identity":
@@ -211,27 +199,3 @@ def json_object(text: bytes, what: str, max_containers: int, max_values: int | N
     if not isinstance(value, dict):
         raise ProtocolError(400, f"{what} must be a JSON object")
     return value
-
-
-def protocol_error(exc: ProtocolError) -> JSONResponse:
-    """Both protocols answer errors as {"error": message} with the HTTP status (KServe v2 and TF Serving alike)."""
-    headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="classifier"'
-    if exc.status == 503:
-        headers["Retry-After"] = "1"
-    return error(exc.status, str(exc), **headers)
-
-
-def protocol_route(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The handler, answering a ProtocolError in the protocols' format and anything unexpected with a JSON 500
-    (the traceback goes to the log, never to the client)."""
-    @functools.wraps(handler)  # FastAPI reads the handler's parameters through __wrapped__
-    async def answer(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await handler(*args, **kwargs)
-        except ProtocolError as exc:
-            return protocol_error(exc)
-        except Exception as exc:
-            return error_for(exc)
-    return answer

@@ -32,7 +32,8 @@ from .core import Core, load_core
 from .grpc_server import GrpcServer
 from .guard import GuardConf, UploadBudget, gradio_login_check
 from .protocols import Served
-from .service import ADMIN_NEEDS_LOGIN, request_limit
+from .bodies import request_limit
+from .service import ADMIN_NEEDS_LOGIN
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 log = logging.getLogger(__name__)

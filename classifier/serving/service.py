@@ -13,13 +13,12 @@ from starlette.datastructures import UploadFile
 from .. import describe
 from ..images import Limits
 from .batching import Batcher
+from .bodies import MAX_FILES, request_limit
 from .errors import RETRY_AFTER_SECONDS, refusal_for
 from .guard import basic_auth_ok, byte_count
 
 log = logging.getLogger(__name__)
 
-MAX_FILES = 32  # files in one multipart request
-REQUEST_LIMIT = 64 * 1024 * 1024  # one whole request body (multipart, JSON), unless a single image may be larger
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -165,12 +164,6 @@ def classifier_for(request: Request, batcher: Batcher):
     if asked not in ("true", "1", "false", "0"):
         raise ValueError(f"none_of_these must be true or false, not {asked!r}")
     return batcher.classify_with_verdict if asked in ("true", "1") else batcher.classify
-
-
-def request_limit(limits: Limits) -> int:
-    """The bytes one request body may hold (a multipart body of photos, a protocol's JSON): MAX_FILES images or
-    REQUEST_LIMIT, whichever is less, but always room for two images (base64 takes a third more)."""
-    return max(2 * limits.max_bytes, min(MAX_FILES * limits.max_bytes, REQUEST_LIMIT))
 
 
 def media_type(request: Request) -> str:

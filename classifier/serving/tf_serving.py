@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..labels import top_k
-from .protocols import ProtocolError, Served, check_count, protocol_route
+from . import rest_protocols as rest
+from .protocols import ProtocolError, Served, check_count
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a tensor [H, W, 3] as preprocess makes it
 PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
@@ -24,34 +25,34 @@ def create_router(served: Served) -> APIRouter:
 
     @router.get("/{name}")
     @router.get("/{name}/versions/{version}")
-    @protocol_route
+    @rest.protocol_route
     async def status(request: Request, name: str, version: str | None = None) -> JSONResponse:
         """The version that serves, as TF Serving reports it (LOADING until the warm-up has gone through)."""
-        served.check(request, name, version)
+        rest.check(served, request, name, version)
         state = "AVAILABLE" if served.health.ready else "LOADING"
         return JSONResponse({"model_version_status": [
             {"version": served.version, "state": state, "status": {"error_code": "OK", "error_message": ""}}]})
 
     @router.get("/{name}/metadata")
     @router.get("/{name}/versions/{version}/metadata")
-    @protocol_route
+    @rest.protocol_route
     async def metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
-        served.check(request, name, version)
+        rest.check(served, request, name, version)
         return JSONResponse({"model_spec": {"name": served.name, "signature_name": "", "version": served.version},
                              "metadata": {"signature_def": {"signature_def": signatures(served)}}})
 
     @router.post("/{target:path}")
-    @protocol_route
+    @rest.protocol_route
     async def run(request: Request, target: str) -> JSONResponse:
         """`:predict` → the probabilities of each instance; `:classify` → each example's top-k [label, score]."""
         match = _TARGET.fullmatch(target)
         if not match or match["verb"] not in ("predict", "classify"):
             raise ProtocolError(404, f"no such method: POST /v1/models/{target}; use "
                                      "/v1/models/{name}[/versions/{v}]:predict or :classify")
-        served.check(request, match["name"], match["version"])
+        rest.check(served, request, match["name"], match["version"])
         # Off the event loop: a large body takes a while to parse and convert, and every request would wait.
         read = _predict_items if match["verb"] == "predict" else _classify_items
-        key, items = await asyncio.to_thread(read, served, await served.body(request))
+        key, items = await asyncio.to_thread(read, served, await rest.body(served, request))
         probabilities, model = await served.probabilities(items, "the request's")
         if match["verb"] == "predict":  # the one output, given bare (TF Serving names outputs only when several)
             return JSONResponse({key: probabilities.tolist()})

@@ -1,0 +1,66 @@
+"""What every gRPC service here shares: a method table of handlers, and a protocol error answered with its code."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from . import metrics
+from .errors import code_for_status
+from .protocols import Busy, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+def code_of(error: ProtocolError) -> grpc.StatusCode:
+    """The gRPC code of a protocol error (errors.CODES, by its HTTP status): a full queue (protocols.Busy) is
+    RESOURCE_EXHAUSTED, another 503 (the model replaced mid-request, not yet ready) UNAVAILABLE: retry."""
+    if isinstance(error, Busy):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode[code_for_status(error.status)]
+
+
+def unary(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:
+    """The handler, answering a ProtocolError with its gRPC code and message, and anything unexpected with
+    INTERNAL (the traceback goes to the log, never to the client); each call is counted in /metrics."""
+    @functools.wraps(handler)
+    async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await handler(request, context)
+        except ProtocolError as exc:
+            code = code_of(exc)
+            await context.abort(code, str(exc))
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed: nobody to answer
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            if context.code() is not None:  # context.abort() above: already answered
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("gRPC %s failed", method)
+            await context.abort(code, "internal error; the server log has the details")
+        finally:
+            metrics.GRPC_REQUESTS.labels(method, code.name).inc()
+            metrics.GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+    return answer
+
+
+def method_table(service: str, methods: dict[str, tuple[Callable, Any, Any]],
+                 streams: dict[str, tuple[Callable, Any, Any]] | None = None) -> grpc.GenericRpcHandler:
+    """A service's handlers by method name: unary (handler, request class, response class), and bidirectional
+    streams likewise. The service name is the protocol's own (inference.GRPCInferenceService, …), which our
+    messages' package is not (classifier/serving/protos)."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(unary(f"{service}/{name}", handler),
+                                                          request_deserializer=request.FromString,
+                                                          response_serializer=response.SerializeToString)
+                for name, (handler, request, response) in methods.items()}
+    for name, (handler, request, response) in (streams or {}).items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(handler, request_deserializer=request.FromString,
+                                                               response_serializer=response.SerializeToString)
+    return grpc.method_handlers_generic_handler(service, handlers)
+
