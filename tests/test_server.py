@@ -44,3 +44,29 @@ def test_two_servers_in_one_process_each_serve_their_own_model(tiny_settings, tm
         assert one.post("/admin/reload").status_code == 403  # no --auth: admin actions are refused
         assert one.get("/healthz", headers={"Host": "rebind.example"}).status_code == 400
     assert first.core.health.ready and first.core.batcher is not second.core.batcher
+
+
+def test_the_installed_gradio_has_every_internal_the_server_reaches():
+    import gradio
+
+    from classifier.serving import gradio_internals
+
+    lacking = gradio_internals.missing()
+    assert not lacking, (f"Gradio {gradio.__version__} lacks {', '.join(lacking)}, which "
+                         f"classifier/serving/gradio_internals.py reaches (written against "
+                         f"{gradio_internals.WRITTEN_AGAINST}): adapt that module")
+
+
+def test_no_module_but_gradio_internals_reaches_into_gradio():
+    """Gradio's internals (anything imported from gradio's submodules, or the mounted app's attributes) are
+    reached from serving/gradio_internals.py alone; the rest uses `gr.` public API."""
+    import ast
+
+    reaching = []
+    for path in sorted((ROOT / "classifier").rglob("*.py")):
+        if path.name == "gradio_internals.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradio."):
+                reaching.append(f"{path.relative_to(ROOT)}: from {node.module}")
+    assert reaching == []

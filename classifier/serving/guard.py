@@ -12,19 +12,14 @@ from typing import Any, Callable
 
 from starlette.requests import HTTPConnection
 
+# Gradio's routes (its internals, named in one place): the page's login form and assets, its event streams, and
+# its uploads, kept on disk until the sweep deletes them.
+from .gradio_internals import ASSET_PREFIXES, LOGIN_PATHS, STREAM_PREFIXES, UPLOAD_PREFIX
+
 
 # Without the login, only these answer under --auth: the probes, and what the page needs to show its login form.
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", "/", "/login", "/login/",
-                "/logout", "/config", "/theme.css", "/favicon.ico", "/manifest.json", "/robots.txt",
-                "/gradio_api/login_check", "/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id",
-                "/gradio_api/startup-events", "/gradio_api/theme.css"}
-PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
-# Gradio's long-lived responses (event streams): a tab or a gradio_client holds two or three at once.
-STREAM_PREFIXES = ("/gradio_api/heartbeat/", "/gradio_api/queue/data", "/gradio_api/call/", "/gradio_api/stream/",
-                   "/gradio_api/upload_progress")
-
-
-UPLOAD_PREFIX = "/gradio_api/upload"  # the page's uploads, kept on disk until the sweep deletes them
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", *LOGIN_PATHS}
+PUBLIC_PREFIXES = ASSET_PREFIXES
 
 
 class UploadBudget:
@@ -224,14 +219,3 @@ def byte_count(text: str | None) -> int | None:
     """A header's byte count: ASCII digits only (str.isdigit() admits "²", which int() refuses), else None."""
     text = (text or "").strip()
     return int(text) if text and text.isascii() and text.isdigit() else None
-
-
-def gradio_login_check(gradio_app: Any) -> Callable[[HTTPConnection], bool]:
-    """Whether a request carries the cookie of a user logged in to the mounted Gradio app (its /login sets it)."""
-    def logged_in(connection: HTTPConnection) -> bool:
-        cookies = connection.cookies
-        token = (cookies.get(f"access-token-{gradio_app.cookie_id}")
-                 or cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
-        return token is not None and token in gradio_app.tokens
-    return logged_in
-

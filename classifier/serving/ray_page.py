@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from ..conf import BatchingConf
 from ..model import example_photos
+from . import gradio_internals
 from .ray_serve import ray, serve  # Ray, or the ImportError that says how to install it
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
@@ -88,7 +89,7 @@ class Page:
     def __serve_build_asgi_app__(self) -> Any:
         app = gr.mount_gradio_app(FastAPI(), self.demo, path="/", css=CSS,
                                   max_file_size=self.batcher.model.limits.max_bytes)
-        self.demo.has_launched = True  # as app.py: Gradio then checks that a file an API call names was uploaded
+        gradio_internals.mark_launched(self.demo)  # as app.py: Gradio then checks that an API call's file was uploaded
         return app
 
 

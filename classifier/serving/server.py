@@ -30,7 +30,8 @@ from .api import create_app
 from .connections import with_read_timeout
 from .core import Core, load_core
 from .grpc_server import GrpcServer
-from .guard import GuardConf, UploadBudget, gradio_login_check
+from . import gradio_internals
+from .guard import GuardConf, UploadBudget
 from .protocols import Served
 from .bodies import request_limit
 from .service import ADMIN_NEEDS_LOGIN
@@ -136,12 +137,9 @@ class Server:
                                   css=CSS, root_path=settings.root_path or None, enable_monitoring=False,
                                   blocked_paths=blocked_paths([*settings.blocked, settings.flagging_dir,
                                                                settings.train_dir], keep=[self.page_files]))
-        self.gradio_app = app.routes[-1].app  # the mount's Gradio app: its login tokens, its stop event
-        guard.logged_in = gradio_login_check(self.gradio_app)
-        # Gradio checks that a file an API caller names was really uploaded (processing_utils._check_allowed) only
-        # once the Blocks "has launched"; launch() sets that, mount_gradio_app does not. Set it as Gradio's own
-        # reload mode does for a mounted app (utils.SourceFileReloader.swap_blocks).
-        self.demo.has_launched = True
+        self.gradio_app = gradio_internals.mounted_app(app)  # its login tokens, its stop event
+        guard.logged_in = gradio_internals.login_check(self.gradio_app)
+        gradio_internals.mark_launched(self.demo)  # Gradio's own check of uploaded files waits for it
         return app
 
     @asynccontextmanager
@@ -203,7 +201,7 @@ class StoppingGradio(uvicorn.Server):
         self.gradio_app = gradio_app
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self.gradio_app.stop_event.set()
+        gradio_internals.stop(self.gradio_app)
         super().handle_exit(sig, frame)
 
 
@@ -217,9 +215,7 @@ def blocked_paths(folders: list[Path], keep: list[Path]) -> list[str]:
     """Gradio's blocked_paths: the server's own folders (its code, conf, flagged photos, trained models), which
     Gradio would otherwise copy into its cache if an event named them. A folder holding Gradio's upload cache or
     one of `keep` (which blocking would block too) is not blocked; the page's file gate still covers it."""
-    from gradio.utils import get_upload_folder
-
-    inside = [Path(get_upload_folder()).resolve(), *(folder.resolve() for folder in keep)]
+    inside = [Path(gradio_internals.upload_folder()).resolve(), *(folder.resolve() for folder in keep)]
     resolved = {folder.resolve() for folder in folders}
     return sorted(str(folder) for folder in resolved if not any(p.is_relative_to(folder) for p in inside))
 

@@ -8,9 +8,8 @@ Written against Gradio 6.31. Gradio's own checks leave two holes, which the revi
 So the page is a `GatedBlocks`: before Gradio processes an event, every file a client's value names (in lists,
 galleries and dicts, with or without `meta`) must be one that Gradio received as an upload; before Gradio
 serves an event's answer, every file it names must be such an upload or lie in one of the page's own output
-folders (its CSVs, thumbnails, model downloads). The reach into Gradio: `Blocks.preprocess_data` and
-`Blocks.postprocess_data` (every event passes both), `Blocks.temp_file_sets` (what was received), and
-`gradio.utils.get_upload_folder`.
+folders (its CSVs, thumbnails, model downloads). Its reaches into Gradio (Blocks.preprocess_data,
+postprocess_data, temp_file_sets, the upload folder) are listed in serving/gradio_internals.py.
 """
 from __future__ import annotations
 
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
-from gradio.data_classes import GradioModel, GradioRootModel
-from gradio.utils import get_upload_folder, is_in_or_equal
+
+from ..gradio_internals import gradio_models, is_in_or_equal, upload_folder
 
 # Components whose values name files. Every other component's strings are text, never paths.
 FILE_COMPONENTS = (gr.File, gr.Gallery, gr.Image, gr.DownloadButton, gr.UploadButton, gr.Video, gr.Audio,
@@ -45,7 +44,7 @@ class GatedBlocks(gr.Blocks):
         """Whether Gradio took this file in as an upload for this page (or cached it for the page: examples)."""
         absolute = os.path.abspath(path)
         # Membership tests only: the event loop adds to these sets while handlers run in worker threads.
-        return (is_in_or_equal(absolute, get_upload_folder())
+        return (is_in_or_equal(absolute, upload_folder())
                 and any(absolute in files for files in list(self.temp_file_sets)))
 
     def ours(self, path: str) -> bool:
@@ -100,7 +99,7 @@ def answer_paths(block: Any, value: Any) -> Iterator[str]:
         value = value.constructor_args.get("value")
     elif isinstance(value, dict) and value.get("__type__") == "update":
         value = value.get("value")
-    if isinstance(value, (GradioModel, GradioRootModel)):
+    if isinstance(value, gradio_models()):
         value = value.model_dump()
     if isinstance(value, (str, os.PathLike)):
         yield os.fspath(value)

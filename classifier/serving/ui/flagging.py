@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.flagging import CSVLogger
 
 from ...images import ImageError, Limits, decode
 from .uploads import received_upload
@@ -32,7 +31,7 @@ class Flagging:
 
     def __init__(self, components: list, folder: Path, budget: FlagBudget, limits_for: Any):
         self.folder, self.budget, self.limits_for = Path(folder), budget, limits_for
-        self.logger = CSVLogger()
+        self.logger = gr.CSVLogger()
         self.logger.setup(components, str(folder))
         self._lock = threading.Lock()  # two Flags at once must not both fit the last place in the budget
         self._digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) → SHA-256: each file hashed once

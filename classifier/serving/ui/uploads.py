@@ -8,10 +8,9 @@ import os
 from typing import Any
 
 import gradio as gr
-from gradio.context import LocalContext
-from gradio.route_utils import delete_files_created_by_app
 
 from ...images import limits_of, read_bytes
+from ..gradio_internals import current_blocks, delete_uploads
 from .file_gate import GatedBlocks
 
 log = logging.getLogger(__name__)
@@ -21,7 +20,7 @@ def received_upload(path: Any) -> str:
     """`path`, if it names a file that Gradio received as an upload for this app (or cached for the page: the
     examples); else gr.Error. The page's gate (file_gate.GatedBlocks) checks every event's file values before
     the event runs; the events that read a file call this too, with the same rule, where they read it."""
-    blocks = LocalContext.blocks.get(None)
+    blocks = current_blocks()
     if not isinstance(path, (str, os.PathLike)) or not isinstance(blocks, GatedBlocks):
         raise gr.Error("no uploaded file was received: upload the file first")
     absolute = os.path.abspath(path)
@@ -76,8 +75,8 @@ async def delete_old_uploads(demo: gr.Blocks, retention: int) -> None:
         while True:
             await asyncio.sleep(min(60, retention))
             try:
-                delete_files_created_by_app(demo, retention)
+                delete_uploads(demo, retention)
             except Exception:
                 log.exception("could not delete old uploads; trying again in %s s", min(60, retention))
     finally:
-        delete_files_created_by_app(demo, None)
+        delete_uploads(demo, None)
