@@ -76,3 +76,38 @@ def test_uai_execute_only_classes_are_batched_too(default_model, photo_bytes):
     assert isinstance(results[-1], ImageError)  # refused before it reaches the user's execute()
     assert sum(uai.calls) == len(NAMES) and max(uai.calls) > 1
     assert [r[0][0] for r in results[:-1]] == [default_model.execute([i], 1)[0][0][0] for i in items[:-1]]
+
+
+def test_another_batching_plugs_in_through_the_seam(default_model, photo_bytes):
+    """Batcher(forming=…): what Ray Serve's @serve.batch plugs into (ray_serve.ServeBatching), here a batching
+    that sends pairs of items in one model call; the batcher keeps its admission, decoding and results."""
+    from classifier.serving.batching import BatchForming
+
+    class Pairs:
+        def __init__(self) -> None:
+            self.waiting, self.calls, self._pending = 0, [], []
+
+        async def submit(self, batcher, pipeline, item):
+            self.waiting += 1
+            future = asyncio.get_running_loop().create_future()
+            self._pending.append((item, future))
+            if len(self._pending) == 2 or batcher.decoding == 0:
+                pending, self._pending = self._pending, []
+                self.calls.append(len(pending))
+                for (_, waiting), output in zip(pending, await batcher.run_batch(pipeline, [i for i, _ in pending])):
+                    waiting.set_result(output)
+            try:
+                return await future
+            finally:
+                self.waiting -= 1
+
+        async def close(self) -> None:
+            pass
+
+    forming: BatchForming = Pairs()
+    batcher = Batcher(default_model, forming=forming)
+    items = [photo_bytes[name] for name in NAMES[:4]]
+    results = run(classify_all(batcher, items))
+    assert [r[0][0] for r in results] == [default_model.execute([item], 1)[0][0][0] for item in items]
+    assert sum(forming.calls) == 4 and max(forming.calls) == 2 and list(batcher.batch_sizes) == forming.calls
+    assert batcher.pending == 0

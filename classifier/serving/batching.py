@@ -7,7 +7,7 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -62,6 +62,95 @@ class Pipeline(NamedTuple):
     gives_probabilities: bool  # run's outputs are probability rows (a model with preprocess/forward/postprocess)
 
 
+class BatchForming(Protocol):
+    """How a batcher's prepared requests are grouped into model calls (the batcher's seam for another batching).
+
+    submit() takes one prepared item of `pipeline` and returns its model output (or raises the item's error),
+    having run it in some batch through `batcher.run_batch(pipeline, items)`; `waiting` counts the items
+    submitted and not yet answered (they count against the batcher's max_queue). A batch waits for more items
+    only while `batcher.decoding` says more are on their way."""
+
+    waiting: int
+
+    async def submit(self, batcher: Batcher, pipeline: Pipeline, item: Any) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class OwnQueue:
+    """The batcher's own batching: a queue, and a worker that takes the waiting items (of one pipeline: after a
+    swap, the old model's items go first) into model calls, MODEL_CALLS_IN_FLIGHT at once."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue | None = None
+        self._held: tuple | None = None  # an item prepared for another model than the batch before it
+        self._worker: asyncio.Task | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._answering: set[asyncio.Task] = set()  # the loop holds tasks weakly: keep them until done
+
+    @property
+    def waiting(self) -> int:
+        return (self._queue.qsize() if self._queue else 0) + (self._held is not None)
+
+    async def submit(self, batcher: Batcher, pipeline: Pipeline, item: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        if self._worker is None or self._worker.done():
+            self._queue = self._queue or asyncio.Queue()
+            self._in_flight = self._in_flight or asyncio.Semaphore(MODEL_CALLS_IN_FLIGHT)
+            self._worker = asyncio.get_running_loop().create_task(self._run(batcher), name="batcher")
+        self._queue.put_nowait((item, future, pipeline))
+        return await future
+
+    async def _run(self, batcher: Batcher) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = self._held or await self._queue.get()
+            self._held = None
+            if first[1].done():  # its caller has gone (a cancelled call, a passed deadline): no model time for it
+                continue
+            batch = [first]
+            deadline = loop.time() + batcher.conf.max_batch_wait_ms / 1000
+            while len(batch) < batcher.conf.max_batch_size:
+                if not self._queue.empty():
+                    entry = self._queue.get_nowait()
+                else:
+                    remaining = deadline - loop.time()
+                    if batcher.decoding == 0 or remaining <= 0:
+                        break
+                    try:
+                        entry = await asyncio.wait_for(self._queue.get(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                if entry[1].done():
+                    continue
+                if entry[2] is not batch[0][2]:  # decoded for another model (a swap happened): next batch
+                    self._held = entry
+                    break
+                batch.append(entry)
+            await self._in_flight.acquire()
+            task = loop.create_task(self._answer(batcher, batch))
+            self._answering.add(task)
+            task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task) -> None:
+        self._answering.discard(task)
+        self._in_flight.release()
+
+    async def _answer(self, batcher: Batcher, batch: list) -> None:
+        outputs = await batcher.run_batch(batch[0][2], [entry[0] for entry in batch])
+        for (_, future, _), output in zip(batch, outputs):
+            if future.done():  # the client went away
+                continue
+            if isinstance(output, Exception):
+                future.set_exception(output)
+            else:
+                future.set_result(output)
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+
+
 class Batcher:
     """Decodes each request in a thread pool, then runs the waiting requests together in one model call.
 
@@ -69,7 +158,10 @@ class Batcher:
     requests are still being decoded, that is, when more work is known to be on its way.
     """
 
-    def __init__(self, model: Any, conf: BatchingConf = BatchingConf(), decode_threads: int | None = None):
+    def __init__(self, model: Any, conf: BatchingConf = BatchingConf(), decode_threads: int | None = None,
+                 forming: BatchForming | None = None):
+        """forming: how prepared requests are grouped into model calls (the seam for another batching: Ray
+        Serve's @serve.batch, ray_serve.ServeBatching); by default this batcher's own queue (OwnQueue)."""
         self.conf = conf
         self.model = model
         self._pipeline = pipeline_steps(model)
@@ -77,13 +169,9 @@ class Batcher:
         # Two batches in flight: while one finishes (its last images, the results), the next one starts. With one,
         # a profile under load showed the engine's threads idle ~17 % of the time at batch boundaries.
         self._model_threads = ThreadPoolExecutor(MODEL_CALLS_IN_FLIGHT, thread_name_prefix="model")
-        self._in_flight = asyncio.Semaphore(MODEL_CALLS_IN_FLIGHT)
-        self._queue: asyncio.Queue | None = None
-        self._held: tuple | None = None  # a request prepared for another model than the batch before it
-        self._worker: asyncio.Task | None = None
-        self._answering: set[asyncio.Task] = set()  # the loop holds tasks weakly: keep them until done
-        self._decoding = 0  # admitted requests not yet in the queue
+        self.decoding = 0  # admitted requests being decoded (more work is on its way while there are any)
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes (/metrics has the histogram)
+        self.forming = forming or OwnQueue()
 
     def swap(self, model: Any) -> None:
         """Serve another model from now on. Requests already decoded for the old one still run on the old one."""
@@ -92,7 +180,7 @@ class Batcher:
     @property
     def pending(self) -> int:
         """Requests admitted and not yet answered by the model."""
-        return self._decoding + (self._queue.qsize() if self._queue else 0) + (self._held is not None)
+        return self.decoding + self.forming.waiting
 
     def _admit(self) -> None:
         if self.pending >= self.conf.max_queue:
@@ -109,11 +197,11 @@ class Batcher:
         return await self._prepare(pipeline, item)
 
     async def _prepare(self, pipeline: Pipeline, item: Any) -> Any:
-        self._decoding += 1
+        self.decoding += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._decoder, pipeline.prepare, item)
         finally:
-            self._decoding -= 1
+            self.decoding -= 1
 
     async def _classify(self, item: Any, probabilities: bool, prepared: bool) -> Any:
         self._admit()
@@ -122,16 +210,34 @@ class Batcher:
             needs_probabilities(pipeline)
         if not prepared:
             item = await self._prepare(pipeline, item)
-        finish = (lambda row: Scores(row, pipeline.model)) if probabilities else pipeline.finish
-        return await self._batched(pipeline, item, finish)
+        output = await self.forming.submit(self, pipeline, item)
+        try:
+            return Scores(output, pipeline.model) if probabilities else pipeline.finish(output)
+        except Exception:  # a postprocess that fails fails its own request only
+            log.exception("finishing a result failed")
+            raise
 
-    async def _batched(self, pipeline: Pipeline, item: Any, finish: Callable[[Any], Any]) -> Any:
-        """The prepared item run in a batch with others, its output finished: this batcher's own queue (Ray
-        Serve's replicas form the batches with @serve.batch instead: ray_serve.ServeBatcher)."""
-        future = asyncio.get_running_loop().create_future()
-        self._start()
-        self._queue.put_nowait((item, future, pipeline, finish))
-        return await future
+    async def run_batch(self, pipeline: Pipeline, items: list) -> list:
+        """One model call for prepared items of one pipeline, on the model threads: an output per item, or the
+        exception for that item. A call that fails is retried item by item, so one bad input fails alone. What
+        every BatchForming calls; each call is counted in batch_sizes and /metrics."""
+        loop = asyncio.get_running_loop()
+        self.batch_sizes.append(len(items))
+        metrics.BATCH_SIZE.observe(len(items))
+        try:
+            return await loop.run_in_executor(self._model_threads, pipeline.run, items)
+        except Exception as exc:
+            if len(items) == 1:
+                log.exception("model call failed")
+                return [exc]
+        outputs = []
+        for item in items:  # one bad input must not spoil its batch: each alone
+            try:
+                outputs += await loop.run_in_executor(self._model_threads, pipeline.run, [item])
+            except Exception as exc:
+                log.exception("model call failed")
+                outputs.append(exc)
+        return outputs
 
     async def classify(self, item: Any, *, probabilities: bool = False, prepared: bool = False) -> Any:
         """One request's result (plain data: for the default model, top-k [label, p] pairs).
@@ -157,78 +263,8 @@ class Batcher:
                             "(python -m classifier.retrain, or the Train tab) to calibrate one")
         return {"labels": plain(scores.model.postprocess(scores.row)), "none_of_these": scores.none_of_these}
 
-    def _start(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._queue = self._queue or asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            first = self._held or await self._queue.get()
-            self._held = None
-            if first[1].done():  # its caller has gone (a cancelled call, a passed deadline): no model time for it
-                continue
-            batch = [first]
-            deadline = loop.time() + self.conf.max_batch_wait_ms / 1000
-            while len(batch) < self.conf.max_batch_size:
-                if not self._queue.empty():
-                    entry = self._queue.get_nowait()
-                else:
-                    remaining = deadline - loop.time()
-                    if self._decoding == 0 or remaining <= 0:
-                        break
-                    try:
-                        entry = await asyncio.wait_for(self._queue.get(), remaining)
-                    except asyncio.TimeoutError:
-                        break
-                if entry[1].done():
-                    continue
-                if entry[2] is not batch[0][2]:  # decoded for another model (a swap happened): next batch
-                    self._held = entry
-                    break
-                batch.append(entry)
-            self.batch_sizes.append(len(batch))
-            metrics.BATCH_SIZE.observe(len(batch))
-            await self._in_flight.acquire()
-            task = loop.create_task(self._answer(batch))
-            self._answering.add(task)
-            task.add_done_callback(self._answered)
-
-    def _answered(self, task: asyncio.Task) -> None:
-        self._answering.discard(task)
-        self._in_flight.release()
-
-    async def _answer(self, batch: list) -> None:
-        loop = asyncio.get_running_loop()
-        items = [entry[0] for entry in batch]
-        run_batch = batch[0][2].run
-        try:
-            results = await loop.run_in_executor(self._model_threads, run_batch, items)
-        except Exception as exc:
-            if len(batch) > 1:  # one bad input must not spoil its batch: answer each alone
-                for entry in batch:
-                    await self._answer([entry])
-                return
-            log.exception("model call failed")
-            results = [exc]
-        for (_, future, _, finish), result in zip(batch, results):
-            if future.done():  # the client went away
-                continue
-            if not isinstance(result, Exception):
-                try:
-                    result = finish(result)
-                except Exception as exc:  # a postprocess that fails fails its own request only
-                    log.exception("finishing a result failed")
-                    result = exc
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
     async def close(self) -> None:
-        if self._worker:
-            self._worker.cancel()
+        await self.forming.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self._model_threads.shutdown(wait=False, cancel_futures=True)
 

@@ -9,13 +9,13 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import classifier
 from ..images import Limits, limits_of
 from ..model import example_photos
 from . import metrics
-from .batching import Batcher
+from .batching import Batcher, BatchForming
 from .explanations import Explainer
 from .reload import Reloader
 from .service import Health
@@ -47,18 +47,19 @@ class Core:
             threading.Thread(target=self.reloader.poll, args=(self.reload_poll_seconds, stop), daemon=True).start()
 
 
-def load_core(conf_path: Path, batcher_class: type[Batcher] = Batcher, top_k: int | None = None,
-              **batching: Any) -> Core:
-    """The model conf_path names, loaded (and described in /metrics), with its batcher (batcher_class: Ray
-    Serve's plugs in here; batching: overrides of the conf's batching), explainer and reloader. Raises the
-    library's errors (ConfError, ModelError, LabelsError) for a broken conf or model."""
+def load_core(conf_path: Path, top_k: int | None = None,
+              serve_batching: Callable[[int], BatchForming] | None = None, **batching: Any) -> Core:
+    """The model conf_path names, loaded (and described in /metrics), with its batcher (batching: overrides of the
+    conf's batching; serve_batching(max_batch_size): another way to form its batches, Ray Serve's), explainer and
+    reloader. Raises the library's errors (ConfError, ModelError, LabelsError) for a broken conf or model."""
     started = time.monotonic()
     model = classifier.load(conf_path)
     metrics.describe_model(model, time.monotonic() - started)
     if top_k:
         model.top_k = top_k
     conf = classifier.JsonConfLoader(model.conf)
-    batcher = batcher_class(model, replace(conf.get_batching(), **{k: v for k, v in batching.items() if v is not None}))
+    settings = replace(conf.get_batching(), **{key: value for key, value in batching.items() if value is not None})
+    batcher = Batcher(model, settings, forming=serve_batching(settings.max_batch_size) if serve_batching else None)
     metrics.QUEUE_DEPTH.set_function(lambda: batcher.pending)
     return Core(Path(conf_path), batcher, Explainer(batcher), Reloader(Path(conf_path), batcher, example_photos()[0]),
                 Health(), conf.get_reload_poll_seconds())

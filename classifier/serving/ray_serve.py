@@ -20,7 +20,7 @@ import os
 import shlex
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastapi.responses import RedirectResponse
 
@@ -34,7 +34,6 @@ except ImportError as exc:  # optional: app.py and the library never import this
 from .. import describe
 from ..explain import LabelError
 from ..images import ImageError, limits_of
-from . import metrics
 from .api import create_app
 from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
 from .core import load_core
@@ -60,59 +59,45 @@ CLUSTER_ENVIRONMENT = {
 }
 
 
-class ServeBatcher(Batcher):
-    """app.py's Batcher (the same admission, 503 when full, decoding pool and model checks) whose batches are
-    formed by Ray Serve's @serve.batch instead of its own queue."""
+class ServeBatching:
+    """The batcher's batching (batching.BatchForming) done by Ray Serve's @serve.batch: the same admission, 503
+    when full, decoding pool, model calls and retries as app.py's (Batcher.run_batch), the batches formed by
+    Ray Serve instead of the batcher's own queue."""
 
-    def __init__(self, model: Any, conf: Any):
-        super().__init__(model, conf)
-        self._batching = 0  # requests handed to @serve.batch and not yet answered
-        self._run_batch.set_max_batch_size(conf.max_batch_size)  # the wait is set per batch (_batched)
+    def __init__(self, max_batch_size: int):
+        self.waiting = 0  # items handed to @serve.batch and not yet answered
+        self._batcher: Batcher | None = None
+        self._run_batch.set_max_batch_size(max_batch_size)  # the wait is set per item (submit)
 
-    @property
-    def pending(self) -> int:
-        return self._decoding + self._batching
-
-    async def _batched(self, pipeline: Any, item: Any, finish: Callable[[Any], Any]) -> Any:
+    async def submit(self, batcher: Batcher, pipeline: Any, item: Any) -> Any:
         # app.py's rule, on @serve.batch: a batch waits for more requests (up to max_batch_wait_ms) only while
         # others are being decoded. @serve.batch alone waits always, or never: in a profiling run (docs/deploy.md),
         # never waiting made c16's batches nearly all of 1 image; waiting always cost c1 a third of its rate; this
         # rule kept c1's rate and gave c16 batches of 2–4.
-        self._run_batch.set_batch_wait_timeout_s(self.conf.max_batch_wait_ms / 1000 if self._decoding else 0)
-        self._batching += 1
+        self._batcher = batcher
+        self._run_batch.set_batch_wait_timeout_s(batcher.conf.max_batch_wait_ms / 1000 if batcher.decoding else 0)
+        self.waiting += 1
         try:
             output = await self._run_batch((pipeline, item))
         finally:
-            self._batching -= 1
+            self.waiting -= 1
         if isinstance(output, Exception):
             raise output
-        return finish(output)
+        return output
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=MODEL_CALLS_IN_FLIGHT)
     async def _run_batch(self, entries: list[tuple[Any, Any]]) -> list:
-        """One model call per pipeline among the entries (a batch is one model's, but for a swap), on the
-        batcher's model threads; a call that fails is retried image by image, so one bad input fails alone."""
-        loop = asyncio.get_running_loop()
-        self.batch_sizes.append(len(entries))
-        metrics.BATCH_SIZE.observe(len(entries))
+        """One model call per pipeline among the entries (a batch is one model's, but for a swap)."""
         results: list = [None] * len(entries)
         for pipeline in {id(p): p for p, _ in entries}.values():
             indices = [i for i, (p, _) in enumerate(entries) if p is pipeline]
-            items = [entries[i][1] for i in indices]
-            try:
-                outputs = await loop.run_in_executor(self._model_threads, pipeline.run, items)
-            except Exception as exc:
-                outputs = [exc] if len(items) == 1 else [
-                    (await self._run_alone(loop, pipeline, item)) for item in items]
+            outputs = await self._batcher.run_batch(pipeline, [entries[i][1] for i in indices])
             for index, output in zip(indices, outputs):
                 results[index] = output
         return results
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, pipeline: Any, item: Any) -> Any:
-        try:
-            return (await loop.run_in_executor(self._model_threads, pipeline.run, [item]))[0]
-        except Exception as exc:
-            return exc
+    async def close(self) -> None:
+        pass
 
 
 class ReplicaHeaders:
@@ -141,7 +126,7 @@ class Classifier:
     def __init__(self, conf_path: str, max_batch_size: int | None = None, batch_wait_ms: float | None = None,
                  page: str | None = None):
         # The same core as app.py's server (server.load_core), with Ray Serve's batching.
-        self.core = load_core(Path(conf_path), ServeBatcher, max_batch_size=max_batch_size,
+        self.core = load_core(Path(conf_path), serve_batching=ServeBatching, max_batch_size=max_batch_size,
                               max_batch_wait_ms=batch_wait_ms)
         self.model, self.batcher, self.explainer = self.core.model, self.core.batcher, self.core.explainer
         self.reloader, self.health = self.core.reloader, self.core.health
