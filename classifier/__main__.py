@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def main(argv: list[str] | None = None) -> int:
-    from . import ConfError, LabelsError, load, quiet
-    from .results import plain
-
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m classifier", description="Classify images with the model "
                                      "that conf.json names; print the top-k labels of each.")
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
@@ -39,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.images and not (args.retime or args.convert):
         parser.error("give at least one IMAGE (or --retime, or --convert)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import ConfError, LabelsError, load, quiet
+
+    args = parse_args(argv)
     if args.retime or args.convert:
         import logging
         import os
@@ -71,12 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.images:
             return 0
     results = classify_files(model, args.images)
+    print_results(args.images, results, args.json)
+    return 1 if any(isinstance(result, dict) and "error" in result for result in results) else 0
 
-    failed = sum(isinstance(result, dict) and "error" in result for result in results)
-    if args.json:
-        print(json.dumps({str(path): plain(result) for path, result in zip(args.images, results)}, indent=2))
+
+def print_results(paths: list[Path], results: list, as_json: bool) -> None:
+    """Each image's top-k labels (and "none of these" where asked), or its error on stderr; or one JSON object."""
+    from .results import plain
+
+    if as_json:
+        print(json.dumps({str(path): plain(result) for path, result in zip(paths, results)}, indent=2))
     else:
-        for path, result in zip(args.images, results):
+        for path, result in zip(paths, results):
             if isinstance(result, dict) and "error" in result:
                 print(f"{path}: error: {result['error']}", file=sys.stderr)
                 continue
@@ -87,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}")
             for label, probability in result:
                 print(f"  {probability:7.2%}  {label}")
-    return 1 if failed else 0
 
 
 def classify_files(model: Any, paths: list[Path]) -> list:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -58,25 +58,37 @@ ADMIN_NEEDS_LOGIN = ("this action changes what the server serves, so it needs th
 
 def create_router(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
                   reloader: Any = None, open_admin: bool = False) -> APIRouter:
-    """open_admin: let /admin/reload answer without --auth (else it is refused with 403 when there is no login)."""
+    """/service, /admin/reload and the probes. open_admin: let /admin/reload answer without --auth (else it is
+    refused with 403 when there is no login)."""
     router = APIRouter()
+    router.include_router(service_router(batcher, limits, credentials))
+    router.include_router(admin_router(reloader, credentials, open_admin))
+    router.include_router(probes_router(health))
+    return router
 
-    def unauthorised(request: Request) -> JSONResponse | None:
-        if basic_auth_ok(request, credentials):
-            return None
-        return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+
+def unauthorised(request: Request, credentials: tuple[str, str] | None) -> JSONResponse | None:
+    """The 401 for a request without the login (the guard refuses it first in app.py; Ray's replicas have none)."""
+    if basic_auth_ok(request, credentials):
+        return None
+    return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+
+
+def service_router(batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None) -> APIRouter:
+    """POST|PUT /service: UAI's contract."""
+    router = APIRouter()
 
     @router.api_route("/service", methods=["POST", "PUT"])
     async def service(request: Request) -> Any:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
-        if refused := unauthorised(request):
+        if refused := unauthorised(request, credentials):
             return refused
-        if media_type(request) == "multipart/form-data":
-            return await _multipart(request)
         try:
             classify = classifier_for(request, batcher)
         except ValueError as exc:
             return error(400, str(exc))
+        if media_type(request) == "multipart/form-data":
+            return await classify_multipart(request, classify, limits)
         body = await read_image_body(request, limits.max_bytes)
         if isinstance(body, JSONResponse):
             return body
@@ -85,46 +97,52 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
         except Exception as exc:
             return error_for(exc)
 
-    async def _multipart(request: Request) -> Any:
-        try:
-            classify = classifier_for(request, batcher)
-        except ValueError as exc:
-            return error(400, str(exc))
-        limit = request_limit(limits)
-        if too_large := _over_length(request, limit):  # refused before a byte is read, when the header says so
-            return too_large
-        try:
-            form = await limited(request, limit).form(max_files=MAX_FILES, max_part_size=limits.max_bytes)
-        except BodyTooLarge:
-            return error(413, f"the request body is larger than the limit of {limit} bytes")
-        except Exception as exc:  # malformed multipart, too many files, an oversized field
-            return error(400, f"could not read the multipart body: {exc}")
-        try:  # the parts are spooled to temporary files: closed whatever the answer
-            files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-            if not files:
-                return error(400, "the multipart body holds no files; send each image as a file field")
-            for upload in files:
-                if upload.size is not None and upload.size > limits.max_bytes:
-                    return error(413, f"{upload.filename}: the image is larger than the limit of "
-                                      f"{limits.max_bytes} bytes")
-            bodies = [await upload.read() for upload in files]
-        finally:
-            await form.close()
-        results = await asyncio.gather(*(classify(body) for body in bodies), return_exceptions=True)
-        for number, (upload, result) in enumerate(zip(files, results), 1):
-            if isinstance(result, Exception):  # the first bad file decides the status; its name is in the message
-                return error_for(result, subject=upload.filename or f"file {number}")
-        return json_response(results)
-
     @router.api_route("/service", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"], include_in_schema=False)
     async def wrong_method(request: Request) -> JSONResponse:
         return error(405, f"{request.method} is not allowed: send the image with POST or PUT",
                      Allow="POST, PUT")
 
+    return router
+
+
+async def classify_multipart(request: Request, classify: Callable[[bytes], Awaitable[Any]], limits: Limits) -> Any:
+    """multipart/form-data with up to MAX_FILES image files → their results, in order; the first bad file decides
+    the status, its name in the message."""
+    limit = request_limit(limits)
+    if too_large := _over_length(request, limit):  # refused before a byte is read, when the header says so
+        return too_large
+    try:
+        form = await limited(request, limit).form(max_files=MAX_FILES, max_part_size=limits.max_bytes)
+    except BodyTooLarge:
+        return error(413, f"the request body is larger than the limit of {limit} bytes")
+    except Exception as exc:  # malformed multipart, too many files, an oversized field
+        return error(400, f"could not read the multipart body: {exc}")
+    try:  # the parts are spooled to temporary files: closed whatever the answer
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            return error(400, "the multipart body holds no files; send each image as a file field")
+        for upload in files:
+            if upload.size is not None and upload.size > limits.max_bytes:
+                return error(413, f"{upload.filename}: the image is larger than the limit of "
+                                  f"{limits.max_bytes} bytes")
+        bodies = [await upload.read() for upload in files]
+    finally:
+        await form.close()
+    results = await asyncio.gather(*(classify(body) for body in bodies), return_exceptions=True)
+    for number, (upload, result) in enumerate(zip(files, results), 1):
+        if isinstance(result, Exception):
+            return error_for(result, subject=upload.filename or f"file {number}")
+    return json_response(results)
+
+
+def admin_router(reloader: Any, credentials: tuple[str, str] | None, open_admin: bool) -> APIRouter:
+    """POST /admin/reload: what changes the served model, behind the login."""
+    router = APIRouter()
+
     @router.post("/admin/reload")
     async def admin_reload(request: Request) -> JSONResponse:
         """Loads the conf's model again (the highest version folder), beside the serving one, and swaps it in."""
-        if refused := unauthorised(request):
+        if refused := unauthorised(request, credentials):
             return refused
         if credentials is None and not open_admin:
             return error(403, ADMIN_NEEDS_LOGIN)
@@ -136,6 +154,13 @@ def create_router(batcher: Batcher, limits: Limits, health: Health, credentials:
             return error(409, f"the new model was refused, the previous one still serves: {exc}")
         return JSONResponse({"status": "reloaded", "model": describe(model),
                              "version": getattr(model, "version", None)})
+
+    return router
+
+
+def probes_router(health: Health) -> APIRouter:
+    """/healthz, /readyz and /metrics: open to all, as probes and scrapers are."""
+    router = APIRouter()
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

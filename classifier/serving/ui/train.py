@@ -106,6 +106,81 @@ class Trial:
 trial = Trial()
 
 
+class Training:
+    """What the Train tab's buttons do: list the flagged photos, train, ready the new model (try it live, its zip),
+    serve it. train_dir: where models are written; downloads: where their zips are (the page gives out files from
+    there); serving(): the folder of the model serving, which pruning the train folder keeps."""
+
+    def __init__(self, train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
+                 downloads: Path, serving: Callable[[], Path | None], builder: Any):
+        self.train_dir, self.flagging_dir, self.serve_checkpoint = train_dir, flagging_dir, serve_checkpoint
+        self.downloads, self.serving, self.builder = downloads, serving, builder
+
+    def flagged_photos(self) -> dict[str, Path]:
+        """The flagged photos by their names on the page: paths inside the flagging folder (the server's own
+        folders are not shown to visitors)."""
+        return {_inside(photo, self.flagging_dir): photo for photo, _ in retrain.read_flagged(self.flagging_dir)}
+
+    def show_flagged(self) -> list[list[str]]:
+        rows = retrain.read_flagged(self.flagging_dir)
+        if not rows:
+            raise gr.Error("No flagged photos yet: use the Flag button on the Classify tab.")
+        return [[_inside(photo, self.flagging_dir), predicted, predicted] for photo, predicted in rows]
+
+    def train(self, zip_path: str | None, labelled: Any, how_many_steps: float, int8: bool = False,
+              none_of_these: bool = True, made: Classes | None = None, progress=gr.Progress(track_tqdm=True)):
+        # Only photos that were flagged here: the table's names are looked up in the flagging folder.
+        known = self.flagged_photos()
+        pairs = [(known[row[0]], str(row[2] or "")) for row in _rows(labelled) if row and row[0] in known]
+        if not zip_path and not any(label.strip() for _, label in pairs) and not (made and made.names()):
+            raise gr.Error("Make classes here, upload a .zip of class folders, or label flagged photos, first.")
+        zip_path = received_upload(zip_path) if zip_path else None
+        self.train_dir.mkdir(parents=True, exist_ok=True)
+        upload = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.train_dir))
+        output = self.train_dir / time.strftime("model-%Y%m%d-%H%M%S")
+        try:
+            image_dir = retrain.extract_zip(Path(zip_path), upload / "zip") if zip_path else upload / "photos"
+            retrain.write_labelled(pairs, image_dir)
+            if made:
+                made.copy_into(image_dir)
+            summary = retrain.retrain(retrain.Options(image_dir=image_dir, output_dir=output,
+                                                      how_many_training_steps=int(how_many_steps),
+                                                      int8=bool(int8), none_of_these=bool(none_of_these)))
+        except retrain.RetrainError as exc:  # in the visitor's words: no server folder in it
+            raise gr.Error(_redacted(str(exc), {upload: "the uploaded photos", self.train_dir: "the train folder"})) \
+                from None
+        finally:  # the upload is not kept, whatever happened: the zip in Gradio's cache and what it unpacked to
+            shutil.rmtree(upload, ignore_errors=True)
+            if zip_path:
+                Path(zip_path).unlink(missing_ok=True)
+        if made:  # nor the classes made on the page, once trained on (kept after a refusal, to add photos)
+            made.delete()
+        prune_trained(self.train_dir, self.serving())
+        text = "```\n" + retrain.format_summary(summary) + "\n```"
+        return (text, Image.open(output / "report" / "confusion_matrix.png"),
+                Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
+
+    def after_training(self, output: str | None, made: Classes | None) -> tuple[Any, ...]:
+        """Once /train has answered (its answer keeps its shape): the new model loaded for Try it live, which
+        converts it for the engines (the .tflite, OpenVINO's), then zipped with their files beside its folder for
+        the Download button; and the classes made on the page, now emptied, shown so."""
+        if not output:
+            raise gr.Error("Train a model first.")
+        trial.load(output)
+        archive = retrain.write_archive(Path(output), new_download_folder(self.downloads) / f"{Path(output).name}.zip")
+        return (gr.DownloadButton(value=str(archive), visible=True), *self.builder.shown(made))
+
+    def serve(self, output: str | None) -> str:
+        if not output:
+            raise gr.Error("Train a model first.")
+        try:
+            return self.serve_checkpoint(Path(output) / "conf.json")
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise gr.Error(f"could not load the new model: {exc}") from None
+
+
 def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
               limits: Callable[[], Limits] = Limits, output_folder: Path | None = None,
               serving: Callable[[], Path | None] = lambda: None) -> None:
@@ -149,74 +224,11 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
     live_camera(trial.classify, 5, "Try it live: the camera classified by the new model, before serving it",
                 "trial", checkpoint)
 
-    def flagged_photos() -> dict[str, Path]:
-        """The flagged photos by their names on the page: paths inside the flagging folder (the server's own
-        folders are not shown to visitors)."""
-        return {_inside(photo, flagging_dir): photo for photo, _ in retrain.read_flagged(flagging_dir)}
-
-    def show_flagged():
-        rows = retrain.read_flagged(flagging_dir)
-        if not rows:
-            raise gr.Error("No flagged photos yet: use the Flag button on the Classify tab.")
-        return [[_inside(photo, flagging_dir), predicted, predicted] for photo, predicted in rows]
-
-    def train(zip_path: str | None, labelled, how_many_steps: float, int8: bool = False, none_of_these: bool = True,
-              made: Classes | None = None, progress=gr.Progress(track_tqdm=True)):
-        # Only photos that were flagged here: the table's names are looked up in the flagging folder.
-        known = flagged_photos()
-        pairs = [(known[row[0]], str(row[2] or "")) for row in _rows(labelled) if row and row[0] in known]
-        if not zip_path and not any(label.strip() for _, label in pairs) and not (made and made.names()):
-            raise gr.Error("Make classes here, upload a .zip of class folders, or label flagged photos, first.")
-        zip_path = received_upload(zip_path) if zip_path else None
-        train_dir.mkdir(parents=True, exist_ok=True)
-        upload = Path(tempfile.mkdtemp(prefix=".upload-", dir=train_dir))
-        output = train_dir / time.strftime("model-%Y%m%d-%H%M%S")
-        try:
-            image_dir = retrain.extract_zip(Path(zip_path), upload / "zip") if zip_path else upload / "photos"
-            retrain.write_labelled(pairs, image_dir)
-            if made:
-                made.copy_into(image_dir)
-            summary = retrain.retrain(retrain.Options(image_dir=image_dir, output_dir=output,
-                                                      how_many_training_steps=int(how_many_steps),
-                                                      int8=bool(int8), none_of_these=bool(none_of_these)))
-        except retrain.RetrainError as exc:  # in the visitor's words: no server folder in it
-            raise gr.Error(_redacted(str(exc), {upload: "the uploaded photos", train_dir: "the train folder"})) \
-                from None
-        finally:  # the upload is not kept, whatever happened: the zip in Gradio's cache and what it unpacked to
-            shutil.rmtree(upload, ignore_errors=True)
-            if zip_path:
-                Path(zip_path).unlink(missing_ok=True)
-        if made:  # nor the classes made on the page, once trained on (kept after a refusal, to add photos)
-            made.delete()
-        prune_trained(train_dir, serving())
-        text = "```\n" + retrain.format_summary(summary) + "\n```"
-        return (text, Image.open(output / "report" / "confusion_matrix.png"),
-                Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
-
-    def after_training(output: str | None, made: Classes | None) -> tuple[Any, ...]:
-        """Once /train has answered (its answer keeps its shape): the new model loaded for Try it live, which
-        converts it for the engines (the .tflite, OpenVINO's), then zipped with their files beside its folder for
-        the Download button; and the classes made on the page, now emptied, shown so."""
-        if not output:
-            raise gr.Error("Train a model first.")
-        trial.load(output)
-        archive = retrain.write_archive(Path(output), new_download_folder(downloads) / f"{Path(output).name}.zip")
-        return (gr.DownloadButton(value=str(archive), visible=True), *builder.shown(made))
-
-    def serve(output: str | None) -> str:
-        if not output:
-            raise gr.Error("Train a model first.")
-        try:
-            return serve_checkpoint(Path(output) / "conf.json")
-        except gr.Error:
-            raise
-        except Exception as exc:
-            raise gr.Error(f"could not load the new model: {exc}") from None
-
-    load_flagged.click(show_flagged, None, flagged, api_name="flagged")
-    trained = train_button.click(train, [photos, flagged, steps, int8, none_of_these, builder.classes],
+    actions = Training(train_dir, flagging_dir, serve_checkpoint, downloads, serving, builder)
+    load_flagged.click(actions.show_flagged, None, flagged, api_name="flagged")
+    trained = train_button.click(actions.train, [photos, flagged, steps, int8, none_of_these, builder.classes],
                                  [report, matrix, curve, checkpoint, serve_button], api_name="train",
                                  concurrency_limit=1)
-    trained.success(after_training, [checkpoint, builder.classes], [download, *builder.outputs],
+    trained.success(actions.after_training, [checkpoint, builder.classes], [download, *builder.outputs],
                     api_visibility="private", concurrency_limit=1)
-    serve_button.click(serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)
+    serve_button.click(actions.serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)
