@@ -178,12 +178,15 @@ class Builder(NamedTuple):
     outputs: list
 
 
-def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
-    """The section of the Train tab: limits() gives the serving model's image limits."""
-    classes = gr.State(None, time_to_live=IDLE_HOURS * 3600, delete_callback=lambda held: held and held.delete())
-    quota = Quota()  # every visitor's classes, by address and in all
+class ClassesOnPage:
+    """What the section's controls do to a visitor's Classes (held in their session's gr.State): add a class, add
+    photos (drops, webcam frames), select and remove them, and show the chosen class."""
 
-    def shown(held: Classes | None, name: str | None = None) -> tuple[Any, Any, Any]:
+    def __init__(self, train_dir: Path, limits: Callable[[], Limits]):
+        self.train_dir, self.limits = train_dir, limits
+        self.quota = Quota()  # every visitor's classes, by address and in all
+
+    def shown(self, held: Classes | None, name: str | None = None) -> tuple[Any, Any, Any]:
         """The class chooser, the chosen class's thumbnails and the counts of all."""
         if name is not None and not held:
             raise gr.Error("No such class: add it first.")
@@ -195,47 +198,53 @@ def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
         summary = " · ".join(f"**{n}** {c} photo{'s' * (c != 1)}" for n, c in counts.items()) or "No classes yet."
         return gr.Dropdown(choices=names, value=name), held.thumbnails(name) if held else [], summary
 
-    def add_class(held: Classes | None, label: str, request: gr.Request) -> tuple[Any, ...]:
-        held = held or Classes(train_dir, quota, request.client.host if request and request.client else "")
+    def add_class(self, held: Classes | None, label: str, request: gr.Request) -> tuple[Any, ...]:
+        held = held or Classes(self.train_dir, self.quota, request.client.host if request and request.client else "")
         name = held.add_class(label)
-        return (held, "", *shown(held, name))
+        return (held, "", *self.shown(held, name))
 
-    def add_files(held: Classes | None, name: str | None, files: list | None) -> tuple[Any, ...]:
+    def add_files(self, held: Classes | None, name: str | None, files: list | None) -> tuple[Any, ...]:
         if not held:
             raise gr.Error("Add a class, and choose it, first.")
         for path in files or []:
             try:
-                held.add(name, Path(received_upload(path)).read_bytes(), limits())
+                held.add(name, Path(received_upload(path)).read_bytes(), self.limits())
             except ImageError as exc:  # the others are still added
                 gr.Warning(f"{Path(path).name}: {exc}")
             finally:
                 Path(path).unlink(missing_ok=True)  # the class keeps its own copy
-        return (None, *shown(held, name))
+        return (None, *self.shown(held, name))
 
-    def add_frame(held: Classes | None, name: str | None, frame: bytes | str | None) -> Any:
+    def add_frame(self, held: Classes | None, name: str | None, frame: bytes | str | None) -> Any:
         if frame is None or not held or not name:
             return gr.skip()
         try:
-            held.add(name, frame if isinstance(frame, bytes) else Path(frame).read_bytes(), limits())
+            held.add(name, frame if isinstance(frame, bytes) else Path(frame).read_bytes(), self.limits())
         except ImageError as exc:  # the same clear message /service sends
             raise gr.Error(str(exc)) from None
-        return shown(held, name)[1:]
+        return self.shown(held, name)[1:]
 
-    def chosen_photo(event: gr.SelectData) -> tuple[dict, str]:
+    def chosen_photo(self, event: gr.SelectData) -> tuple[dict, str]:
         photo = (event.value or {}).get("caption")
         return {"photo": photo}, f"Selected: {photo}" if photo else ""
 
-    def remove_photo(held: Classes | None, name: str | None, chosen: dict | None) -> tuple[Any, ...]:
+    def remove_photo(self, held: Classes | None, name: str | None, chosen: dict | None) -> tuple[Any, ...]:
         if not held or not isinstance(chosen, dict) or not isinstance(chosen.get("photo"), str):
             raise gr.Error("Select a photo of the class first.")
         held.remove(name, chosen["photo"])
-        return shown(held, name)
+        return self.shown(held, name)
 
-    def remove_class(held: Classes | None, name: str | None) -> tuple[Any, ...]:
+    def remove_class(self, held: Classes | None, name: str | None) -> tuple[Any, ...]:
         if not held:
             raise gr.Error("No such class: add it first.")
         held.remove(name)
-        return shown(held)
+        return self.shown(held)
+
+
+def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
+    """The section of the Train tab: limits() gives the serving model's image limits."""
+    classes = gr.State(None, time_to_live=IDLE_HOURS * 3600, delete_callback=lambda held: held and held.delete())
+    on_page = ClassesOnPage(train_dir, limits)
 
     with gr.Accordion("Make the classes here: name one, then drop photos on it or capture them", open=True):
         with gr.Row():
@@ -258,18 +267,17 @@ def class_builder(train_dir: Path, limits: Callable[[], Limits]) -> Builder:
             selected_line = gr.Markdown(elem_id="class-selected")
             remove_photo_button = gr.Button("Remove the selected photo", size="sm")
 
-    add.click(add_class, [classes, label], [classes, label, chosen_class, gallery, counts], api_visibility="private")
-    label.submit(add_class, [classes, label], [classes, label, chosen_class, gallery, counts],
-                 api_visibility="private")
-    chosen_class.input(shown, [classes, chosen_class], [chosen_class, gallery, counts], api_visibility="private")
-    drop.upload(add_files, [classes, chosen_class, drop], [drop, chosen_class, gallery, counts],
-                api_visibility="private", concurrency_limit=4)
-    burst.stream(add_frame, [classes, chosen_class, burst], [gallery, counts], stream_every=BURST_SECONDS,
+    shown = [chosen_class, gallery, counts]
+    add.click(on_page.add_class, [classes, label], [classes, label, *shown], api_visibility="private")
+    label.submit(on_page.add_class, [classes, label], [classes, label, *shown], api_visibility="private")
+    chosen_class.input(on_page.shown, [classes, chosen_class], shown, api_visibility="private")
+    drop.upload(on_page.add_files, [classes, chosen_class, drop], [drop, *shown], api_visibility="private",
+                concurrency_limit=4)
+    burst.stream(on_page.add_frame, [classes, chosen_class, burst], [gallery, counts], stream_every=BURST_SECONDS,
                  time_limit=60, concurrency_limit=4, show_progress="hidden", api_visibility="private")
-    gallery.select(chosen_photo, None, [selected, selected_line], api_visibility="private")
-    remove_photo_button.click(remove_photo, [classes, chosen_class, selected], [chosen_class, gallery, counts],
+    gallery.select(on_page.chosen_photo, None, [selected, selected_line], api_visibility="private")
+    remove_photo_button.click(on_page.remove_photo, [classes, chosen_class, selected], shown,
                               api_visibility="private").then(lambda: (None, ""), None, [selected, selected_line],
                                                              api_visibility="private")
-    remove_class_button.click(remove_class, [classes, chosen_class], [chosen_class, gallery, counts],
-                              api_visibility="private")
-    return Builder(classes, shown, [chosen_class, gallery, counts])
+    remove_class_button.click(on_page.remove_class, [classes, chosen_class], shown, api_visibility="private")
+    return Builder(classes, on_page.shown, shown)

@@ -42,43 +42,46 @@ def verdict_line(labels: list[str], answer: dict) -> str:
     return f"Not one of: {named} (closest: {closest} {probability * 100:.0f} %)"
 
 
-def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path, model_line: str,
-                 top_k: int, flag_budget: FlagBudget = FlagBudget()) -> None:
-    verdicts = Verdicts()
+class Classifying:
+    """What the Classify tab's events do: classify a photo (leaving its "none of these" line), show that line,
+    explain a label, and show or hide the explanation."""
 
-    async def classify(image: str | bytes | None) -> dict[str, float] | None:
+    def __init__(self, batcher: Batcher, explainer: Explainer):
+        self.batcher, self.explainer, self.verdicts = batcher, explainer, Verdicts()
+
+    async def classify(self, image: str | bytes | None) -> dict[str, float] | None:
         """The top labels (the API's answer, whatever the model); a model calibrated for "none of these" also
         leaves its verdict for show_verdict, which runs next."""
         if image is None:  # the photo was cleared
             return None
-        body = await photo_bytes(image, batcher.model)
-        model = batcher.model
+        body = await photo_bytes(image, self.batcher.model)
+        model = self.batcher.model
         try:
             if getattr(model, "none_of_these_above", None) is None:
-                pairs = await batcher.classify(body)
+                pairs = await self.batcher.classify(body)
             else:
-                answer = await batcher.classify_with_verdict(body)
+                answer = await self.batcher.classify_with_verdict(body)
                 pairs = answer["labels"]
-                verdicts.put(image, verdict_line(model.labels, answer) if answer["none_of_these"] else "")
+                self.verdicts.put(image, verdict_line(model.labels, answer) if answer["none_of_these"] else "")
         except Exception as exc:  # the same clear message /service sends
             raise gr.Error(str(exc)) from None
         return {label: probability for label, probability in pairs}
 
-    def show_verdict(image: str | bytes | None) -> Any:
-        line = verdicts.pop(image)
+    def show_verdict(self, image: str | bytes | None) -> Any:
+        line = self.verdicts.pop(image)
         return gr.Markdown(f"### {line}" if line else "", visible=bool(line))
 
-    async def explain(image: str | bytes | None, label: str | None) -> Image.Image:
+    async def explain(self, image: str | bytes | None, label: str | None) -> Image.Image:
         """The photo with the heat of `label` (default: the top label) laid over it."""
-        body = await photo_bytes(image, batcher.model)
+        body = await photo_bytes(image, self.batcher.model)
         try:
-            explanation = await explainer.explain(body, label or None)
-            photo = await asyncio.to_thread(decode, body, limits_of(batcher.model))
+            explanation = await self.explainer.explain(body, label or None)
+            photo = await asyncio.to_thread(decode, body, limits_of(self.batcher.model))
             return await asyncio.to_thread(overlay, photo, explanation.grid)
         except Exception as exc:
             raise gr.Error(str(exc)) from None
 
-    async def show_why(image: str | bytes | None, wanted: bool, labels: dict | None) -> tuple[Any, Any]:
+    async def show_why(self, image: str | bytes | None, wanted: bool, labels: dict | None) -> tuple[Any, Any]:
         """After each classification, and when the toggle changes: the label choices and the overlay, or nothing
         at all while the toggle is off (no explanation is computed)."""
         if not wanted or image is None or not labels:
@@ -86,8 +89,12 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
         # gr.Label hands its value over as {label: probability}, most probable first.
         choices = [entry["label"] for entry in labels["confidences"]] if "confidences" in labels else list(labels)
         return (gr.Dropdown(choices=choices, value=choices[0] if choices else None, visible=True),
-                gr.Image(value=await explain(image, None), visible=True))
+                gr.Image(value=await self.explain(image, None), visible=True))
 
+
+def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path, model_line: str,
+                 top_k: int, flag_budget: FlagBudget = FlagBudget()) -> None:
+    actions = Classifying(batcher, explainer)
     gr.Markdown(f"## Image classifier\nDrop a photo (or paste one, take one, click an example) to classify it. "
                 f"**Model:** {model_line}.")
     with gr.Row():
@@ -106,12 +113,12 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
     live_camera(batched(batcher), top_k, "Live camera: classify what the camera sees, several times a second", "live")
 
     # A drop, a paste, a webcam shot and an example all change the photo: that is what classifies.
-    classified = photo.change(classify, photo, labels, api_name="classify",
+    classified = photo.change(actions.classify, photo, labels, api_name="classify",
                               concurrency_limit=batcher.conf.max_batch_size)  # enough in flight to fill a batch
-    classified.then(show_verdict, photo, verdict, api_visibility="private", queue=False)
-    classified.then(show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
-    wanted.change(show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
-    why_label.input(explain, [photo, why_label], heatmap, api_name="explain")
+    classified.then(actions.show_verdict, photo, verdict, api_visibility="private", queue=False)
+    classified.then(actions.show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
+    wanted.change(actions.show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
+    why_label.input(actions.explain, [photo, why_label], heatmap, api_name="explain")
 
     # Flagging as gr.Interface wires it (the same CSV, read by the Train tab; the same "Flag" event), bounded.
     flagging = Flagging([photo, labels], flagging_dir, flag_budget, lambda: limits_of(batcher.model))
