@@ -87,6 +87,8 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     runs in parallel threads while the model sees whole batches.
     """
 
+    gives_probabilities = True  # a contract.ServableModel with the three steps
+
     def _parse_conf(self, conf: dict) -> None:
         loader = RetrainJsonConfLoader(conf)
         self.model_dir = loader.get_model_dir()

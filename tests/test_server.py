@@ -70,3 +70,36 @@ def test_no_module_but_gradio_internals_reaches_into_gradio():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradio."):
                 reaching.append(f"{path.relative_to(ROOT)}: from {node.module}")
     assert reaching == []
+
+
+def test_the_model_contract_and_the_one_adapter_for_a_uai_class(default_model, photo_bytes):
+    """classifier.contract: a RetrainedClassificationModel is served as it is; a UAI class with only execute() is
+    wrapped once (UaiClass), its missing facts given their defaults, and served through the same batcher."""
+    import asyncio
+
+    from classifier.contract import ServableModel, UaiClass, servable
+    from classifier.serving.batching import Batcher, NoProbabilities
+
+    assert isinstance(default_model, ServableModel) and servable(default_model) is default_model
+
+    class OwnCode:  # as a UAI user writes it: conf in, execute() out
+        conf = {"http_server": {"exec": {"model_name": "mine"}}}
+
+        def execute(self, data, batch_size):
+            return [[["mine", 1.0]] for _ in data]
+
+    wrapped = servable(OwnCode())
+    assert isinstance(wrapped, UaiClass) and servable(wrapped) is wrapped
+    assert (wrapped.top_k, wrapped.labels, wrapped.version, wrapped.gives_probabilities) == (5, [], None, False)
+    batcher = Batcher(OwnCode())
+
+    async def run():
+        try:
+            answer = await batcher.classify(photo_bytes["cat.jpeg"])
+            with pytest.raises(NoProbabilities):
+                await batcher.classify(photo_bytes["cat.jpeg"], probabilities=True)
+            return answer
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(run()) == [["mine", 1.0]] and isinstance(batcher.model, UaiClass)

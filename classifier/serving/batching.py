@@ -13,6 +13,7 @@ import numpy as np
 
 from . import metrics
 from ..conf import BatchingConf
+from ..contract import ServableModel, servable
 from ..images import ImageError, decode, limits_of
 from ..model import uai_request
 from ..results import plain
@@ -47,8 +48,7 @@ class Scores(NamedTuple):
     @property
     def none_of_these(self) -> bool | None:
         """Whether the photo is of none of the model's classes; None for a model that cannot tell."""
-        verdict = getattr(self.model, "none_of_these", None)
-        return verdict(self.row) if verdict else None
+        return self.model.none_of_these(self.row) if self.model.none_of_these_above is not None else None
 
 
 class Pipeline(NamedTuple):
@@ -163,8 +163,8 @@ class Batcher:
         """forming: how prepared requests are grouped into model calls (the seam for another batching: Ray
         Serve's @serve.batch, ray_serve.ServeBatching); by default this batcher's own queue (OwnQueue)."""
         self.conf = conf
-        self.model = model
-        self._pipeline = pipeline_steps(model)
+        self.model = servable(model)  # a user's UAI class is wrapped once (contract.UaiClass)
+        self._pipeline = pipeline_steps(self.model)
         self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
         # Two batches in flight: while one finishes (its last images, the results), the next one starts. With one,
         # a profile under load showed the engine's threads idle ~17 % of the time at batch boundaries.
@@ -175,7 +175,8 @@ class Batcher:
 
     def swap(self, model: Any) -> None:
         """Serve another model from now on. Requests already decoded for the old one still run on the old one."""
-        self.model, self._pipeline = model, pipeline_steps(model)
+        self.model = servable(model)
+        self._pipeline = pipeline_steps(self.model)
 
     @property
     def pending(self) -> int:
@@ -275,14 +276,14 @@ def needs_probabilities(pipeline: Pipeline) -> None:
                               "encoded images and returns its own results, not probabilities")
 
 
-def pipeline_steps(model: Any) -> Pipeline:
+def pipeline_steps(model: ServableModel) -> Pipeline:
     """How to prepare one request, run a batch of them and finish each result, for the model conf.json loaded.
 
     A RetrainedClassificationModel (or anything with its three steps) decodes in parallel threads, runs decoded
     tensors as one batch, and postprocesses each probability row. A UAI-style class with only execute() gets the
     request objects UAI gave it (`.body` holds the bytes), batched as UAI's server batched them.
     """
-    if all(callable(getattr(model, step, None)) for step in ("preprocess", "forward", "postprocess")):
+    if model.gives_probabilities:
         def forward(tensors: list[np.ndarray]) -> list[np.ndarray]:
             return list(model.forward(np.stack(tensors)))
         return Pipeline(model.preprocess, checked(forward), lambda row: plain(model.postprocess(row)), model, True)

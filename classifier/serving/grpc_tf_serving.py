@@ -104,7 +104,7 @@ class TFServing:
         spec = self._spec(request.model_spec, signature)
         images = self._examples(request.input)
         probabilities, model = await self.served.probabilities(images, "the request's")
-        k = getattr(model, "top_k", 5)
+        k = model.top_k
         result = pb.ClassificationResult()
         for row in probabilities:
             result.classifications.add(classes=[pb.Class(label=label, score=score)

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..contract import servable
+
 from .guard import route_path
 
 REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
@@ -69,10 +71,11 @@ class MetricsMiddleware:
 def describe_model(model: Any, load_seconds: float) -> None:
     """Publishes which model serves (one series with value 1; the previous one is removed)."""
     MODEL_INFO.clear()
-    runtime = getattr(model, "runtime", None)
+    runtime = getattr(model, "runtime", None)  # a user's UAI class has none: its class name stands for its format
+    model = servable(model)
     # The model folder's name, not its path: /metrics needs no login, and the server's folders are nobody's business.
-    MODEL_INFO.labels(Path(str(getattr(model, "model_dir", ""))).name, str(getattr(model, "version", "") or ""),
-                      getattr(runtime, "format", type(model).__name__), getattr(runtime, "engine", ""),
-                      str(len(getattr(model, "labels", [])))).set(1)
+    MODEL_INFO.labels(Path(str(model.model_dir or "")).name, str(model.version or ""),
+                      getattr(runtime, "format", type(getattr(model, "wrapped", model)).__name__),
+                      getattr(runtime, "engine", ""), str(len(model.labels))).set(1)
     MODEL_LOAD_SECONDS.set(load_seconds)
 

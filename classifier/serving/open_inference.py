@@ -86,7 +86,7 @@ def metadata(served: Served) -> dict:
     outputs = []
     if served.input_size:
         outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(served.labels)]},
-                   {"name": LABELS, "datatype": "BYTES", "shape": [-1, getattr(model, "top_k", 5)]}]
+                   {"name": LABELS, "datatype": "BYTES", "shape": [-1, model.top_k]}]
     return {"name": served.name, "versions": [served.version],
             "platform": PLATFORMS.get(runtime_format, "python"), "inputs": inputs, "outputs": outputs}
 
@@ -279,7 +279,7 @@ def output_values(name: Any, classes: Any, probabilities: np.ndarray, model: Any
         return "BYTES", np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in best(row, classes)]
                                   for row in probabilities], dtype=object)
     if name == LABELS:
-        k = classes or getattr(model, "top_k", 5)
+        k = classes or model.top_k
         return "BYTES", np.array([[labels[i] for i in best(row, k)] for row in probabilities], dtype=object)
     raise ProtocolError(400, f"unknown output {name!r}: this model gives {PROBABILITIES!r} and {LABELS!r}")
 

@@ -73,19 +73,20 @@ class Served:
 
     @property
     def version(self) -> str:
-        return str(getattr(self.model, "version", None) or 1)
+        return str(self.model.version or 1)
 
     @property
     def labels(self) -> list[str]:
-        return list(getattr(self.model, "labels", []))
+        return list(self.model.labels)
 
     @property
     def input_size(self) -> tuple[int, int] | None:
         """(width, height) of the model's input tensor, or None for a model that takes encoded images only: a
         UAI-style class (execute() alone), or a model that decodes images itself."""
+        if not self.model.gives_probabilities:
+            return None
         decodes_itself = getattr(getattr(self.model, "convention", None), "dtype", None) == ENCODED_INPUT
-        return getattr(self.model, "input_size", None) if hasattr(self.model, "forward") and not decodes_itself \
-            else None
+        return None if decodes_itself else getattr(self.model, "input_size", None)
 
     def check_model(self, name: str, version: str | None) -> None:
         """Raises the ProtocolError (404) for another model, or a version that does not serve."""

@@ -154,7 +154,7 @@ class Classifier:
 
     def facts(self) -> dict:
         """What the page shows and checks before it sends a photo: the model's line, top_k, limits, batching."""
-        return {"describe": describe(self.batcher.model), "top_k": getattr(self.batcher.model, "top_k", 5),
+        return {"describe": describe(self.batcher.model), "top_k": self.batcher.model.top_k,
                 "limits": limits_of(self.batcher.model), "batching": self.batcher.conf}
 
     # A bad image, an unknown label or a full replica comes back to the page as the exception, returned, not

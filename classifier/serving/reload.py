@@ -57,6 +57,7 @@ class Reloader:
                           describe(self.model))
                 raise
             self.batcher.swap(model)
+            model = self.batcher.model  # as serving sees it (contract.servable)
             self.conf_path = Path(conf_path)
             seconds = time.monotonic() - started
             metrics.describe_model(model, seconds)
@@ -92,11 +93,11 @@ class Reloader:
     def newer_version(self) -> tuple[int, tuple] | None:
         """The highest version folder in model_dir and its files' state, unless it is the one serving, or one
         refused before whose files have not changed since."""
-        model_dir = getattr(self.model, "model_dir", None)
+        model_dir = self.model.model_dir
         if model_dir is None:
             return None
         folder, newest = latest_version(Path(model_dir))
-        if newest is None or newest == getattr(self.model, "version", None):
+        if newest is None or newest == self.model.version:
             return None
         candidate = (newest, _files_state(folder))
         return None if candidate == self._refused else candidate

@@ -153,7 +153,7 @@ def admin_router(reloader: Any, credentials: tuple[str, str] | None, open_admin:
         except Exception as exc:
             return error(409, f"the new model was refused, the previous one still serves: {exc}")
         return JSONResponse({"status": "reloaded", "model": describe(model),
-                             "version": getattr(model, "version", None)})
+                             "version": model.version})
 
     return router
 

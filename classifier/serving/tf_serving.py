@@ -56,7 +56,7 @@ def create_router(served: Served) -> APIRouter:
         probabilities, model = await served.probabilities(items, "the request's")
         if match["verb"] == "predict":  # the one output, given bare (TF Serving names outputs only when several)
             return JSONResponse({key: probabilities.tolist()})
-        k = getattr(model, "top_k", 5)
+        k = model.top_k
         return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
 
     return router
@@ -65,7 +65,7 @@ def create_router(served: Served) -> APIRouter:
 def signatures(served: Served) -> dict:
     """serving_default (predict: an image or a tensor → probabilities) and classification (classify: an image →
     the top-k classes and scores), as TF Serving's metadata describes signatures."""
-    k = getattr(served.model, "top_k", 5)
+    k = served.model.top_k
     predict_inputs = {IMAGE_INPUT: _tensor_info("DT_STRING", [-1])}
     if served.input_size:
         width, height = served.input_size

@@ -38,7 +38,7 @@ def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: lis
     with GatedBlocks(title="Image classifier") as demo:
         demo.output_folders = [output_folder.resolve()]
         with gr.Tab("Classify"):
-            classify_tab(batcher, explainer, examples, flagging_dir, describe(model), getattr(model, "top_k", 5),
+            classify_tab(batcher, explainer, examples, flagging_dir, describe(model), model.top_k,
                          flag_budget)
         with gr.Tab("Batch"):
             batch_tab(batcher, output_folder)
@@ -47,5 +47,5 @@ def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: lis
                 gr.Markdown(f"Training is turned off: {training_off}.")
             else:
                 train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(batcher.model),
-                          output_folder, lambda: getattr(batcher.model, "model_dir", None))
+                          output_folder, lambda: batcher.model.model_dir)
     return demo

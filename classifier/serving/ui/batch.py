@@ -46,7 +46,7 @@ def batch_tab(batcher: Batcher, output_folder: Path) -> None:
         for number, row in enumerate(rows):
             row["number"] = number
             row["thumbnail"] = await asyncio.to_thread(save_thumbnail, row["thumbnail"], folder, number)
-        path = await asyncio.to_thread(write_csv, rows, folder, getattr(batcher.model, "top_k", 5))
+        path = await asyncio.to_thread(write_csv, rows, folder, batcher.model.top_k)
         return gallery(rows, order), str(path), rows
 
     def resort(rows: list[dict] | None, order: str) -> list:

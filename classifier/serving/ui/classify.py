@@ -57,7 +57,7 @@ class Classifying:
         body = await photo_bytes(image, self.batcher.model)
         model = self.batcher.model
         try:
-            if getattr(model, "none_of_these_above", None) is None:
+            if model.none_of_these_above is None:
                 pairs = await self.batcher.classify(body)
             else:
                 answer = await self.batcher.classify_with_verdict(body)
