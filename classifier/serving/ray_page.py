@@ -36,7 +36,10 @@ class RemoteBatcher:
 
     def __init__(self, handle: Any, facts: dict):
         self.handle = handle
-        self.model = SimpleNamespace(limits=facts["limits"], top_k=facts["top_k"], describe=lambda: facts["describe"])
+        # The facts of the replicas' model the page reads (contract.ServableModel's); "none of these" is not asked
+        # for through the handle, so the page shows the labels alone.
+        self.model = SimpleNamespace(limits=facts["limits"], top_k=facts["top_k"], describe=lambda: facts["describe"],
+                                     none_of_these_above=None, model_dir=None, version=None, labels=[])
         self.conf: BatchingConf = facts["batching"]
         self.pending = 0  # requests sent and not yet answered (the live camera drops frames past a batch of them)
 
