@@ -185,8 +185,6 @@ def build(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    # Gradio reports usage to its servers unless told not to; an offline server must not phone home.
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from classifier import quiet
 
     if "--verbose" in argv:  # before the model's imports load TensorFlow, which reads its log level once
