@@ -47,7 +47,3 @@ def refusal_for(exc: Exception, subject: str = "") -> Refusal | None:
 def code_for_status(status: int) -> str:
     return CODES.get(status, "INTERNAL")
 
-
-def too_large(what: str, limit: int) -> str:
-    """The one wording of every size refusal."""
-    return f"{what} is larger than the limit of {limit} bytes"

@@ -13,8 +13,7 @@ from PIL import Image
 from ..explain import Explanation, heat, hidden, hiding_masks, label_index, occludable, stand_in
 from ..images import Limits, decode
 from .batching import Batcher, Overloaded
-from .guard import basic_auth_ok
-from .service import error, error_for, json_response, read_image_body
+from .service import error_for, json_response, read_image_body, unauthorised
 
 # Explanations at once: each holds up to CHUNKS_IN_FLIGHT × max_batch_size copies of the photo (600 KB each at
 # 224²) and 100 model inputs' worth of the engine; more wait their turn instead of crowding out /service.
@@ -73,8 +72,8 @@ def create_router(explainer: Explainer, limits: Limits, credentials: tuple[str, 
     async def explain(request: Request, label: str | None = None) -> Any:
         """A raw image body (as /service) → {label, probability, grid, overlay_png}; ?label= picks the label
         (default: the top one)."""
-        if not basic_auth_ok(request, credentials):
-            return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+        if refused := unauthorised(request, credentials):
+            return refused
         try:
             with explainer.admission():
                 body = await read_image_body(request, limits.max_bytes)

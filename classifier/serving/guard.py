@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 
 # Gradio's routes (its internals, named in one place): the page's login form and assets, its event streams, and
 # its uploads, kept on disk until the sweep deletes them.
+from .bodies import too_large
 from .gradio_internals import ASSET_PREFIXES, LOGIN_PATHS, STREAM_PREFIXES, UPLOAD_PREFIX
 
 
@@ -93,7 +94,7 @@ class Guard:
                      self.conf.default_body_limit)
         length = byte_count(connection.headers.get("content-length"))
         if length is not None and length > limit:
-            return await _refuse(send, 413, f"the request body is larger than the limit of {limit} bytes")
+            return await _refuse(send, 413, too_large("the request body", limit))
         if scope["method"] == "GET" and path.startswith(STREAM_PREFIXES):
             client = scope["client"][0] if scope.get("client") else ""
             if self.streams[client] >= self.conf.streams_per_client:
@@ -109,7 +110,7 @@ class Guard:
         budget = self.conf.uploads if path.startswith(UPLOAD_PREFIX) else None
         client = scope["client"][0] if scope.get("client") else ""
         if budget and length is not None and (why := budget.charge(client, length)):
-            return await _refuse(send, 429, f"upload refused: {why}; try again later", ("retry-after", "60"))
+            return await _refuse_upload(send, why)
         charge = (lambda size: budget.charge(client, size)) if budget and length is None else None
         await self._limited(scope, receive, send, limit, charge)
 
@@ -152,9 +153,9 @@ class Guard:
                 raise
         if state["over"] and not state["started"]:
             if state["refused"]:
-                await _refuse(send, 429, f"upload refused: {state['refused']}; try again later", ("retry-after", "60"))
+                await _refuse_upload(send, state["refused"])
             else:
-                await _refuse(send, 413, f"the request body is larger than the limit of {limit} bytes")
+                await _refuse(send, 413, too_large("the request body", limit))
 
     def _public(self, path: str) -> bool:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
@@ -193,6 +194,11 @@ async def _refuse(send: Callable, status: int, message: str, *headers: tuple[str
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"), *((k.encode(), v.encode()) for k, v in headers)]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_upload(send: Callable, why: str) -> None:
+    """The 429 of an upload past its disk budget (UploadBudget says why)."""
+    await _refuse(send, 429, f"upload refused: {why}; try again later", ("retry-after", "60"))
 
 
 def basic_auth_ok(request: HTTPConnection, credentials: tuple[str, str] | None) -> bool:

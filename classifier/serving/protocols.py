@@ -15,7 +15,7 @@ import numpy as np
 from ..conf import ArchJsonConfLoader
 from ..images import ENCODED_INPUT, Limits
 from .batching import Batcher, Overloaded, Scores
-from .bodies import request_limit
+from .bodies import request_limit, too_large
 from .errors import refusal_for
 
 MAX_IMAGES = 32  # images (or tensors) in one protocol request, as in one multipart /service request
@@ -115,7 +115,7 @@ class Served:
         except zlib.error as exc:
             raise ProtocolError(400, f"the {encoding} body cannot be decompressed: {exc}") from None
         if len(data) > self.body_limit or inflater.unconsumed_tail:
-            raise ProtocolError(413, f"the decompressed body is larger than the limit of {self.body_limit} bytes")
+            raise ProtocolError(413, too_large("the decompressed body", self.body_limit))
         return data
 
     def image(self, encoded: Any, where: str) -> bytes:

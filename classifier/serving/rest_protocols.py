@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from .bodies import too_large
 from .guard import basic_auth_ok
 from .protocols import ProtocolError, Served
 from .service import BodyTooLarge, error, error_for, read_limited
@@ -24,7 +25,7 @@ async def body(served: Served, request: Request) -> bytes:
     try:
         sent = await read_limited(request, served.body_limit)
     except BodyTooLarge:
-        raise ProtocolError(413, f"the request body is larger than the limit of {served.body_limit} bytes") from None
+        raise ProtocolError(413, too_large("the request body", served.body_limit)) from None
     return served.decoded(sent, request.headers.get("content-encoding", "identity"))
 
 

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from .. import describe
 from ..images import Limits
 from .batching import Batcher
-from .bodies import MAX_FILES, request_limit
+from .bodies import MAX_FILES, request_limit, too_large
 from .errors import RETRY_AFTER_SECONDS, refusal_for
 from .guard import basic_auth_ok, byte_count
 
@@ -114,7 +114,7 @@ async def classify_multipart(request: Request, classify: Callable[[bytes], Await
     try:
         form = await limited(request, limit).form(max_files=MAX_FILES, max_part_size=limits.max_bytes)
     except BodyTooLarge:
-        return error(413, f"the request body is larger than the limit of {limit} bytes")
+        return error(413, too_large("the request body", limit))
     except Exception as exc:  # malformed multipart, too many files, an oversized field
         return error(400, f"could not read the multipart body: {exc}")
     try:  # the parts are spooled to temporary files: closed whatever the answer
@@ -220,7 +220,7 @@ def limited(request: Request, limit: int) -> Request:
 def _over_length(request: Request, limit: int) -> JSONResponse | None:
     length = byte_count(request.headers.get("content-length"))
     if length is not None and length > limit:
-        return error(413, f"the request body is larger than the limit of {limit} bytes")
+        return error(413, too_large("the request body", limit))
     return None
 
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -15,6 +13,7 @@ from PIL import Image
 
 from ...images import ImageError, Limits, decode, limits_of, read_bytes
 from ..batching import Batcher
+from .file_gate import new_output_folder
 from .uploads import received_upload
 
 MAX_PHOTOS = 500  # photos in one batch, from files and zips together
@@ -42,7 +41,7 @@ def batch_tab(batcher: Batcher, output_folder: Path) -> None:
         async for part in chunks(read_photos(paths, limits)):
             progress((len(rows), total), desc="Classifying", unit="photos")
             rows += await asyncio.gather(*(classify_one(batcher, name, body, limits) for name, body in part))
-        folder = await asyncio.to_thread(new_batch_folder, output_folder)
+        folder = await asyncio.to_thread(new_output_folder, output_folder, "batch-", CSV_KEEP_SECONDS)
         for number, row in enumerate(rows):
             row["number"] = number
             row["thumbnail"] = await asyncio.to_thread(save_thumbnail, row["thumbnail"], folder, number)
@@ -158,16 +157,6 @@ async def classify_one(batcher: Batcher, name: str, body: bytes | ImageError, li
         return {"name": name, "pairs": pairs, "error": "", "thumbnail": thumbnail}
     except Exception as exc:
         return {"name": name, "pairs": [], "error": str(exc), "thumbnail": Image.new("RGB", (THUMBNAIL, THUMBNAIL))}
-
-
-def new_batch_folder(output_folder: Path) -> Path:
-    """A folder for one batch's CSV and thumbnails; batches older than CSV_KEEP_SECONDS are deleted (Gradio has
-    long copied what it shows into its cache by then)."""
-    output_folder.mkdir(parents=True, exist_ok=True)
-    for old in output_folder.glob("batch-*"):
-        if time.time() - old.stat().st_mtime > CSV_KEEP_SECONDS:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix="batch-", dir=output_folder))
 
 
 def save_thumbnail(thumbnail: Image.Image, folder: Path, number: int) -> str:

@@ -14,6 +14,9 @@ postprocess_data, temp_file_sets, the upload folder) are listed in serving/gradi
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -69,6 +72,17 @@ class GatedBlocks(gr.Blocks):
                         raise FileRefused(f"the page does not give out {os.path.basename(path)}: it is no "
                                           "upload and no file the page made")
         return await super().postprocess_data(block_fn, predictions, state)
+
+
+def new_output_folder(output_folder: Path, prefix: str, keep_seconds: float) -> Path:
+    """A fresh folder in the page's output folder for what one event gives out (a batch's CSV and thumbnails, a
+    model's zip); older folders of the same prefix, past keep_seconds, are deleted first (by then Gradio has
+    copied what it showed into its cache)."""
+    output_folder.mkdir(parents=True, exist_ok=True)
+    for old in output_folder.glob(f"{prefix}*"):
+        if time.time() - old.stat().st_mtime > keep_seconds:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=output_folder))
 
 
 def as_list(block_fn: Any, predictions: Any) -> list[Any]:

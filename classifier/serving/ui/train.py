@@ -15,6 +15,7 @@ from PIL import Image
 from ... import load, retrain
 from ...images import Limits
 from .class_builder import Classes, class_builder
+from .file_gate import new_output_folder
 from .live import live_camera
 from .uploads import received_upload
 
@@ -31,16 +32,6 @@ def prune_trained(train_dir: Path, serving: Path | None, keep: int = KEEP_TRAINE
     for old in models[keep:]:
         if serving is None or not Path(serving).resolve().is_relative_to(old.resolve()):
             shutil.rmtree(old, ignore_errors=True)
-
-
-def new_download_folder(output_folder: Path) -> Path:
-    """A folder for one model's zip; those older than DOWNLOAD_KEEP_SECONDS are deleted (the model itself stays
-    in the train folder)."""
-    output_folder.mkdir(parents=True, exist_ok=True)
-    for old in output_folder.glob("download-*"):
-        if time.time() - old.stat().st_mtime > DOWNLOAD_KEEP_SECONDS:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix="download-", dir=output_folder))
 
 
 def _rows(table) -> list[list]:
@@ -167,7 +158,8 @@ class Training:
         if not output:
             raise gr.Error("Train a model first.")
         trial.load(output)
-        archive = retrain.write_archive(Path(output), new_download_folder(self.downloads) / f"{Path(output).name}.zip")
+        folder = new_output_folder(self.downloads, "download-", DOWNLOAD_KEEP_SECONDS)
+        archive = retrain.write_archive(Path(output), folder / f"{Path(output).name}.zip")
         return (gr.DownloadButton(value=str(archive), visible=True), *self.builder.shown(made))
 
     def serve(self, output: str | None) -> str:
