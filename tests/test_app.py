@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import CAT_LABELS, COFFEE_LABELS, PHOTOS, Server, encode, solid
+from in_process import InProcessServer
 
 
 def curl(*args: str) -> tuple[int, dict | list, dict]:
@@ -117,7 +118,7 @@ def test_share_without_internet_keeps_serving():
 
 
 def test_auth_protects_page_api_and_service():
-    running = Server("--auth", "ann:s3cret")
+    running = InProcessServer("--auth", "ann:s3cret")
     try:
         assert curl("-T", str(PHOTOS / "cat.jpeg"), f"{running.url}/service")[0] == 401
         assert curl("-u", "ann:wrong", "-T", str(PHOTOS / "cat.jpeg"), f"{running.url}/service")[0] == 401

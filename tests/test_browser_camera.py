@@ -12,8 +12,9 @@ import requests
 from PIL import Image, ImageOps
 
 from bench.live import camera_browser as chromium_with_camera, fake_camera, live_frames, start_camera
-from conftest import CAT_LABELS, PHOTOS, Server, require_debian_package
+from conftest import CAT_LABELS, PHOTOS, require_debian_package
 from test_browser import ARTIFACTS, CHROMIUM, choose_file, open_page, pictures_whole_at_desktop_and_phone_widths
+from in_process import InProcessServer
 
 
 def camera_browser(video: Path):
@@ -83,7 +84,7 @@ def variants(photo: Path, folder: Path, count: int = 12) -> list[Path]:
 
 
 def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_and_served(tmp_path):
-    running = Server("--train-dir", str(tmp_path / "trained"), "--flagging-dir", str(tmp_path / "flagged"))
+    running = InProcessServer("--train-dir", str(tmp_path / "trained"), "--flagging-dir", str(tmp_path / "flagged"))
     try:
         with camera_browser(fake_camera(PHOTOS / "rocket.jpg", tmp_path / "rocket.y4m")) as context:
             page = context.new_page()
@@ -174,7 +175,7 @@ def test_classes_made_on_the_page_from_drops_and_a_burst_are_trained_downloaded_
     assert {f"{top}/conf.json", f"{top}/frozen_inference_graph.pb", f"{top}/label_map.txt",
             f"{top}/saved_model/saved_model.pb", f"{top}/report/metrics.json"} <= set(names)
     assert any(name.endswith(".tflite") for name in names)
-    served = Server("--conf", str(tmp_path / "unzipped" / top / "conf.json"), "--no-train")
+    served = InProcessServer("--conf", str(tmp_path / "unzipped" / top / "conf.json"), "--no-train")
     try:
         for photo, label in ((PHOTOS / "rocket.jpg", "rocket"), (PHOTOS / "cat.jpeg", "cat"),
                              (PHOTOS / "coffee.png", "coffee")):

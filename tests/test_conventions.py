@@ -13,7 +13,8 @@ import requests
 from PIL import Image
 
 import classifier
-from conftest import CAT_LABELS, COLOURS, PHOTOS, ROOT, Server, encode, solid, write_conf
+from conftest import CAT_LABELS, COLOURS, PHOTOS, ROOT, encode, solid, write_conf
+from in_process import InProcessServer
 
 tf = pytest.importorskip("tensorflow")
 CAT = (PHOTOS / "cat.jpeg").read_bytes()
@@ -208,11 +209,11 @@ def test_conf_keys_are_checked(tmp_path):
 def test_served_with_its_convention(tmp_path):
     """Through /service: the [-1, 1] model with its conf answers "cat", and the page names its convention."""
     folder = default_model_folder(tmp_path / "model", lambda x: (x + 1.0) / 2.0)
-    running = Server("--conf", str(conf_for(folder, input_mean=127.5, input_std=127.5)))
+    running = InProcessServer("--conf", str(conf_for(folder, input_mean=127.5, input_std=127.5)))
     try:
         answer = requests.post(f"{running.url}/service", data=CAT, timeout=60).json()
         assert answer[0][0] in CAT_LABELS
-        assert "224×224 input [-1, 1]" in running.output()
+        assert "224×224 input [-1, 1]" in classifier.describe(running.model)
     finally:
         running.stop()
 

@@ -2,7 +2,6 @@
 again on another CPU, and LiteRT's full-integer model as an int8 candidate."""
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys

@@ -13,7 +13,7 @@ from PIL import Image
 
 import classifier
 from classifier import engines
-from classifier.engines import cache, litert, openvino, timing
+from classifier.engines import litert, openvino, timing
 from conftest import COLOURS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
 
 

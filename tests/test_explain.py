@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from bench.explain import cases, halves, share_on
+from bench.explain import cases, share_on
 from conftest import CAT_LABELS, PHOTOS, encode, solid
 
 

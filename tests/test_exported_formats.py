@@ -16,7 +16,8 @@ from PIL import Image
 
 import classifier
 from classifier import images
-from conftest import CAT_LABELS, PHOTOS, ROOT, Server, encode, write_conf
+from conftest import CAT_LABELS, PHOTOS, ROOT, encode, write_conf
+from in_process import InProcessServer
 
 tf = pytest.importorskip("tensorflow")
 CAT = (PHOTOS / "cat.jpeg").read_bytes()
@@ -101,9 +102,9 @@ def test_an_encoded_image_model_served(encoded):
     the model takes none."""
     from gradio_client import Client, handle_file
 
-    running = Server("--conf", str(encoded))
+    running = InProcessServer("--conf", str(encoded))
     try:
-        assert "input encoded image (decoded by the model)" in running.output()
+        assert "input encoded image (decoded by the model)" in classifier.describe(running.model)
         service = requests.post(f"{running.url}/service", data=CAT, timeout=60).json()
         assert service[0][0] in CAT_LABELS
         client = Client(running.url, verbose=False)
@@ -210,9 +211,9 @@ def test_an_onnx_model_served_through_every_door(onnx_folders, tmp_path):
         (folder / "label_map.txt").write_text(names)
 
     version(1, "Egyptian cat")
-    running = Server("--conf", str(write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)), "--open-admin")
+    running = InProcessServer("--conf", str(write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)), "--open-admin")
     try:
-        assert "ONNX NCHW · 1000 labels · 224×224 input (x − [123.7, 116.3, 103.5])" in running.output()
+        assert "ONNX NCHW · 1000 labels · 224×224 input (x − [123.7, 116.3, 103.5])" in classifier.describe(running.model)
         service = requests.post(f"{running.url}/service", files=[("a", CAT), ("b", ROCKET)], timeout=60).json()
         assert service[0][0][0] in CAT_LABELS and service[1][0][0] == "drilling platform", service
         client = Client(running.url, verbose=False)

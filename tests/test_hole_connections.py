@@ -15,8 +15,9 @@ import pytest
 
 from bench.server import conf_variant
 from classifier.serving.connections import LINGER_BYTES
-from conftest import AUTH, PHOTOS, Server
+from conftest import AUTH, PHOTOS
 from test_security import Attacker
+from in_process import InProcessServer
 
 AFTER = LINGER_BYTES + 8_000_000  # what the server reads after answering before it closes, and socket buffers
 MAX_BYTES = 150_000  # the image limit of this module's server: request bodies up to 32 × that (4.8 MB)
@@ -27,7 +28,7 @@ BASIC = "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()
 def small(tmp_path_factory):
     """A server under --auth with small limits (150 KB images; Gradio uploads as small: --no-train)."""
     conf = conf_variant(tmp_path_factory.mktemp("small"), limits={"max_bytes": MAX_BYTES})
-    running = Server("--conf", str(conf), "--no-train", "--auth", ":".join(AUTH), "--streams-per-client", "4")
+    running = InProcessServer("--conf", str(conf), "--no-train", "--auth", ":".join(AUTH), "--streams-per-client", "4")
     yield running
     running.stop()
 

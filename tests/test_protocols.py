@@ -12,7 +12,8 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from conftest import COLOURS, PHOTOS, Server, encode, solid, write_colour_graph, write_conf
+from conftest import COLOURS, encode, solid, write_colour_graph, write_conf
+from in_process import InProcessServer
 
 MODEL = "checkpoint_dir"  # the default model's name: its folder's
 
@@ -201,7 +202,7 @@ def test_name_versions_auth_and_reload(tmp_path):
     data = json.loads(conf.read_text())
     data["http_server"]["model_name"] = "paint"
     conf.write_text(json.dumps(data))
-    running = Server("--conf", str(conf), "--auth", "ann:s3cret")
+    running = InProcessServer("--conf", str(conf), "--auth", "ann:s3cret")
     try:
         def login() -> dict:  # a new dict each call: tritonclient adds its own headers to the one it is given
             return {"Authorization": "Basic " + base64.b64encode(b"ann:s3cret").decode()}
@@ -256,7 +257,7 @@ def test_a_uai_class_says_it_has_no_probabilities(tmp_path, photo_bytes):
         "    def execute(self, data, batch_size):\n        return [['thing', 1.0] for _ in data]\n")
     (tmp_path / "model").mkdir()
     conf = write_conf(tmp_path, main_file="labels_only", main_class="LabelsOnly")
-    running = Server("--conf", str(conf))
+    running = InProcessServer("--conf", str(conf))
     try:
         client = triton.InferenceServerClient(running.url.removeprefix("http://"))
         metadata = client.get_model_metadata("model")

@@ -16,9 +16,10 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.server import free_port
-from conftest import CAT_LABELS, PHOTOS, ROOT, Server, require_debian_package
+from conftest import CAT_LABELS, PHOTOS, ROOT, require_debian_package
 from test_browser import CHROMIUM, DROP_ZONE, FLAGS, TOP_LABEL
 from test_grpc import LIMIT, size_refusals, streamed, top_label
+from in_process import InProcessServer
 
 NGINX = Path("/usr/sbin/nginx")
 PREFIX = "/classifier"
@@ -44,7 +45,7 @@ def documented_grpc_block(grpc_port: int, listen: int) -> str:
 def proxied(tmp_path_factory):
     require_debian_package(NGINX, "nginx")
     folder = tmp_path_factory.mktemp("nginx")
-    app = Server("--root-path", PREFIX, "--no-train")
+    app = InProcessServer("--root-path", PREFIX, "--no-train")
     nginx = None
     try:  # from here on, whatever fails, the server is stopped
         port, grpc_port = free_port(), free_port()

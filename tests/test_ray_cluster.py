@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter

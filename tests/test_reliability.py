@@ -19,6 +19,7 @@ from bench.server import conf_variant
 from classifier.images import ImageError
 from conftest import CAT_LABELS, PHOTOS, ROOT, Server, write_conf
 from test_app import curl
+from in_process import InProcessServer
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))  # FUZZ_EXAMPLES=20000 for a long run
 
@@ -76,7 +77,7 @@ def test_short_soak():
 
 
 def test_overload_is_refused_with_503_and_retry_after(tmp_path):
-    running = Server("--conf", str(conf_variant(tmp_path, batching={"max_queue": 4})))
+    running = InProcessServer("--conf", str(conf_variant(tmp_path, batching={"max_queue": 4})))
     try:
         photo = (PHOTOS / "chelsea.png").read_bytes()
         stats = drive_http(running.url, [photo], 64, 400, keep_bodies=True)
@@ -94,7 +95,7 @@ def test_overload_is_refused_with_503_and_retry_after(tmp_path):
 def test_model_dir_deleted_or_corrupted_while_serving(tmp_path):
     shutil.copytree(ROOT / "checkpoint_dir", tmp_path / "model")
     conf = write_conf(tmp_path, model_dir="model", size=224)
-    running = Server("--conf", str(conf))
+    running = InProcessServer("--conf", str(conf))
     try:
         before = curl("-T", str(PHOTOS / "cat.jpeg"), f"{running.url}/service")[1]
         for path in (tmp_path / "model").rglob("*"):

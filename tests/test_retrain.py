@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse
 import classifier
 import classifier.__main__
 from classifier import retrain
-from conftest import PHOTOS, ROOT, Server, encode, require_debian_package
+from conftest import PHOTOS, ROOT, encode, require_debian_package
+from in_process import InProcessServer
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 TUXPAINT_CLASSES = {"mammals": "animals/mammals", "birds": "animals/birds", "fruit": "food/fruit",
@@ -153,7 +154,7 @@ def test_the_verdict_is_given_where_asked_and_the_default_answer_is_unchanged(tr
     assert printed[str(vehicle)]["none_of_these"] is True and printed[str(mammal)] == {
         "labels": printed[str(mammal)]["labels"], "none_of_these": False}
 
-    served = Server("--conf", str(options.output_dir / "conf.json"))
+    served = InProcessServer("--conf", str(options.output_dir / "conf.json"))
     try:
         for photo in (vehicle, mammal):
             default = requests.post(f"{served.url}/service", data=photo.read_bytes(), timeout=60)

@@ -29,6 +29,7 @@ from classifier.serving.batching import Batcher, BatchingConf
 from classifier.serving.reload import Reloader
 from conftest import CAT_LABELS, PHOTOS, Server, encode, solid, write_colour_graph, write_conf
 from test_app import curl
+from in_process import InProcessServer
 
 AUTH = ("émile", "pässwörd")  # non-ASCII on purpose (item 3)
 
@@ -156,7 +157,7 @@ def photo_server():
 @pytest.fixture(scope="module")
 def small_limit_server(tmp_path_factory):
     conf = conf_variant(tmp_path_factory.mktemp("small"), limits={"max_bytes": 150_000})
-    running = Server("--conf", str(conf), "--no-train")
+    running = InProcessServer("--conf", str(conf), "--no-train")
     yield running
     running.stop()
 

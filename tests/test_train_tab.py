@@ -5,9 +5,10 @@ import zipfile
 
 import pytest
 
-from conftest import Server, encode, solid
+from conftest import encode, solid
 from test_app import curl
 from test_retrain import noisy
+from in_process import InProcessServer
 
 
 NO_FLAGGED = {"headers": ["photo", "model said", "label"], "data": []}
@@ -20,7 +21,7 @@ def flagged_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def training_server(tmp_path_factory, flagged_dir):
-    running = Server("--train-dir", str(tmp_path_factory.mktemp("trained")), "--flagging-dir", str(flagged_dir),
+    running = InProcessServer("--train-dir", str(tmp_path_factory.mktemp("trained")), "--flagging-dir", str(flagged_dir),
                      "--open-admin")  # Serve this model, without --auth
     yield running
     running.stop()
@@ -131,7 +132,7 @@ def test_training_is_off_when_others_can_reach_it_without_auth_or_turned_off(arg
 
 
 def test_a_server_others_can_reach_says_training_is_off_and_has_no_train_endpoint():
-    running = Server("--host", "0.0.0.0")
+    running = InProcessServer("--host", "0.0.0.0")
     try:
         text = str(curl(f"{running.url}/config")[1])
         assert "Training is turned off" in text and "listens on 0.0.0.0 without --auth" in text

@@ -14,7 +14,8 @@ import pytest
 
 import classifier
 from classifier.serving.service import json_response
-from conftest import CAT_LABELS, PHOTOS, ROOT, Server
+from conftest import CAT_LABELS, PHOTOS, ROOT
+from in_process import InProcessServer
 from test_app import curl
 from test_operations import metric
 
@@ -132,7 +133,7 @@ def test_uai_code_loads_through_the_core_with_uais_classes_and_hooks(tmp_path):
 
 def test_uai_code_served_by_app_py(tmp_path):
     conf = uai_code_folder(tmp_path / "code", max_batch_wait_ms=200)
-    running = Server("--conf", str(conf))
+    running = InProcessServer("--conf", str(conf))
     try:
         status, result, _ = curl("-T", str(PHOTOS / "cat.jpeg"), f"{running.url}/service")
         assert status == 200 and result[0][0] in CAT_LABELS and isinstance(result[0][1], float)

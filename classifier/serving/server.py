@@ -179,16 +179,19 @@ class Server:
 
     def run(self) -> None:
         """Serves on settings.host:port until SIGTERM or Ctrl-C (uvicorn's graceful shutdown)."""
+        StoppingGradio(self.uvicorn_config(), self.gradio_app).run()
+
+    def uvicorn_config(self, **overrides: Any) -> uvicorn.Config:
+        """How run() serves the app with uvicorn (overrides: other uvicorn.Config arguments, e.g. log_level)."""
         settings = self.settings
         # Slow and idle clients: a request's headers, or the next part of its body, must arrive within
         # read_timeout (connections.with_read_timeout: uvicorn has no such deadline); an idle keep-alive
         # connection is closed after 5 s (uvicorn's timeout_keep_alive); past max_connections, uvicorn answers
         # 503 at once (limit_concurrency) instead of queueing.
-        config = uvicorn.Config(self.app, host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
-                                log_level="info", http=with_read_timeout(settings.read_timeout),
-                                timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=settings.max_connections,
-                                root_path=settings.root_path)
-        StoppingGradio(config, self.gradio_app).run()
+        chosen = dict(host=settings.host, port=settings.port, timeout_graceful_shutdown=30, log_level="info",
+                      http=with_read_timeout(settings.read_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                      limit_concurrency=settings.max_connections, root_path=settings.root_path)
+        return uvicorn.Config(self.app, **{**chosen, **overrides})
 
 
 class StoppingGradio(uvicorn.Server):
