@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         import logging
         import os
 
-        from .model import RETIME_VARIABLE
+        from .loader import RETIME_VARIABLE
 
         from .engines import CONVERTED_ONLY_VARIABLE
 

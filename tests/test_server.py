@@ -103,3 +103,19 @@ def test_the_model_contract_and_the_one_adapter_for_a_uai_class(default_model, p
             await batcher.close()
 
     assert asyncio.run(run()) == [["mine", 1.0]] and isinstance(batcher.model, UaiClass)
+
+
+def test_a_classified_photo_is_typed_data_and_uais_shapes_are_made_from_it(tiny_settings):
+    """model.classify() gives a Classified (or the ImageError of a bad item) per item; execute() and
+    execute_with_verdicts() are UAI's JSON shapes made from it."""
+    import classifier
+    from classifier.images import ImageError
+    from classifier.results import Classified
+
+    model = classifier.load(tiny_settings.conf)
+    red, junk = encode(solid("red")), b"not a photo"
+    answer, refused = model.classify([red, junk])
+    assert isinstance(answer, Classified) and answer.labels[0][0] == "red" and answer.none_of_these is None
+    assert isinstance(refused, ImageError)
+    assert model.execute([red, junk], 2) == [answer.labels, {"error": str(refused)}]
+    assert model.execute_with_verdicts([red], 1) == [{"labels": answer.labels, "none_of_these": None}]

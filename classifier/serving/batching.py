@@ -16,7 +16,7 @@ from ..conf import BatchingConf
 from ..contract import ServableModel, servable
 from ..images import ImageError, decode, limits_of
 from ..model import uai_request
-from ..results import plain
+from ..results import Classified, plain
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,13 @@ class Scores(NamedTuple):
     model: Any
 
     @property
-    def probabilities(self) -> np.ndarray:
+    def class_probabilities(self) -> np.ndarray:
         return self.row[:len(self.model.labels)]  # a "none of these" score may follow them
 
     @property
-    def none_of_these(self) -> bool | None:
+    def verdict(self) -> bool | None:
         """Whether the photo is of none of the model's classes; None for a model that cannot tell."""
-        return self.model.none_of_these(self.row) if self.model.none_of_these_above is not None else None
+        return self.model.is_none_of_these(self.row) if self.model.none_of_these_above is not None else None
 
 
 class Pipeline(NamedTuple):
@@ -255,14 +255,14 @@ class Batcher:
         metrics.CLASSIFICATIONS.labels("ok").inc()
         return result
 
-    async def classify_with_verdict(self, item: Any) -> dict:
-        """{"labels": the result classify gives, "none_of_these": whether the photo is of none of the classes}.
-        Raises NoVerdict for a model that has no calibrated "none of these" output (conf's none_of_these)."""
+    async def classify_with_verdict(self, item: Any) -> Classified:
+        """The labels classify gives, with whether the photo is of none of the classes. Raises NoVerdict for a
+        model that has no calibrated "none of these" output (conf's none_of_these)."""
         scores = await self.classify(item, probabilities=True)
-        if scores.none_of_these is None:
+        if scores.verdict is None:
             raise NoVerdict("this model has no 'none of these' verdict: retrain it with this version "
                             "(python -m classifier.retrain, or the Train tab) to calibrate one")
-        return {"labels": plain(scores.model.postprocess(scores.row)), "none_of_these": scores.none_of_these}
+        return Classified(plain(scores.model.postprocess(scores.row)), scores.verdict)
 
     async def close(self) -> None:
         await self.forming.close()

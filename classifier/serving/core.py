@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import classifier
 from ..images import Limits, limits_of
-from ..model import example_photos
+from ..loader import example_photos
 from . import metrics
 from .batching import Batcher, BatchForming
 from .explanations import Explainer

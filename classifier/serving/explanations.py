@@ -60,7 +60,7 @@ class Explainer:
         model = scores[0].model
         if any(score.model is not model for score in scores):
             raise Overloaded("the model was replaced during the explanation; send it again")
-        whole, masked = scores[0].probabilities, np.stack([score.probabilities for score in scores[1:]])
+        whole, masked = scores[0].class_probabilities, np.stack([score.class_probabilities for score in scores[1:]])
         index = label_index(list(model.labels), label, whole)
         return Explanation(model.labels[index], float(whole[index]), heat(whole, masked, masks, index))
 

@@ -61,7 +61,7 @@ class OpenInference:
         self.served.check_model(request.model_name, request.model_version)
         # Off the event loop: converting a large tensor takes a while, and every other call would wait for it.
         items = await asyncio.to_thread(self._items, request)
-        probabilities, model = await self.served.probabilities(items, f"input {request.inputs[0].name!r}")
+        probabilities, model = await self.served.class_probabilities(items, f"input {request.inputs[0].name!r}")
         wanted = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=PROBABILITIES)]
         check_outputs([output.name for output in wanted])
         answer = pb.ModelInferResponse(model_name=self.served.name, model_version=self.served.version,

@@ -57,7 +57,7 @@ class TFServing:
         name, tensor = next(iter(request.inputs.items()))
         # Off the event loop: converting a large tensor takes a while, and every other call would wait for it.
         items = await asyncio.to_thread(self._images if name == IMAGE_INPUT else self._tensors, tensor, name)
-        probabilities, _ = await self.served.probabilities(items, f"input {name!r}")
+        probabilities, _ = await self.served.class_probabilities(items, f"input {name!r}")
         output = pb.TensorProto(dtype=pb.DT_FLOAT, tensor_content=probabilities.astype("<f4").tobytes())
         output.tensor_shape.dim.add(size=probabilities.shape[0])
         output.tensor_shape.dim.add(size=probabilities.shape[1])
@@ -103,7 +103,7 @@ class TFServing:
             raise ProtocolError(400, f"signature {signature!r} not found; Classify serves {CLASSIFY_SIGNATURE!r}")
         spec = self._spec(request.model_spec, signature)
         images = self._examples(request.input)
-        probabilities, model = await self.served.probabilities(images, "the request's")
+        probabilities, model = await self.served.class_probabilities(images, "the request's")
         k = model.top_k
         result = pb.ClassificationResult()
         for row in probabilities:

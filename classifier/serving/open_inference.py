@@ -96,7 +96,7 @@ async def _infer(served: Served, request: Request) -> Response:
     # Off the event loop: a large body takes a while to parse, and every other request would wait for it.
     header, tensor, items = await asyncio.to_thread(_read_request, served, body,
                                                     request.headers.get("inference-header-content-length"))
-    probabilities, model = await served.probabilities(items, f"input {tensor.get('name')!r}")
+    probabilities, model = await served.class_probabilities(items, f"input {tensor.get('name')!r}")
     parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
     binary_default = parameters.get("binary_data_output") is True
     requested = header.get("outputs") or [{"name": PROBABILITIES}]

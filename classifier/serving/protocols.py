@@ -147,7 +147,7 @@ class Served:
             raise ProtocolError(400, f"{where}: the tensor holds NaN or infinite values")
         return array
 
-    async def probabilities(self, items: list[bytes] | np.ndarray, where: str) -> tuple[np.ndarray, Any]:
+    async def class_probabilities(self, items: list[bytes] | np.ndarray, where: str) -> tuple[np.ndarray, Any]:
         """Probability rows [N, classes] for encoded images or ready tensors, through the shared batcher (each
         item joins the batches of every other request), and the model that gave them."""
         check_count(len(items), where)
@@ -164,7 +164,7 @@ class Served:
         if len(models) > 1:
             raise ProtocolError(503, "the model was replaced while this request ran; send it again")
         scores: list[Scores] = results
-        return np.stack([s.probabilities for s in scores]).astype(np.float32), scores[0].model
+        return np.stack([s.class_probabilities for s in scores]).astype(np.float32), scores[0].model
 
 
 def check_count(count: int, where: str) -> None:

@@ -21,7 +21,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from ..conf import BatchingConf
-from ..model import example_photos
+from ..loader import example_photos
 from . import gradio_internals
 from .ray_serve import ray, serve  # Ray, or the ImportError that says how to install it
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads

@@ -25,7 +25,7 @@ import uvicorn
 from gradio import networking
 
 import classifier
-from ..model import example_photos
+from ..loader import example_photos
 from .api import create_app
 from .connections import with_read_timeout
 from .core import Core, load_core

@@ -188,7 +188,13 @@ def classifier_for(request: Request, batcher: Batcher):
     asked = request.query_params.get("none_of_these", "false").lower()
     if asked not in ("true", "1", "false", "0"):
         raise ValueError(f"none_of_these must be true or false, not {asked!r}")
-    return batcher.classify_with_verdict if asked in ("true", "1") else batcher.classify
+    if asked in ("false", "0"):
+        return batcher.classify
+
+    async def with_verdict(item: Any) -> dict:
+        return (await batcher.classify_with_verdict(item)).as_json()
+
+    return with_verdict
 
 
 def media_type(request: Request) -> str:

@@ -53,7 +53,7 @@ def create_router(served: Served) -> APIRouter:
         # Off the event loop: a large body takes a while to parse and convert, and every request would wait.
         read = _predict_items if match["verb"] == "predict" else _classify_items
         key, items = await asyncio.to_thread(read, served, await rest.body(served, request))
-        probabilities, model = await served.probabilities(items, "the request's")
+        probabilities, model = await served.class_probabilities(items, "the request's")
         if match["verb"] == "predict":  # the one output, given bare (TF Serving names outputs only when several)
             return JSONResponse({key: probabilities.tolist()})
         k = model.top_k

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ...explain import overlay
 from ...images import decode, limits_of
+from ...results import Classified
 from ..batching import Batcher
 from ..explanations import Explainer
 from .flagging import FlagBudget, Flagging
@@ -35,10 +36,10 @@ class Verdicts:
         return self._lines.pop(image, "") if isinstance(image, (str, bytes)) else ""
 
 
-def verdict_line(labels: list[str], answer: dict) -> str:
+def verdict_line(labels: list[str], answer: Classified) -> str:
     """'Not one of: birds, flowers, … (closest: fruit 62 %)', for a photo of none of the classes."""
     named = ", ".join(labels[:4]) + (", …" if len(labels) > 4 else "")
-    closest, probability = answer["labels"][0]
+    closest, probability = answer.labels[0]
     return f"Not one of: {named} (closest: {closest} {probability * 100:.0f} %)"
 
 
@@ -61,8 +62,8 @@ class Classifying:
                 pairs = await self.batcher.classify(body)
             else:
                 answer = await self.batcher.classify_with_verdict(body)
-                pairs = answer["labels"]
-                self.verdicts.put(image, verdict_line(model.labels, answer) if answer["none_of_these"] else "")
+                pairs = answer.labels
+                self.verdicts.put(image, verdict_line(model.labels, answer) if answer.none_of_these else "")
         except Exception as exc:  # the same clear message /service sends
             raise gr.Error(str(exc)) from None
         return {label: probability for label, probability in pairs}
