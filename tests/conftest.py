@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's upload cache for this run, set before Gradio is imported (it reads it once): the in-process servers'
+# (tests/in_process.py) and, unless a test gives one its own, the server processes'. Searched by the tests that
+# look for what a server copied; deleted at the end of the run.
+GRADIO_CACHE = Path(tempfile.mkdtemp(prefix="classifier-tests-gradio-"))
+os.environ["GRADIO_TEMP_DIR"] = str(GRADIO_CACHE)
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "tests" / "photos"
@@ -39,7 +46,14 @@ def default_model():
 
 def write_conf(folder: Path, model_dir: str = "model", size: int = 8, main_file: str = "retrain_inference",
                main_class: str = "RetrainedClassificationModel", **tensorflow_keys) -> Path:
-    """A conf.json in UAI's format. main_file defaults to the project's module, importable from ROOT."""
+    """A conf.json in UAI's format. main_file defaults to the project's module, importable from ROOT.
+
+    The tiny colour models (size 8) name LiteRT as their runtime unless the test names another: loading one then
+    converts it and checks it against TensorFlow, but does not time three engines against each other (~2 s a
+    load). The choice by timing ("auto", the product's default) is test_engines' and test_engine_choice's subject,
+    and they ask for it by name."""
+    if size == 8:
+        tensorflow_keys.setdefault("runtime", "litert")
     conf = {"http_server": {"exec": {"main_class": main_class, "main_file": main_file},
                             "tensorflow": {"model_dir": model_dir, "input_width": str(size),
                                            "input_height": str(size), **tensorflow_keys}}}
@@ -107,7 +121,18 @@ def flagging_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(flagging_dir):
-    running = Server("--flagging-dir", str(flagging_dir))
+    """The default server, built in this process (tests/in_process.py) and shared by the tests."""
+    from in_process import InProcessServer
+
+    running = InProcessServer("--flagging-dir", str(flagging_dir))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def server_process(tmp_path_factory):
+    """The default server as `python app.py` runs it, for what only a process shows: its printed start."""
+    running = Server("--flagging-dir", str(tmp_path_factory.mktemp("flagged-by-process")))
     yield running
     running.stop()
 
@@ -126,9 +151,11 @@ AUTH = ("émile", "pässwörd")  # non-ASCII on purpose: credentials are compare
 
 @pytest.fixture(scope="session")
 def guarded(tmp_path_factory):
-    """Two servers, open and under --auth, each with its own Gradio cache, flagging and train folders (so that
-    every copy it makes can be searched), a flag budget of 3 photos and 4 event streams per client. Started on
-    first use, shared by the tests of the second security review (test_hole_*.py)."""
+    """Two servers, open and under --auth, each with its own flagging and train folders (so that every copy it
+    makes can be searched, with the run's Gradio cache), a flag budget of 3 photos and 4 event streams per client.
+    Built in this process on first use, shared by the tests of the second security review (test_hole_*.py)."""
+    from in_process import InProcessServer
+
     started: dict = {}
 
     def get(auth: tuple[str, str] | None):
@@ -138,7 +165,7 @@ def guarded(tmp_path_factory):
                     "--max-flagged", "3", "--streams-per-client", "4"]
             if auth:
                 args += ["--auth", ":".join(auth)]
-            started[auth] = (Server(*args, env={"GRADIO_TEMP_DIR": str(folder / "gradio")}), folder)
+            started[auth] = (InProcessServer(*args), folder)
         return started[auth]
 
     yield get
@@ -146,18 +173,30 @@ def guarded(tmp_path_factory):
         running.stop()
 
 
-# The quick tier (./test.sh -m "not slow") leaves out the end-to-end tests that take tens of seconds each: the
-# benchmark, the browser, training, Ray, kills and the soak. CI runs them all.
-SLOW_MODULES = {"test_bench", "test_browser", "test_retrain", "test_train_tab", "test_ray_cluster", "test_resources",
-                "test_engine_choice", "test_front_door", "test_proxy", "test_operations",
-                "test_conventions", "test_hole_connections", "test_docker"}
-SLOW_TESTS = {"test_short_soak", "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
+# The quick tier (./test.sh -m "not slow", ~1 minute) leaves out the tests that take seconds each: the benchmark,
+# the browser, training, Ray, Docker, real processes (kills, signals, the soak), conversions of real models. CI and
+# ./test.sh run them all.
+SLOW_MODULES = {"test_bench", "test_browser", "test_browser_camera", "test_retrain", "test_train_tab",
+                "test_ray_cluster", "test_resources", "test_engine_choice", "test_front_door", "test_proxy",
+                "test_operations", "test_conventions", "test_hole_connections", "test_docker"}
+SLOW_TESTS = {"test_short_soak", "test_the_server_starts_quietly", "test_app_py_prints_the_model_it_serves",
+              "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
               "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time",
               "test_the_precision_guard_refuses_an_int8_model_that_disagrees",
               "test_a_recorded_conversion_serves_without_tensorflow",
               "test_bf16_serves_where_the_cpu_runs_it_and_keeps_the_answers",
               "test_each_engine_gives_tensorflows_answers", "test_name_versions_auth_and_reload",
-              "test_a_refused_version_is_retried_when_its_files_change"}
+              "test_a_refused_version_is_retried_when_its_files_change",
+              "test_an_onnx_model_served_through_every_door",
+              "test_an_onnx_model_is_served_in_its_layout_checked_against_onnx_runtime",
+              "test_an_encoded_image_model_served", "test_auto_serves_the_engine_that_serves_fastest_and_logs_each_figure",
+              "test_calls_past_the_cap_are_refused_and_a_stream_ends_at_its_longest",
+              "test_a_large_16_bit_png_is_reduced_before_the_float_conversion",
+              "test_the_command_lines_json_holds_plain_numbers", "test_sigterm_finishes_accepted_requests",
+              "test_auth_is_asked_of_every_call_but_the_probes", "test_a_taken_grpc_port_stops_start_up_with_a_clear_message",
+              "test_no_event_takes_or_gives_back_a_server_file_in_any_shape",
+              "test_share_without_internet_keeps_serving",
+              "test_a_batch_of_real_photos_still_classifies"}
 
 
 def pytest_collection_finish(session) -> None:
@@ -172,6 +211,7 @@ def pytest_sessionfinish(session) -> None:
     test_docker = sys.modules.get("test_docker")
     if test_docker:
         test_docker.BUILDING.stop()  # and dockerd, if the build started it
+    shutil.rmtree(GRADIO_CACHE, ignore_errors=True)
 
 
 # Run last, in this order: the Docker tests, whose image is built beside all the others (in its place among them,

@@ -7,6 +7,8 @@ GRADIO_TEMP_DIR), memory and file counts, and load measured against the clock.
 """
 from __future__ import annotations
 
+import io
+import logging
 import threading
 import time
 import urllib.request
@@ -29,8 +31,14 @@ class InProcessServer:
         self.grpc_port = free_port() if "--grpc-port" not in args else None
         grpc = ("--grpc-port", str(self.grpc_port)) if self.grpc_port else ()
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        # What the process would have printed, warnings and errors with their tracebacks: uvicorn's loggers left
+        # unconfigured (log_config=None) propagate to the root logger, where this handler keeps them.
+        self._log = io.StringIO()
+        self._handler = logging.StreamHandler(self._log)
+        self._handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(self._handler)
         self.server = app.build(["--host", "127.0.0.1", "--port", str(self.port), *grpc, *args])
-        self._uvicorn = uvicorn.Server(self.server.uvicorn_config(log_level="warning"))
+        self._uvicorn = uvicorn.Server(self.server.uvicorn_config(log_config=None))
         self._thread = threading.Thread(target=self._uvicorn.run, name=f"server-{self.port}", daemon=True)
         self._thread.start()
         self._wait_until_ready(timeout)
@@ -38,6 +46,11 @@ class InProcessServer:
     @property
     def model(self) -> Any:
         return self.server.model
+
+    def output(self) -> str:
+        """The log records of this process (every in-process server's, from this one's start) at the root
+        logger's level (warnings and errors, with their tracebacks)."""
+        return self._log.getvalue()
 
     def _wait_until_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -59,6 +72,7 @@ class InProcessServer:
         gradio_internals.stop(self.server.gradio_app)
         self._uvicorn.should_exit = True
         self._thread.join(60)
+        logging.getLogger().removeHandler(self._handler)
 
     def __enter__(self) -> InProcessServer:
         return self

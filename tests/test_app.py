@@ -96,7 +96,10 @@ def test_page_shows_the_model_and_no_analytics(server):
     config = json.loads(status.stdout)
     assert "frozen graph · 1000 labels · 224×224 input" in json.dumps(config, ensure_ascii=False)
     assert config["analytics_enabled"] is False
-    assert "* Model: frozen graph · 1000 labels · 224×224 input" in server.output()
+
+
+def test_app_py_prints_the_model_it_serves(server_process):
+    assert "* Model: frozen graph · 1000 labels · 224×224 input" in server_process.output()
 
 
 def test_share_without_internet_keeps_serving():

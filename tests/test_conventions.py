@@ -249,7 +249,7 @@ def exported(folder: Path, kind: str, scores, spec) -> Path:
 def test_a_uint8_input_model_gets_raw_pixels_from_every_engine(tmp_path, kind):
     """Before, a uint8 SavedModel failed at load ("Expects arg[0] to be uint8 but float is provided")."""
     uint8_colour_model(tmp_path / "model", kind)
-    model = classifier.load(write_conf(tmp_path))
+    model = classifier.load(write_conf(tmp_path, runtime="auto"))
     assert model.runtime.format == kind and "input uint8 0–255" in model.describe()
     assert model.preprocess(encode(solid("red"))).dtype == np.uint8
     assert [r[0][0] for r in model.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS
@@ -276,13 +276,13 @@ def batch_one_colour_model(folder: Path, kind: str, batch: int = 1) -> Path:
 def test_a_model_with_its_batch_fixed_at_one_is_run_image_by_image_by_every_engine(tmp_path, kind):
     """Before, the frozen graph failed to load (TensorFlow's check fed it several images at once)."""
     batch_one_colour_model(tmp_path / "model", kind)
-    model = classifier.load(write_conf(tmp_path))
+    model = classifier.load(write_conf(tmp_path, runtime="auto"))
     assert model.runtime.fixed_batch == 1
     assert [r[0][0] for r in model.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS  # one batch of 3
     record = json.loads(next((tmp_path / "model" / ".litert").glob("*.json")).read_text())
     [decision] = record["decisions"].values()
     assert {"litert fp32", "openvino fp32"} <= set(decision["candidates"]) and record["fixed_batch"] == 1
-    again = classifier.load(write_conf(tmp_path))  # from the record, without TensorFlow's runtime
+    again = classifier.load(write_conf(tmp_path, runtime="auto"))  # from the record, without TensorFlow's runtime
     assert [r[0][0] for r in again.execute([encode(solid(c)) for c in COLOURS], 3)] == COLOURS
 
 

@@ -277,7 +277,7 @@ def test_on_fewer_cores_the_engines_are_timed_again_without_tensorflow(image):
 
 def test_a_mounted_model_is_refused_clearly_then_converted_by_the_full_target_and_served(image, tmp_path):
     write_colour_graph(tmp_path / "model", size=8)
-    write_conf(tmp_path, model_dir="model", size=8)
+    write_conf(tmp_path, model_dir="model", size=8, runtime="auto")
     os.chmod(tmp_path, 0o777)  # the image's user (uid 10001) writes the conversion beside the model
     os.chmod(tmp_path / "model", 0o777)
     mount = ["-v", f"{tmp_path}:/models/colour", "-e", "UAI_SERVICE_CONFIG=/models/colour/conf.json"]

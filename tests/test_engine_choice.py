@@ -67,7 +67,7 @@ def record_of(folder) -> tuple[dict, str]:
 
 def test_a_decision_made_on_another_cpu_is_timed_again_without_tensorflow(tmp_path, caplog):
     write_colour_graph(tmp_path / "model")
-    conf = write_conf(tmp_path)
+    conf = write_conf(tmp_path, runtime="auto")
     classifier.load(conf)  # converted, checked, timed and recorded with TensorFlow
     record, key = record_of(tmp_path)
     [decision] = record["decisions"].values()
@@ -103,7 +103,7 @@ def test_a_serving_only_install_times_the_others_when_tensorflow_was_chosen(tmp_
     """The Docker runtime image has no TensorFlow: a record that chose it (TensorFlow was fastest where the model
     was converted) is timed again among the converted engines, without TensorFlow."""
     write_colour_graph(tmp_path / "model")
-    conf = write_conf(tmp_path)
+    conf = write_conf(tmp_path, runtime="auto")
     classifier.load(conf)
     record, key = record_of(tmp_path)
     [decision] = record["decisions"].values()
@@ -120,7 +120,7 @@ def test_a_serving_only_install_times_the_others_when_tensorflow_was_chosen(tmp_
 
 def test_a_serving_only_install_says_how_to_convert_a_model_it_cannot(tmp_path):
     write_colour_graph(tmp_path / "model")
-    conf = write_conf(tmp_path)
+    conf = write_conf(tmp_path, runtime="auto")
     run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW + "import runpy; sys.argv = ['classifier', "
                           f"'--conf', {str(conf)!r}, {str(ROOT / 'examples' / 'cat.jpeg')!r}]; "
                           "runpy.run_module('classifier', run_name='__main__')"],
@@ -138,7 +138,7 @@ def test_a_serving_only_install_says_how_to_convert_a_model_it_cannot(tmp_path):
 
 def test_retime_times_again_on_demand(tmp_path):
     write_colour_graph(tmp_path / "model")
-    conf = write_conf(tmp_path)
+    conf = write_conf(tmp_path, runtime="auto")
     classifier.load(conf)
     run = subprocess.run([sys.executable, "-m", "classifier", "--retime", "--conf", str(conf)], capture_output=True,
                          text=True, cwd=ROOT, timeout=300)
@@ -174,7 +174,7 @@ def test_converting_for_an_install_without_tensorflow_chooses_among_the_converte
 
     monkeypatch.setenv(CONVERTED_ONLY_VARIABLE, "0")  # main() sets it; put back as it was after the test
     write_colour_graph(tmp_path / "model")
-    conf = write_conf(tmp_path)
+    conf = write_conf(tmp_path, runtime="auto")
     assert main(["--convert", "--converted-only", "--conf", str(conf)]) == 0
     record, _ = record_of(tmp_path)
     [decision] = record["decisions"].values()

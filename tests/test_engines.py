@@ -83,7 +83,7 @@ def test_falls_back_to_tensorflow_when_conversion_fails(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(litert, "convert", broken)
     with caplog.at_level(logging.WARNING):
-        model = classifier.load(write_conf(tmp_path))
+        model = classifier.load(write_conf(tmp_path, runtime="auto"))
     assert model.runtime.engine == "TensorFlow"
     # Every engine starts from the .tflite file: both fail, and TensorFlow serves.
     assert "litert fp32 conversion failed (RuntimeError: this op is not supported)" in caplog.text
@@ -95,7 +95,7 @@ def test_falls_back_to_tensorflow_when_results_disagree(tmp_path, monkeypatch, c
     write_colour_graph(tmp_path / "model")
     monkeypatch.setattr(engines, "TOLERANCE", -1.0)  # no result can be that close
     with caplog.at_level(logging.WARNING):
-        model = classifier.load(write_conf(tmp_path))
+        model = classifier.load(write_conf(tmp_path, runtime="auto"))
     assert model.runtime.engine == "TensorFlow"
     assert "litert fp32 disagrees with TensorFlow" in caplog.text and "openvino fp32 disagrees" in caplog.text
 

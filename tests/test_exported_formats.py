@@ -168,7 +168,7 @@ def top1(model, photos: list[bytes]) -> list[str]:
 def test_an_onnx_model_is_served_in_its_layout_checked_against_onnx_runtime(onnx_folders, layout, caplog):
     model_dir = onnx_folders[layout]
     convention = IMAGENET if layout == "NCHW" else {}
-    conf = write_conf(model_dir.parent, **convention)  # input_width 8: the model's 224 wins, as it fixes it
+    conf = write_conf(model_dir.parent, runtime="auto", **convention)  # width 8: the model's 224 wins, as it fixes it
     with caplog.at_level("INFO"):
         model = classifier.load(conf)
     assert model.runtime.format == f"ONNX {layout}" and model.input_size == (224, 224)
@@ -211,9 +211,11 @@ def test_an_onnx_model_served_through_every_door(onnx_folders, tmp_path):
         (folder / "label_map.txt").write_text(names)
 
     version(1, "Egyptian cat")
-    running = InProcessServer("--conf", str(write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)), "--open-admin")
+    conf = write_conf(tmp_path, model_dir="versions", size=224, **IMAGENET)
+    running = InProcessServer("--conf", str(conf), "--open-admin")
     try:
-        assert "ONNX NCHW · 1000 labels · 224×224 input (x − [123.7, 116.3, 103.5])" in classifier.describe(running.model)
+        described = classifier.describe(running.model)
+        assert "ONNX NCHW · 1000 labels · 224×224 input (x − [123.7, 116.3, 103.5])" in described
         service = requests.post(f"{running.url}/service", files=[("a", CAT), ("b", ROCKET)], timeout=60).json()
         assert service[0][0][0] in CAT_LABELS and service[1][0][0] == "drilling platform", service
         client = Client(running.url, verbose=False)

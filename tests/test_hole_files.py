@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import AUTH, CAT_LABELS, PHOTOS, encode, solid
-from test_security import Attacker, server_file
+from test_security import Attacker, copies_of, server_file
 
 
 def meta_less(path: Path | str) -> dict:
@@ -27,11 +27,6 @@ def secret(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("server-files") / "secret.txt"
     path.write_text(f"TOP-SECRET-{uuid.uuid4().hex}\n")
     return path
-
-
-def copies_of(secret: Path, folder: Path) -> list[Path]:
-    content = secret.read_bytes()
-    return [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size < 10 ** 7 and content in p.read_bytes()]
 
 
 def event_within(attacker: Attacker, fn_index: int, data: list, seconds: float = 30) -> tuple[bool, str]:

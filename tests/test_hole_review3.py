@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from classifier.serving.ui.file_gate import answer_paths, payload_paths
-from conftest import AUTH, ROOT
-from test_hole_files import copies_of, event_within, meta_less
-from test_security import Attacker
+from conftest import AUTH, GRADIO_CACHE, ROOT
+from test_hole_files import event_within, meta_less
+from test_security import Attacker, copies_of
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_no_event_takes_or_gives_back_a_server_file_in_any_shape(guarded, secret
                 if ok:  # an event may ignore the value (gr.State inputs hold the server's own), never return it
                     assert str(target) not in answer and target.name not in answer, (dependency, shape, answer)
     assert copies_of(secret, folder) == []
-    assert not [p for p in (folder / "gradio").rglob("conf.json")]
+    assert not [p for p in GRADIO_CACHE.rglob("conf.json")]
     for target in (secret, ROOT / "conf.json", ROOT / "app.py"):
         got = attacker.http.get(f"{running.url}/gradio_api/file={target}")
         assert got.status_code in (403, 404) and target.read_text()[:40] not in got.text

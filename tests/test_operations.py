@@ -13,6 +13,7 @@ import pytest
 
 import classifier
 from conftest import PHOTOS, Server, encode, solid, write_colour_graph, write_conf
+from in_process import InProcessServer
 from test_app import curl
 
 
@@ -73,13 +74,18 @@ def red_label(url: str, tmp_path: Path) -> str:
     return curl("-T", str(red), f"{url}/service")[1][0][0]
 
 
-@pytest.fixture()
-def versioned_server(tmp_path):
+def polled_conf(tmp_path: Path) -> Path:
+    """Version 1 of the colour model, its conf polling for new versions each second."""
     conf = versioned(tmp_path, [1])
     conf_data = json.loads(conf.read_text())
     conf_data["http_server"]["reload"] = {"poll_seconds": 1}
     conf.write_text(json.dumps(conf_data))
-    running = Server("--conf", str(conf), "--auth", "ops:pw")
+    return conf
+
+
+@pytest.fixture()
+def versioned_server(tmp_path):
+    running = Server("--conf", str(polled_conf(tmp_path)), "--auth", "ops:pw")  # a process: SIGHUP, its log
     yield running, tmp_path
     running.stop()
 
@@ -131,23 +137,23 @@ def test_reload_by_endpoint_sighup_and_polling(versioned_server):
     assert metric(text, "classifier_model_info", version="5") == 1
 
 
-def test_requests_in_flight_during_a_reload_all_succeed(versioned_server):
+def test_requests_in_flight_during_a_reload_all_succeed(tmp_path):
     import base64
     import threading
 
     from bench.load import drive_http
 
-    running, tmp_path = versioned_server
     results = {}
     headers = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
-    thread = threading.Thread(target=lambda: results.update(
-        stats=drive_http(running.url, [encode(solid("green"))], 8, 600, keep_bodies=True, headers=headers)))
-    thread.start()
-    time.sleep(0.5)
-    write_colour_graph(tmp_path / "models" / "2")
-    reverse_labels(tmp_path / "models" / "2")
-    assert curl("-u", "ops:pw", "-X", "POST", f"{running.url}/admin/reload")[0] == 200
-    thread.join(120)
+    with InProcessServer("--conf", str(polled_conf(tmp_path)), "--auth", "ops:pw") as running:
+        thread = threading.Thread(target=lambda: results.update(
+            stats=drive_http(running.url, [encode(solid("green"))], 8, 600, keep_bodies=True, headers=headers)))
+        thread.start()
+        time.sleep(0.5)
+        write_colour_graph(tmp_path / "models" / "2")
+        reverse_labels(tmp_path / "models" / "2")
+        assert curl("-u", "ops:pw", "-X", "POST", f"{running.url}/admin/reload")[0] == 200
+        thread.join(120)
     stats = results["stats"]
     assert stats.statuses == {200: 600}  # nothing lost or failed across the swap
     answers = {json.loads(body)[0][0] for _, _, _, body in stats.bodies}

@@ -17,7 +17,7 @@ from bench import hostile, soak
 from bench.load import drive_http
 from bench.server import conf_variant
 from classifier.images import ImageError
-from conftest import CAT_LABELS, PHOTOS, ROOT, Server, write_conf
+from conftest import CAT_LABELS, GRADIO_CACHE, PHOTOS, ROOT, Server, write_conf
 from test_app import curl
 from in_process import InProcessServer
 
@@ -164,7 +164,7 @@ def test_upload_names_cannot_traverse(server, tmp_path):
                                f"{server.url}/gradio_api/upload")
     stored = Path(stored)
     assert status == 200 and stored.name == "owned-by-upload.jpg" and ".." not in stored.parts
-    assert stored.resolve().parent.parent == Path(tempfile.gettempdir(), "gradio").resolve()
+    assert stored.resolve().parent.parent == GRADIO_CACHE.resolve()
     assert not Path(tempfile.gettempdir(), "owned-by-upload.jpg").exists()
 
 

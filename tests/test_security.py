@@ -27,7 +27,7 @@ from classifier.images import decode, to_tensor
 from classifier.retrain import RetrainError, extract_zip, write_labelled
 from classifier.serving.batching import Batcher, BatchingConf
 from classifier.serving.reload import Reloader
-from conftest import CAT_LABELS, PHOTOS, Server, encode, solid, write_colour_graph, write_conf
+from conftest import CAT_LABELS, GRADIO_CACHE, PHOTOS, encode, solid, write_colour_graph, write_conf
 from test_app import curl
 from in_process import InProcessServer
 
@@ -76,19 +76,22 @@ def secret(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=[None, AUTH], ids=["open", "auth"])
 def isolated(request, tmp_path_factory):
-    """A server with its own Gradio cache, flagging and train folders, so every copy it makes can be searched."""
+    """A server with its own flagging and train folders, so every copy it makes can be searched (with the run's
+    Gradio cache)."""
     folder = tmp_path_factory.mktemp("isolated")
     args = ["--flagging-dir", str(folder / "flagged"), "--train-dir", str(folder / "trained")]
     if request.param:
         args += ["--auth", ":".join(request.param)]
-    running = Server(*args, env={"GRADIO_TEMP_DIR": str(folder / "gradio")})
+    running = InProcessServer(*args)
     yield running, folder, request.param
     running.stop()
 
 
 def copies_of(secret: Path, folder: Path) -> list[Path]:
+    """The files holding the secret's content in a server's own folder, or in the run's Gradio cache."""
     content = secret.read_bytes()
-    return [p for p in folder.rglob("*") if p.is_file() and content in p.read_bytes()]
+    return [p for place in (folder, GRADIO_CACHE) for p in place.rglob("*")
+            if p.is_file() and p.stat().st_size < 10 ** 7 and content in p.read_bytes()]
 
 
 def test_the_flag_train_download_chain_reads_no_server_file(isolated, secret):
@@ -97,13 +100,13 @@ def test_the_flag_train_download_chain_reads_no_server_file(isolated, secret):
     flagged, _ = attacker.event(attacker.fn_index("Flag"), [server_file(secret), {"label": "x"}])
     listed, listing = attacker.event(attacker.fn_index("flagged"), [])
     rows = json.loads(listing)["output"]["data"][0]["data"] if listed else []  # "no flagged photos" is an error
-    cache = str(folder / "gradio")
+    cache = str(GRADIO_CACHE)
     attacker.event(attacker.fn_index("train"),
                    [None, {"headers": ["photo", "model said", "label"], "data": [[r[0], r[1], cache] for r in rows]},
                     100])
     assert not flagged, "Flag accepted a file that was never uploaded"
     assert copies_of(secret, folder) == []
-    for leaked in [folder / "gradio" / "flagged_0.txt", *(folder / "gradio").rglob("*.txt")]:
+    for leaked in [GRADIO_CACHE / "flagged_0.txt", *GRADIO_CACHE.rglob("*.txt")]:
         answer = attacker.http.get(f"{running.url}/gradio_api/file={leaked}")
         assert secret.read_text() not in answer.text
 

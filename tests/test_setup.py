@@ -141,11 +141,11 @@ def test_the_command_line_starts_quietly_and_verbose_brings_tensorflows_lines_ba
     assert loud.returncode == 0 and ("XNNPACK delegate" in loud.stderr or "OpenVINO" in loud.stderr)
 
 
-def test_the_server_starts_quietly(server):
+def test_the_server_starts_quietly(server_process):
     """Before the model line, only our own log lines: none of TensorFlow's or LiteRT's native start-up lines."""
     from classifier.quiet import NATIVE_NOISE
 
-    before_model = server.output().split("* Model:")[0].splitlines()
+    before_model = server_process.output().split("* Model:")[0].splitlines()
     noise = [line for line in before_model
              if NATIVE_NOISE.match(line) or re.search(r" tensorflow: |:tensorflow:", line)]
     assert noise == []

@@ -21,8 +21,9 @@ def flagged_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def training_server(tmp_path_factory, flagged_dir):
-    running = InProcessServer("--train-dir", str(tmp_path_factory.mktemp("trained")), "--flagging-dir", str(flagged_dir),
-                     "--open-admin")  # Serve this model, without --auth
+    trained = tmp_path_factory.mktemp("trained")
+    running = InProcessServer("--train-dir", str(trained), "--flagging-dir", str(flagged_dir),
+                              "--open-admin")  # Serve this model, without --auth
     yield running
     running.stop()
 
