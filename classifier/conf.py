@@ -8,11 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engines import CONVERTS_TO, ENGINES
 from .images import ALLOWED_FORMATS, RESIZES, Limits
 
 # auto: the fastest that agrees (classifier.engines); tensorflow and onnxruntime: the model's own, unconverted.
 RUNTIMES = ("auto", "tensorflow", "onnxruntime", "litert", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")  # bf16: OpenVINO; int8: OpenVINO or LiteRT; guarded by a top-1 check
+
+
+def runtimes_for(precision: str) -> tuple[str, ...]:
+    """The conf's runtime values that can serve a precision: auto, each engine whose module lists it (its
+    PRECISIONS, the one table), and for fp32 the references, which run models as they were loaded."""
+    references = tuple(CONVERTS_TO) if precision == "fp32" else ()
+    return ("auto", *(name for name, module in ENGINES.items() if precision in module.PRECISIONS), *references)
 
 _MISSING = object()
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)  # a plain dotted module name
@@ -204,8 +212,7 @@ class RetrainJsonConfLoader(TFJsonConfLoader):
         self.precision = self._str(*tf_keys, "precision", default="fp32")
         if self.precision not in PRECISIONS:
             raise self._error(tf_keys + ("precision",), f"must be one of {list(PRECISIONS)}, not {self.precision!r}")
-        engines = {"fp32": ("auto", "litert", "openvino", "tensorflow", "onnxruntime"), "bf16": ("auto", "openvino"),
-                   "int8": ("auto", "litert", "openvino")}[self.precision]  # which engines run each precision
+        engines = runtimes_for(self.precision)
         if self.runtime not in engines:
             raise self._error(tf_keys + ("precision",), f"{self.precision} is served by "
                               f"{' or '.join(e for e in engines if e != 'auto')}: set runtime to "

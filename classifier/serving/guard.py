@@ -89,7 +89,7 @@ class Guard:
         path = route_path(scope)
         connection = HTTPConnection(scope)
         if self.conf.credentials and not self._public(path) and not self._authenticated(connection):
-            return await _refuse(send, 401, "authentication required", ("www-authenticate", 'Basic realm="classifier"'))
+            return await _refuse(send, 401, "authentication required", ("www-authenticate", LOGIN_CHALLENGE))
         limit = next((size for prefix, size in self.conf.body_limits if path.startswith(prefix)),
                      self.conf.default_body_limit)
         length = byte_count(connection.headers.get("content-length"))
@@ -199,6 +199,10 @@ async def _refuse(send: Callable, status: int, message: str, *headers: tuple[str
 async def _refuse_upload(send: Callable, why: str) -> None:
     """The 429 of an upload past its disk budget (UploadBudget says why)."""
     await _refuse(send, 429, f"upload refused: {why}; try again later", ("retry-after", "60"))
+
+
+# The WWW-Authenticate value of every 401 over HTTP: the login is HTTP Basic, one realm for the whole server.
+LOGIN_CHALLENGE = 'Basic realm="classifier"'
 
 
 def basic_auth_ok(request: HTTPConnection, credentials: tuple[str, str] | None) -> bool:

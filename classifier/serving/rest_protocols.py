@@ -8,7 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from .bodies import too_large
-from .guard import basic_auth_ok
+from .guard import LOGIN_CHALLENGE, basic_auth_ok
 from .protocols import ProtocolError, Served
 from .service import BodyTooLarge, error, error_for, read_limited
 
@@ -33,7 +33,7 @@ def protocol_error(exc: ProtocolError) -> JSONResponse:
     """Both protocols answer errors as {"error": message} with the HTTP status (KServe v2 and TF Serving alike)."""
     headers = {}
     if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="classifier"'
+        headers["WWW-Authenticate"] = LOGIN_CHALLENGE
     if exc.status == 503:
         headers["Retry-After"] = "1"
     return error(exc.status, str(exc), **headers)

@@ -15,7 +15,7 @@ from ..images import Limits
 from .batching import Batcher
 from .bodies import MAX_FILES, request_limit, too_large
 from .errors import RETRY_AFTER_SECONDS, refusal_for
-from .guard import basic_auth_ok, byte_count
+from .guard import LOGIN_CHALLENGE, basic_auth_ok, byte_count
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def unauthorised(request: Request, credentials: tuple[str, str] | None) -> JSONR
     """The 401 for a request without the login (the guard refuses it first in app.py; Ray's replicas have none)."""
     if basic_auth_ok(request, credentials):
         return None
-    return error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="classifier"'})
+    return error(401, "authentication required", **{"WWW-Authenticate": LOGIN_CHALLENGE})
 
 
 def service_router(batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None) -> APIRouter:
