@@ -27,7 +27,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise KeyError(f"{name} {labels} not in the metrics")
 
 
-def test_metrics(server):
+def test_metrics(server_process):
+    """A process of its own: Prometheus' registry is the process's, and the tests' process builds many servers."""
+    server = server_process
     for _ in range(3):
         curl("-T", str(PHOTOS / "cat.jpeg"), f"{server.url}/service")
     curl("--data-binary", "junk", f"{server.url}/service")
