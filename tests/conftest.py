@@ -153,7 +153,7 @@ AUTH = ("émile", "pässwörd")  # non-ASCII on purpose: credentials are compare
 def guarded(tmp_path_factory):
     """Two servers, open and under --auth, each with its own flagging and train folders (so that every copy it
     makes can be searched, with the run's Gradio cache), a flag budget of 3 photos and 4 event streams per client.
-    Built in this process on first use, shared by the tests of the second security review (test_hole_*.py)."""
+    Built in this process on first use, shared by the security tests (test_page_files, test_input_bounds, …)."""
     from in_process import InProcessServer
 
     started: dict = {}
@@ -178,7 +178,7 @@ def guarded(tmp_path_factory):
 # ./test.sh run them all.
 SLOW_MODULES = {"test_bench", "test_browser", "test_browser_camera", "test_retrain", "test_train_tab",
                 "test_ray_cluster", "test_resources", "test_engine_choice", "test_front_door", "test_proxy",
-                "test_operations", "test_conventions", "test_hole_connections", "test_docker"}
+                "test_operations", "test_conventions", "test_docker"}
 SLOW_TESTS = {"test_short_soak", "test_the_server_starts_quietly", "test_app_py_prints_the_model_it_serves",
               "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
               "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time",
@@ -196,7 +196,7 @@ SLOW_TESTS = {"test_short_soak", "test_the_server_starts_quietly", "test_app_py_
               "test_auth_is_asked_of_every_call_but_the_probes", "test_a_taken_grpc_port_stops_start_up_with_a_clear_message",
               "test_no_event_takes_or_gives_back_a_server_file_in_any_shape",
               "test_share_without_internet_keeps_serving",
-              "test_a_batch_of_real_photos_still_classifies"}
+              "test_a_batch_of_real_photos_still_classifies", "test_a_burst_of_reloads_loads_the_model_once"}
 
 
 def pytest_collection_finish(session) -> None:

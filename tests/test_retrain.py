@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse
 import classifier
 import classifier.__main__
 from classifier import retrain
-from conftest import PHOTOS, ROOT, encode, require_debian_package
+from conftest import PHOTOS, ROOT, encode, require_debian_package, solid
 from in_process import InProcessServer
+from classifier.retrain.data import split_of
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 TUXPAINT_CLASSES = {"mammals": "animals/mammals", "birds": "animals/birds", "fruit": "food/fruit",
@@ -296,3 +297,26 @@ def test_a_run_killed_between_its_two_renames_is_put_back_by_the_next(tmp_path, 
         retrain.retrain(small_options(tmp_path, data, how_many_training_steps=7))
     assert (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "photos"]
+
+
+def names_in(split: str, count: int, prefix: str) -> list[str]:
+    """`count` file names that retrain's hash split puts in `split` (10 % validation, 10 % testing)."""
+    names, number = [], 0
+    while len(names) < count:
+        name = f"{prefix}{number}.png"
+        if split_of(name, 10, 10) == split:
+            names.append(name)
+        number += 1
+    return names
+
+
+def test_a_split_left_empty_is_refused_with_the_number_needed(tmp_path):
+    photo = encode(solid("red", (16, 16)))
+    for label in ("red", "blue"):
+        (tmp_path / label).mkdir()
+        # 12 per class passes the class-size check (10), yet the hash split gives testing nothing at all.
+        for name in names_in("training", 11, label) + names_in("validation", 1, label):
+            (tmp_path / label / name).write_bytes(photo)
+    with pytest.raises(retrain.RetrainError, match=r"left no testing photos for 10% testing; add photos: about \d+ per class"):
+        retrain.retrain(retrain.Options(image_dir=tmp_path, output_dir=tmp_path / "out", how_many_training_steps=10))
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,9 @@
-"""Second review, files (issue 23 items 1 and 9): the page's events take only files uploaded to it, flagging is
-bounded, and no answer shows a server path."""
+"""The page's files: its events take only files uploaded to it and give back only its own, flagging is bounded,
+and no answer, metric or document shows a server path."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import threading
@@ -10,12 +11,13 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import pytest
 
-from conftest import AUTH, CAT_LABELS, PHOTOS, encode, solid
+from classifier.serving.ui.file_gate import answer_paths, payload_paths
+from conftest import AUTH, CAT_LABELS, GRADIO_CACHE, PHOTOS, ROOT, encode, solid
 from test_security import Attacker, copies_of, server_file
-
 
 def meta_less(path: Path | str) -> dict:
     """A file payload without Gradio's "meta" marker: Gradio then skips its own upload check."""
@@ -131,3 +133,56 @@ def test_metrics_and_api_docs_show_no_server_path_and_docs_need_the_login(guarde
         assert httpx.get(f"{running.url}{path}", timeout=10).status_code == 401, path
         assert httpx.get(f"{running.url}{path}", auth=AUTH, timeout=10).status_code == 200, path
     assert httpx.get(f"{running.url}/gradio_api/openapi.json", timeout=10).status_code == 401  # Gradio's: its login
+
+
+def file_shapes(path: Path | str) -> list:
+    """A path as every value shape an event may take: a file, a list of files, a gallery, with and without meta."""
+    bare, marked = meta_less(path), {**meta_less(path), "meta": {"_type": "gradio.FileData"}}
+    return [bare, [marked], [{"image": bare, "caption": "x"}]]
+
+
+# Item 1: the Batch tab's re-sort (private, callable by fn_index) handed a client's gallery back; Gradio then
+# copied any file under the working folder or /tmp into its cache and served it. Every event, every shape.
+@pytest.mark.parametrize("auth", [None, AUTH], ids=["open", "auth"])
+def test_no_event_takes_or_gives_back_a_server_file_in_any_shape(guarded, secret, auth):
+    running, folder = guarded(auth)
+    attacker = Attacker(running.url, auth)
+    events = [d for d in attacker.config["dependencies"] if d.get("backend_fn") and d["inputs"]]
+    resort = [d for d in events if d.get("api_name") is None or d.get("api_visibility") == "private"]
+    assert resort, "the private events (the Batch tab's re-sort) are callable by fn_index and must be tried"
+    kinds = {component["id"]: component["type"] for component in attacker.config["components"]}
+    for dependency in events:
+        # A gr.State input holds the server's value whatever the client sends (a streaming event given no frame
+        # waits for one): each other input in turn gets the file.
+        places = [place for place, block in enumerate(dependency["inputs"]) if kinds[block] != "state"]
+        for target in (secret, ROOT / "conf.json"):
+            for place, shape in itertools.product(places, file_shapes(target)):
+                data = [None] * len(dependency["inputs"])
+                data[place] = shape  # one input at a time: another input's bad value would end the event early
+                ok, answer = event_within(attacker, dependency["id"], data)
+                assert target.read_text()[:40] not in answer
+                assert str(target.parent) not in answer and str(ROOT) not in answer  # item 11: no server folder
+                if ok:  # an event may ignore the value (gr.State inputs hold the server's own), never return it
+                    assert str(target) not in answer and target.name not in answer, (dependency, shape, answer)
+    assert copies_of(secret, folder) == []
+    assert not [p for p in GRADIO_CACHE.rglob("conf.json")]
+    for target in (secret, ROOT / "conf.json", ROOT / "app.py"):
+        got = attacker.http.get(f"{running.url}/gradio_api/file={target}")
+        assert got.status_code in (403, 404) and target.read_text()[:40] not in got.text
+
+
+def test_the_gate_finds_every_file_a_value_names():
+    """In-process: the shapes the gate reads (no server)."""
+    assert sorted(payload_paths([{"image": {"path": "/a"}, "caption": "/not-a-path"}, {"path": "/b"}])) == ["/a", "/b"]
+    assert list(payload_paths({"label": "x", "confidences": []})) == []
+    gallery = gr.Gallery(render=False)
+    assert list(answer_paths(gallery, [("/a.jpg", "caption /c"), "/b.jpg"])) == ["/a.jpg", "/b.jpg"]
+    assert list(answer_paths(gr.DownloadButton(render=False), gr.DownloadButton(value="/m.zip", render=False))) \
+        == ["/m.zip"]
+    assert list(answer_paths(gr.File(render=False), gr.update(value=["/x", {"path": "/y"}]))) == ["/x", "/y"]
+
+
+def test_monitoring_is_off(guarded):
+    running, _ = guarded(None)
+    assert httpx.get(f"{running.url}/monitoring/summary", timeout=10).status_code in (401, 403, 404)
+    assert httpx.get(f"{running.url}/gradio_api/monitoring/summary", timeout=10).status_code in (401, 403, 404)

@@ -1,5 +1,6 @@
-"""Second review, connections (issue 23 items 5, 6 and 7): the login comes before the body, a body past its limit
-closes the connection, and no client holds more than its share of open streams."""
+"""Bodies and connections: the login comes before the body, a body past its limit is refused before or while it
+streams and closes the connection, JSON is bounded before it is parsed, uploads have a budget, and no client
+holds more than its share of open streams."""
 from __future__ import annotations
 
 import base64
@@ -16,12 +17,14 @@ import pytest
 from bench.server import conf_variant
 from classifier.serving.connections import LINGER_BYTES
 from conftest import AUTH, PHOTOS
-from test_security import Attacker
 from in_process import InProcessServer
+from test_security import Attacker
 
 AFTER = LINGER_BYTES + 8_000_000  # what the server reads after answering before it closes, and socket buffers
 MAX_BYTES = 150_000  # the image limit of this module's server: request bodies up to 32 × that (4.8 MB)
 BASIC = "Basic " + base64.b64encode(":".join(AUTH).encode()).decode()
+PART = (b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n")  # a multipart body's first part, whose file then never ends
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,6 @@ def small(tmp_path_factory):
     running = InProcessServer("--conf", str(conf), "--no-train", "--auth", ":".join(AUTH), "--streams-per-client", "4")
     yield running
     running.stop()
-
-
-PART = (b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n'
-        b"Content-Type: image/jpeg\r\n\r\n")  # a multipart body's first part, whose file then never ends
 
 
 def send_until_answered(url: str, path: str, headers: dict[str, str], total: int, chunked: bool = False,
@@ -159,3 +158,123 @@ def test_the_page_and_its_login_still_work_under_auth(small):
     finally:
         client.close()  # its heartbeat stream would hold the server's shutdown
     assert json.loads(httpx.get(f"{small.url}/readyz", timeout=5).text)["status"] == "ready"
+
+
+# Item 3 (and 11's 5,000-digit integer): a protocol body is bounded by what it holds, not only by its brackets.
+def test_a_body_of_numbers_is_refused_before_parsing_and_a_huge_integer_is_a_400():
+    from classifier.serving.protocols import ProtocolError, json_object
+
+    flood = b'{"inputs": [{"data": [' + b"0," * 5_000_000 + b'0]}]}'
+    with pytest.raises(ProtocolError) as refused:
+        json_object(flood, "the request", max_containers=10_000, max_values=4_817_920)
+    assert refused.value.status == 413 and "JSON values" in str(refused.value)
+    with pytest.raises(ProtocolError) as huge:
+        json_object(b'{"instances": [' + b"9" * 5000 + b"]}", "the request", 10_000, 10_000)
+    assert huge.value.status == 400
+
+
+def test_a_gzip_of_numbers_gets_413_over_http(guarded):
+    import gzip
+
+    running, _ = guarded(None)
+    body = gzip.compress(b'{"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": ['
+                         + b"0," * 16_000_000 + b"0]}]}")
+    assert len(body) < 200_000
+    for url in ("/v2/models/checkpoint_dir/infer", "/v1/models/checkpoint_dir:predict"):
+        answer = httpx.post(f"{running.url}{url}", content=body, timeout=60,
+                            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert answer.status_code == 413 and "JSON values" in answer.json()["error"], answer.text
+    digits = httpx.post(f"{running.url}/v1/models/checkpoint_dir:predict", timeout=60,
+                        content=b'{"instances": [' + b"9" * 5000 + b"]}")
+    assert digits.status_code == 400, digits.text
+
+
+# Item 8: /explain held every waiting request's body; now only the admitted ones, the rest get 503 unread.
+def test_explanations_past_their_places_get_503_before_their_body_is_read():
+    import asyncio
+
+    from fastapi import FastAPI
+
+    from classifier.images import CorruptImage, Limits
+    from classifier.serving import explanations
+
+    explainer = explanations.Explainer(batcher=None)
+    released = asyncio.Event()
+
+    async def slow_explain(body, label):
+        await released.wait()
+        raise CorruptImage("not explained")
+
+    explainer.explain = slow_explain
+    app = FastAPI()
+    app.include_router(explanations.create_router(explainer, Limits()))
+    places = explanations.EXPLANATIONS_AT_ONCE + explanations.EXPLANATIONS_WAITING
+
+    async def run() -> tuple[list[int], int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [asyncio.create_task(client.post("/explain", content=b"photo")) for _ in range(places)]
+            while explainer.admitted < places:
+                await asyncio.sleep(0.01)
+            read = []
+
+            async def body():  # the body of the request past the places: never read
+                read.append(True)
+                yield b"photo"
+            refused = await client.post("/explain", content=body())
+            released.set()
+            answers = await asyncio.gather(*held)
+            return [answer.status_code for answer in answers], refused.status_code, read
+
+    statuses, refused, read = asyncio.run(run())
+    assert refused == 503 and not read
+    assert statuses == [400] * places and explainer.admitted == 0  # every admitted one was answered
+
+
+# Item 9: uploads are bounded per client and in total, over the time they are kept.
+def test_the_upload_budget_counts_per_client_and_in_total_and_forgets_after_the_retention():
+    from classifier.serving.guard import UploadBudget
+
+    budget = UploadBudget(per_client=100, total=150, keep_seconds=10)
+    assert budget.charge("a", 60, now=0) is None and budget.charge("a", 40, now=1) is None
+    assert "this client has uploaded" in budget.charge("a", 1, now=2)
+    assert budget.charge("b", 50, now=3) is None
+    assert "the server holds" in budget.charge("c", 1, now=4)
+    assert budget.charge("a", 60, now=10.5) is None  # the first 60 are deleted by now; the 40 still count
+    assert "this client" in budget.charge("a", 1, now=10.6)
+
+
+def test_uploads_past_the_budget_get_429_before_or_while_they_stream():
+    import asyncio
+
+    from classifier.serving.guard import Guard, GuardConf, UploadBudget
+
+    stored: list[int] = []
+
+    async def app(scope, receive, send):  # stands in for Gradio's upload route: reads the body, answers 200
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        stored.append(size)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = Guard(app, GuardConf(body_limits=[("/gradio_api/upload", 10 ** 6)],
+                                 uploads=UploadBudget(per_client=250_000, total=10 ** 6, keep_seconds=900)))
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://test") as client:
+            async def chunked():
+                for _ in range(10):
+                    yield b"x" * 20_000
+            statuses = [(await client.post("/gradio_api/upload", content=b"x" * 200_000)).status_code,
+                        (await client.post("/gradio_api/upload", content=b"x" * 100_000)).status_code,
+                        (await client.post("/gradio_api/upload", content=chunked())).status_code]
+            other = await client.post("/service", content=b"x" * 200_000)  # other routes are not uploads
+            return [*statuses, other.status_code]
+
+    assert asyncio.run(run()) == [200, 429, 429, 200]
+    assert stored == [200_000, 200_000]  # the refused ones never reached the app whole

@@ -1,5 +1,6 @@
-"""Second review, memory and CPU (issue 23 items 2, 3 and 4): a small request never costs the server without bound,
-and a large one never stalls everyone else."""
+"""One request's cost is bounded: zip and decoder bombs, floods of JSON values and too many images are refused
+before the work, malformed protocol input is a 400 (never a traceback), and a large legitimate request never
+stalls the others."""
 from __future__ import annotations
 
 import base64
@@ -87,31 +88,6 @@ def test_v2_outputs_are_each_named_once(server, photo_bytes):
     assert both.status_code == 200 and both.json()["outputs"][1]["data"][0] in CAT_LABELS
 
 
-class Stalls:
-    """Times /healthz every 50 ms in a thread while a request runs: the longest wait is the stall others see."""
-
-    def __init__(self, url: str):
-        self.url, self.longest, self.running = url, 0.0, True
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-
-    def __enter__(self) -> "Stalls":
-        self.thread.start()
-        time.sleep(0.2)
-        return self
-
-    def _poll(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while self.running:
-                started = time.perf_counter()
-                client.get(f"{self.url}/healthz")
-                self.longest = max(self.longest, time.perf_counter() - started)
-                time.sleep(0.05)
-
-    def __exit__(self, *exc) -> None:
-        self.running = False
-        self.thread.join(60)
-
-
 def test_a_json_body_of_millions_of_empty_lists_is_refused_before_it_is_parsed(server):
     bomb = b'{"instances":[' + b"[]," * 15_000_000 + b"[]]}"  # 45 MB: 15 million lists once parsed
     body = gzip.compress(bomb, 1)
@@ -137,6 +113,31 @@ def test_the_image_count_is_checked_before_anything_is_converted(server):
                                          str(len(header))})
         assert answer.status_code == 400, answer.text[:300]
         assert ("at most 32" if shape[0] > 32 else "holds 32 images but the data has 33") in answer.json()["error"]
+
+
+class Stalls:
+    """Times /healthz every 50 ms in a thread while a request runs: the longest wait is the stall others see."""
+
+    def __init__(self, url: str):
+        self.url, self.longest, self.running = url, 0.0, True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> "Stalls":
+        self.thread.start()
+        time.sleep(0.2)
+        return self
+
+    def _poll(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while self.running:
+                started = time.perf_counter()
+                client.get(f"{self.url}/healthz")
+                self.longest = max(self.longest, time.perf_counter() - started)
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join(60)
 
 
 def test_a_large_legitimate_tensor_request_is_answered_without_stalling_the_others(server, default_model):
@@ -172,3 +173,73 @@ def test_a_batch_of_real_photos_still_classifies(guarded):
     shown = captions(answer)
     assert [caption.split(": ")[0] for caption in shown] == ["cat.jpeg", "coffee.jpeg", "chelsea.png", "red.png"]
     assert shown[0].split(": ")[1].rsplit(" ", 1)[0] in CAT_LABELS
+
+
+# Item 7: decoding work is bounded before it is done.
+def progressive_jpeg(side: int, repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated `repeats` times (each repeat is decoded again)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    Image.fromarray(np.dstack([np.add.outer(ramp, ramp // 2)] * 3)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeats + data[end:]
+
+
+def png_of_empty_chunks(chunks: int) -> bytes:
+    import struct
+    import zlib
+
+    from conftest import encode, solid
+
+    png = encode(solid("red", (8, 8)))
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return png[:33] + empty * chunks + png[33:]  # after IHDR (8 + 25 bytes)
+
+
+def test_decoder_bombs_are_refused_before_decoding_and_real_photos_still_decode():
+    from classifier.images import ImageTooLarge, decode
+    from conftest import PHOTOS
+
+    for bomb in (progressive_jpeg(4000, 200), png_of_empty_chunks(200_000)):  # refused from their structure
+        with pytest.raises(ImageTooLarge, match="too much work"):
+            decode(bomb)
+    assert decode(progressive_jpeg(4000, 0)).size == (4000, 4000)  # a real progressive photo
+    assert decode(progressive_jpeg(400, 50)).size == (400, 400)  # a small one may have many scans
+    assert decode(png_of_empty_chunks(100)).size == (8, 8)
+    for photo in PHOTOS.iterdir():
+        if photo.suffix in (".jpeg", ".jpg", ".png"):
+            decode(photo.read_bytes())
+
+
+def as_header(text: str) -> bytes:
+    """Header bytes as a client sends them: Latin-1 where it can (0xB2 is "²" to the server), else UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
+@pytest.mark.parametrize("length", ["²", "٣", "1e3", "-5", "0x10"])
+def test_a_header_length_that_is_not_ascii_digits_is_a_400(server, length):
+    logged = len(server.output())
+    image = base64.b64encode((PHOTOS / "cat.jpeg").read_bytes()).decode()
+    body = ('{"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":["%s"]}]}' % image).encode()
+    answer = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=body, timeout=30,
+                        headers={"Inference-Header-Content-Length": as_header(length)})
+    assert answer.status_code == 400 and "Inference-Header-Content-Length" in answer.json()["error"]
+    assert "Traceback" not in server.output()[logged:]
+
+
+@pytest.mark.parametrize("path", [f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"])
+def test_json_nested_five_thousand_deep_is_a_400(server, path):
+    logged = len(server.output())
+    body = b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    answer = httpx.post(f"{server.url}{path}", content=body, timeout=30)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
+    assert "Traceback" not in server.output()[logged:]
