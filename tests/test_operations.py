@@ -42,7 +42,7 @@ def test_metrics(server_process):
     assert metric(text, "classifier_batch_size_count") >= 3
     assert metric(text, "classifier_queue_depth") == 0
     assert metric(text, "classifier_model_load_seconds") > 0
-    assert metric(text, "classifier_model_info", format="frozen graph", labels="1000") == 1
+    assert metric(text, "classifier_model_info", format="frozen graph", labels="1000", model_dir="checkpoint_dir") == 1
 
 
 def versioned(tmp_path: Path, versions: list[int]) -> Path:

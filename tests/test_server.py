@@ -119,3 +119,11 @@ def test_a_classified_photo_is_typed_data_and_uais_shapes_are_made_from_it(tiny_
     assert isinstance(refused, ImageError)
     assert model.execute([red, junk], 2) == [answer.labels, {"error": str(refused)}]
     assert model.execute_with_verdicts([red], 1) == [{"labels": answer.labels, "none_of_these": None}]
+
+
+def test_the_openapi_document_names_each_operation_once(tiny_settings):
+    """Clients generated from /openapi.json need one operationId per operation (POST and PUT /service included)."""
+    with TestClient(build_server(tiny_settings).app) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    ids = [operation["operationId"] for methods in paths.values() for operation in methods.values()]
+    assert len(ids) == len(set(ids)) and {"post", "put"} <= set(paths["/service"]), ids

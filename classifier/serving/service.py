@@ -78,7 +78,10 @@ def service_router(batcher: Batcher, limits: Limits, credentials: tuple[str, str
     """POST|PUT /service: UAI's contract."""
     router = APIRouter()
 
-    @router.api_route("/service", methods=["POST", "PUT"])
+    # One route per method: FastAPI names an operation by its route's first method, so a route of both would give
+    # POST and PUT one operationId in /openapi.json (clients generated from it clash).
+    @router.post("/service")
+    @router.put("/service")
     async def service(request: Request) -> Any:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
         if refused := unauthorised(request, credentials):
