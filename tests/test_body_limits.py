@@ -16,8 +16,7 @@ import pytest
 
 from bench.server import conf_variant
 from classifier.serving.connections import LINGER_BYTES
-from conftest import AUTH, PHOTOS
-from in_process import InProcessServer
+from conftest import AUTH, PHOTOS, Server
 from test_security import Attacker
 
 AFTER = LINGER_BYTES + 8_000_000  # what the server reads after answering before it closes, and socket buffers
@@ -29,9 +28,10 @@ PART = (b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A server under --auth with small limits (150 KB images; Gradio uploads as small: --no-train)."""
+    """A server under --auth with small limits (150 KB images; Gradio uploads as small: --no-train). A process: what
+    it reads after answering is measured against the clock, which the tests' own threads would skew in-process."""
     conf = conf_variant(tmp_path_factory.mktemp("small"), limits={"max_bytes": MAX_BYTES})
-    running = InProcessServer("--conf", str(conf), "--no-train", "--auth", ":".join(AUTH), "--streams-per-client", "4")
+    running = Server("--conf", str(conf), "--no-train", "--auth", ":".join(AUTH), "--streams-per-client", "4")
     yield running
     running.stop()
 

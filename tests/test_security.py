@@ -27,7 +27,7 @@ from classifier.images import decode, to_tensor
 from classifier.retrain import RetrainError, extract_zip, write_labelled
 from classifier.serving.batching import Batcher, BatchingConf
 from classifier.serving.reload import Reloader
-from conftest import CAT_LABELS, GRADIO_CACHE, PHOTOS, encode, solid, write_colour_graph, write_conf
+from conftest import CAT_LABELS, GRADIO_CACHE, PHOTOS, Server, encode, solid, write_colour_graph, write_conf
 from test_app import curl
 from in_process import InProcessServer
 
@@ -160,7 +160,7 @@ def photo_server():
 @pytest.fixture(scope="module")
 def small_limit_server(tmp_path_factory):
     conf = conf_variant(tmp_path_factory.mktemp("small"), limits={"max_bytes": 150_000})
-    running = InProcessServer("--conf", str(conf), "--no-train")
+    running = Server("--conf", str(conf), "--no-train")  # a process: what it reads races the sender's threads
     yield running
     running.stop()
 
