@@ -123,6 +123,14 @@ def limits_of(model: Any) -> Limits:
     return getattr(model, "limits", None) or Limits()
 
 
+def model_input(item: Any, limits: Limits, size: tuple[int, int], convention: InputConvention) -> np.ndarray:
+    """Any accepted input → what a model of this size and convention takes: [H, W, 3] in its convention, or, for a
+    model that decodes images itself, the checked bytes. Raises ImageError with a clear message."""
+    if convention.dtype == ENCODED_INPUT:
+        return to_encoded(item, limits, size)
+    return to_tensor(decode(item, limits, size), size, convention)
+
+
 def to_tensor(image: Image.Image, size: tuple[int, int],
               convention: InputConvention = InputConvention()) -> np.ndarray:
     """The model's input for one image: resized to size=(width, height), bilinear, as the convention says (the whole

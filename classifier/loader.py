@@ -68,9 +68,7 @@ class Loaded:
     def preprocess(self, item: Any) -> np.ndarray:
         """Any accepted input → [H, W, 3] in this model's input convention; the bytes, checked, for a model that
         decodes images itself. Raises images.ImageError with a clear message."""
-        if self.convention.dtype == images.ENCODED_INPUT:
-            return images.to_encoded(item, self.limits, self.input_size)
-        return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size, self.convention)
+        return images.model_input(item, self.limits, self.input_size, self.convention)
 
 
 def load(wanted: Wanted) -> Loaded:

@@ -110,9 +110,7 @@ class RetrainedClassificationModel(TFAiUcloudModel):
     def preprocess(self, item: Any) -> np.ndarray:
         """Any accepted input → [H, W, 3] in the model's input convention (default: float32 in [0, 1]). Raises
         images.ImageError with a clear message. A model that decodes images itself gets the bytes, checked."""
-        if self.convention.dtype == images.ENCODED_INPUT:
-            return images.to_encoded(item, self.limits, self.input_size)
-        return images.to_tensor(images.decode(item, self.limits, self.input_size), self.input_size, self.convention)
+        return images.model_input(item, self.limits, self.input_size, self.convention)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """[N, H, W, 3] (as preprocess makes them) → one row per image, in one model call: the probabilities of
