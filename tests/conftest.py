@@ -199,30 +199,63 @@ SLOW_TESTS = {"test_short_soak", "test_the_server_starts_quietly", "test_app_py_
               "test_a_batch_of_real_photos_still_classifies", "test_a_burst_of_reloads_loads_the_model_once"}
 
 
-def pytest_collection_finish(session) -> None:
-    """The Docker image takes minutes of pip and disk to build: begun now, beside the other tests."""
-    if any(item.module.__name__ == "test_docker" for item in session.items):
+# Under pytest-xdist (./test.sh runs two workers), the controller builds the Docker image, since it outlives the
+# workers and runs one build whichever worker runs the Docker tests; it names the file the result goes to.
+BUILD_REPORT = "CLASSIFIER_DOCKER_BUILD"
+
+
+def is_xdist_controller(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config) -> None:
+    if is_xdist_controller(config):  # before the workers start: they inherit the environment
+        os.environ[BUILD_REPORT] = str(GRADIO_CACHE / "docker-build.json")
+
+
+def start_docker_build(config, ids) -> None:
+    """The Docker image takes minutes of pip and disk to build: begun once the tests are collected, beside them."""
+    if not config.option.collectonly and any(id.startswith("tests/test_docker.py") for id in ids):
         import test_docker
 
         test_docker.start_building()
+
+
+def pytest_collection_finish(session) -> None:
+    if not hasattr(session.config, "workerinput"):  # in one process; under xdist, the controller's hook below
+        start_docker_build(session.config, [item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    start_docker_build(node.config, ids)
 
 
 def pytest_sessionfinish(session) -> None:
     test_docker = sys.modules.get("test_docker")
     if test_docker:
         test_docker.BUILDING.stop()  # and dockerd, if the build started it
-    shutil.rmtree(GRADIO_CACHE, ignore_errors=True)
+    shutil.rmtree(GRADIO_CACHE, ignore_errors=True)  # this process's (the controller's holds the build's report)
 
 
-# Run last, in this order: the Docker tests, whose image is built beside all the others (in its place among them,
-# they waited 77 s of a fresh machine's run for it); then the benchmark, whose smoke run drives servers against the
-# clock, which that build would starve.
-RUN_LAST = ["test_docker", "test_bench"]
+# ./test.sh runs the tests on two pytest-xdist workers. Run first: the longest modules, mostly waiting on the clock
+# (the benchmark's timed runs, the Ray cluster), so that the two workers end together. Run last: the Docker tests,
+# whose image is built beside all the others (in its place among them, they waited 77 s of a fresh machine's run).
+RUN_FIRST = ["test_bench", "test_ray_cluster"]
+RUN_LAST = ["test_docker"]
 
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-    last = {name: place for place, name in enumerate(RUN_LAST, 1)}
-    items.sort(key=lambda item: last.get(item.module.__name__, 0))  # stable: the order is otherwise kept
+        if shares_a_module_fixture(item):  # one worker runs the module (--dist loadgroup): its fixtures made once
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    place = {name: -1 for name in RUN_FIRST} | {name: 1 for name in RUN_LAST}
+    items.sort(key=lambda item: place.get(item.module.__name__, 0))  # stable: the order is otherwise kept
+
+
+def shares_a_module_fixture(item) -> bool:
+    # pytest has no public way to ask which fixtures (with their scopes) an item uses: _fixtureinfo holds them.
+    definitions = item._fixtureinfo.name2fixturedefs.values()
+    return any(fixture.scope == "module" for fixtures in definitions for fixture in fixtures)

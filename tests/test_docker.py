@@ -15,13 +15,14 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 
 from bench.server import free_port, wait_until_ready
-from conftest import CAT_LABELS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
+from conftest import BUILD_REPORT, CAT_LABELS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
 from test_app import curl
 from test_grpc import top_label
 
@@ -136,13 +137,21 @@ def build() -> dict:
 
 class Building:
     """The engine started and the images built in a thread from the start of the session (conftest starts it
-    when a Docker test is collected), so that their minutes of pip and disk overlap the other tests."""
+    when a Docker test is collected), so that their minutes of pip and disk overlap the other tests. Under
+    pytest-xdist the build runs in the controller, the tests in a worker: the controller writes what came of it to
+    the file $CLASSIFIER_DOCKER_BUILD names, which the worker waits for."""
 
     def __init__(self) -> None:
         self.engine: subprocess.Popen | None = None
         self.result: dict | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="docker-build", daemon=True)
+        self.started = False
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.thread.start()
 
     def _run(self) -> None:
         try:
@@ -150,14 +159,30 @@ class Building:
             self.result = build()
         except BaseException as exc:  # raised again in the test that waits for it
             self.error = exc
+        if report := os.environ.get(BUILD_REPORT):
+            failure = "".join(traceback.format_exception(self.error)) if self.error else None
+            Path(report + ".part").write_text(json.dumps({"result": self.result, "error": failure}))
+            os.replace(report + ".part", report)
 
     def wait(self) -> dict:
-        if not self.thread.is_alive() and self.result is None and self.error is None:
-            self.thread.start()  # not started by conftest (a run of this module alone)
+        if (report := os.environ.get(BUILD_REPORT)) and os.environ.get("PYTEST_XDIST_WORKER"):
+            return self._wait_for_the_controller(Path(report))
+        self.start()  # if conftest has not (a run of this module alone)
         self.thread.join()
         if self.error:
             raise self.error
         return self.result
+
+    @staticmethod
+    def _wait_for_the_controller(report: Path, timeout: float = 1800) -> dict:
+        deadline = time.monotonic() + timeout
+        while not report.exists():
+            assert time.monotonic() < deadline, f"the controller's Docker build wrote nothing in {timeout:.0f} s"
+            time.sleep(1)
+        outcome = json.loads(report.read_text())
+        if outcome["error"]:
+            raise AssertionError(f"building the image failed (in pytest-xdist's controller):\n{outcome['error']}")
+        return outcome["result"]
 
     def stop(self) -> None:
         if self.thread.is_alive():
@@ -172,8 +197,8 @@ BUILDING = Building()
 
 def start_building() -> None:
     """From conftest, once the session's tests are collected: the build begins beside them."""
-    if prerequisites() is None and not BUILDING.thread.is_alive():
-        BUILDING.thread.start()
+    if prerequisites() is None:
+        BUILDING.start()
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,15 @@ from in_process import InProcessServer
 from test_app import curl
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus' text format."""
+def metric(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    """The value of one series in Prometheus' text format (`default` if it is absent, when given)."""
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
             if all(found.get(k) == v for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
     raise KeyError(f"{name} {labels} not in the metrics")
 
 
@@ -41,6 +43,8 @@ def test_metrics(server_process):
     assert metric(text, "classifier_images_total", outcome="CorruptImage") >= 1
     assert metric(text, "classifier_batch_size_count") >= 3
     assert metric(text, "classifier_queue_depth") == 0
+    assert metric(text, "classifier_requests_in_progress", endpoint="/service") == 0  # each one's answered
+    assert metric(text, "classifier_requests_in_progress", endpoint="/metrics") == 1  # this scrape
     assert metric(text, "classifier_model_load_seconds") > 0
     assert metric(text, "classifier_model_info", format="frozen graph", labels="1000", model_dir="checkpoint_dir") == 1
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from classifier.images import ImageError
 from conftest import CAT_LABELS, GRADIO_CACHE, PHOTOS, ROOT, Server, write_conf
 from test_app import curl
 from in_process import InProcessServer
+from test_operations import metric
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))  # FUZZ_EXAMPLES=20000 for a long run
 
@@ -121,9 +123,15 @@ def test_sigterm_finishes_accepted_requests():
         for _, writer in connections:
             writer.write(request)
             await writer.drain()
-        # Long enough for the server to read every request (uvicorn closes, at shutdown, a connection whose
-        # request it has not started reading: that one was never accepted), short of the ~1 s of work queued.
-        await asyncio.sleep(0.25)
+        # Until the server has taken in every request (uvicorn closes, at shutdown, a connection whose request it
+        # has not started reading: that one was never accepted): each is in progress or answered. A fixed sleep
+        # was a race on a busy machine.
+        while True:
+            text = (await asyncio.to_thread(requests.get, f"{running.url}/metrics", timeout=10)).text
+            if (metric(text, "classifier_requests_in_progress", endpoint="/service")
+                    + metric(text, "classifier_requests_total", 0, endpoint="/service", status="200")) >= 96:
+                break
+            await asyncio.sleep(0.02)
         running.process.send_signal(signal.SIGTERM)
         statuses = []
         for reader, writer in connections:

@@ -23,6 +23,8 @@ CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by outc
 LIVE_FRAMES = Counter("classifier_live_frames_total", "The page's live camera frames, by outcome: classified, "
                       "dropped (the server busy) or refused (a second stream of the same visitor)", ["outcome"])
 BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64))
+IN_PROGRESS = Gauge("classifier_requests_in_progress", "HTTP requests taken in and not yet answered, by endpoint",
+                    ["endpoint"])
 QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered by the model")
 MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds the serving model took to load and warm up")
 MODEL_REFUSED = Counter("classifier_model_refused_total",
@@ -61,9 +63,12 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        in_progress = IN_PROGRESS.labels(endpoint)
+        in_progress.inc()
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            in_progress.dec()
             REQUESTS.labels(endpoint, str(status["code"])).inc()
             LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
