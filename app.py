@@ -22,9 +22,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--conf", type=Path, default=None,
                         help="conf.json to serve (default: --model's, else $UAI_SERVICE_CONFIG, else the project's "
                              "conf.json)")
-    parser.add_argument("--model", default=os.environ.get("CLASSIFIER_MODEL"), metavar="PATH",
-                        help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5 or .tflite "
-                             "file, or a Teachable Machine .zip export (default: $CLASSIFIER_MODEL; --conf wins)")
+    parser.add_argument("--model", action="append", metavar="[NAME=]PATH",
+                        help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5, .tflite or "
+                             ".onnx file, or a Teachable Machine .zip export (default: $CLASSIFIER_MODEL; --conf "
+                             "wins). NAME=PATH, repeatable: several models, each by name")
+    parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
+                        help="serve every model in DIR, each named by its folder name or file stem (a folder "
+                             "holding a conf.json is served as it says)")
+    parser.add_argument("--lazy-load", action="store_true",
+                        help="with several models: load each (but the default) on its first request, not at start")
+    parser.add_argument("--max-loaded-models", type=int, default=None, metavar="N",
+                        help="with several models: at most N loaded at once; loading one more unloads the least "
+                             "recently used (never the default), which loads again on its next request")
+    parser.add_argument("--default-model", default=None, metavar="NAME",
+                        help="with several models: the one /service and the page serve (default: the only one, "
+                             "else the first by name)")
     parser.add_argument("--labels", default=None, metavar="FILE",
                         help="with --model: its labels file (default: the one beside the model, or packed in it)")
     parser.add_argument("--host", default=os.environ.get("CLASSIFIER_HOST", "127.0.0.1"),
@@ -145,15 +157,25 @@ def settings_from(args: argparse.Namespace):
     from classifier.serving.server import Settings
     from classifier.serving.ui import FlagBudget
 
+    models = args.model or ([os.environ["CLASSIFIER_MODEL"]] if os.environ.get("CLASSIFIER_MODEL") else [])
     try:
-        conf = chosen_conf(args.conf, args.model, args.labels, default=ROOT / "conf.json")
+        named = models_by_name(args.model_repository, models)
+        if named:
+            if args.default_model and args.default_model not in named:
+                raise ConfError(f"--default-model {args.default_model}: no model of that name (there are "
+                                f"{', '.join(named)})")
+            conf = named[args.default_model or min(named)]  # the server's default may be the next that loads
+        else:
+            conf = chosen_conf(args.conf, models[0] if models else None, args.labels, default=ROOT / "conf.json")
     except ConfError as exc:
         sys.exit(f"error: cannot start: {exc}")
     credentials = tuple(args.auth.split(":", 1)) if args.auth and ":" in args.auth else None
     if args.auth and not credentials:
         sys.exit("error: --auth must be USER:PASS")
     return Settings(
-        conf=conf, host=args.host, port=args.port, grpc_port=args.grpc_port,
+        conf=conf, models=named, default_model=args.default_model, lazy_load=args.lazy_load,
+        max_loaded_models=args.max_loaded_models, host=args.host, port=args.port,
+        grpc_port=args.grpc_port,
         root_path="/" + args.root_path.strip("/") if args.root_path.strip("/") else "",
         credentials=credentials, allowed_hosts=allowed_hosts(args),
         cors_origins=[origin.strip() for origin in args.cors_origins.split(",") if origin.strip()],
@@ -163,6 +185,26 @@ def settings_from(args: argparse.Namespace):
         upload_quota=args.upload_quota_mb * 2 ** 20, max_uploads=args.max_uploads_mb * 2 ** 20,
         read_timeout=args.read_timeout, max_connections=args.max_connections,
         streams_per_client=args.streams_per_client, blocked=(ROOT, Path.cwd()))
+
+
+def models_by_name(repository: Path | None, models: list[str]) -> dict:
+    """Several models, each by name (--model-repository, --model NAME=PATH, or --model given more than once), or
+    {} for one model served as before (--conf, one --model PATH, the default)."""
+    from classifier import ConfError
+    from classifier.serving.repository import NAME, discover, named
+
+    if repository is None and len(models) <= 1 and not any(NAME.fullmatch(m.partition("=")[0]) and "=" in m
+                                                           for m in models):
+        return {}
+    found = discover(repository) if repository else {}
+    for spec in models:  # a plain PATH among several: named by its folder name or file stem
+        name, _, path = spec.partition("=")
+        pair = spec if path and NAME.fullmatch(name) else f"{Path(spec).stem}={spec}"
+        for name, conf in named([pair]).items():
+            if name in found:
+                raise ConfError(f"--model {spec}: a model named {name!r} is served already")
+            found[name] = conf
+    return found
 
 
 def build(argv: list[str]):
@@ -203,6 +245,11 @@ def print_banner(server) -> None:
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
     print(f"* Model: {classifier.describe(server.model)} (from {getattr(server.model, 'model_dir', settings.conf)})",
           flush=True)
+    if len(server.models.entries) > 1:
+        listed = ", ".join(f"{row['name']}{' (default)' if row['name'] == server.models.default_name else ''}"
+                           f"{'' if row['state'] == 'READY' else ' UNAVAILABLE: ' + row['reason']}"
+                           for row in server.models.index())
+        print(f"* Models:  {listed}; each at /service/NAME, /v2/models/NAME, /v1/models/NAME", flush=True)
     print(f"* Page:    http://{shown}:{settings.port}/", flush=True)
     print(f"* Service: curl -T photo.jpg http://{shown}:{settings.port}/service", flush=True)
     if settings.grpc_port:

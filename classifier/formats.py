@@ -35,11 +35,12 @@ class ModelError(ValueError):
 
 def load(model_dir: str | Path, size: tuple[int, int], input_tensor: str | None = None,
          output_tensor: str | None = None, extra_columns: int = 0) -> Runtime:
-    """Loads the model in model_dir, whatever its format, and probes it once at size=(width, height).
-    extra_columns: how many of its last outputs are not class probabilities (a "none of these" score)."""
+    """Loads the model in model_dir (a folder, or one model file), whatever its format, and probes it once at
+    size=(width, height). extra_columns: how many of its last outputs are not class probabilities (a "none of
+    these" score)."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelError(f"model_dir {model_dir} does not exist or is not a folder")
+    if not model_dir.exists():
+        raise ModelError(f"model_dir {model_dir} does not exist")
     loader, path = detect(model_dir)
     runtime = loader(path, input_tensor, output_tensor)
     runtime.extra_columns = extra_columns

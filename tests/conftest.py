@@ -243,13 +243,18 @@ def pytest_sessionfinish(session) -> None:
 # whose image is built beside all the others (in its place among them, they waited 77 s of a fresh machine's run).
 RUN_FIRST = ["test_bench", "test_ray_cluster"]
 RUN_LAST = ["test_docker"]
+# These two each load the whole machine (the benchmark's servers under wrk; a three-node Ray cluster): one worker
+# runs them one after the other, never side by side, where the Ray page's first answer took over 30 s.
+WHOLE_MACHINE = {"test_bench", "test_ray_cluster"}
 
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-        if shares_a_module_fixture(item):  # one worker runs the module (--dist loadgroup): its fixtures made once
+        if item.module.__name__ in WHOLE_MACHINE:
+            item.add_marker(pytest.mark.xdist_group("whole-machine"))
+        elif shares_a_module_fixture(item):  # one worker runs the module (--dist loadgroup): its fixtures made once
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     place = {name: -1 for name in RUN_FIRST} | {name: 1 for name in RUN_LAST}
     items.sort(key=lambda item: place.get(item.module.__name__, 0))  # stable: the order is otherwise kept

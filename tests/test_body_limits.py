@@ -10,6 +10,7 @@ import select
 import socket
 import time
 import uuid
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -207,15 +208,20 @@ def test_explanations_past_their_places_get_503_before_their_body_is_read():
 
     explainer.explain = slow_explain
     app = FastAPI()
-    app.include_router(explanations.create_router(explainer, Limits()))
+    async def get(name):
+        return SimpleNamespace(explainer=explainer, limits=Limits())
+
+    one_model = SimpleNamespace(get=get)  # the repository, as the route asks it
+    app.include_router(explanations.create_router(one_model))
     places = explanations.EXPLANATIONS_AT_ONCE + explanations.EXPLANATIONS_WAITING
 
     async def run() -> tuple[list[int], int]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             held = [asyncio.create_task(client.post("/explain", content=b"photo")) for _ in range(places)]
-            while explainer.admitted < places:
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(30):  # a failure, not a hung run
+                while explainer.admitted < places:
+                    await asyncio.sleep(0.01)
             read = []
 
             async def body():  # the body of the request past the places: never read

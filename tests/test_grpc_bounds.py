@@ -24,6 +24,16 @@ class Ready:
     ready = True
 
 
+class OneModel:
+    """The protocols' catalog (protocols.Catalog) of one Served, with no model behind it."""
+
+    def __init__(self, served: Served):
+        self.one, self.credentials, self.body_limit = served, served.credentials, served.body_limit
+
+    async def served(self, name, version=None, load=True) -> Served:
+        return self.one
+
+
 def started_server(credentials=None, max_calls=100, max_connections=256):
     """A GrpcServer in an event loop of its own: (its address, a function that stops it)."""
     loop = asyncio.new_event_loop()
@@ -34,7 +44,7 @@ def started_server(credentials=None, max_calls=100, max_connections=256):
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
 
     async def start() -> GrpcServer:
-        server = GrpcServer(Served(None, Limits(), credentials, Ready()), "127.0.0.1", 0, max_calls=max_calls,
+        server = GrpcServer(OneModel(Served(None, Limits(), credentials, Ready())), "127.0.0.1", 0, max_calls=max_calls,
                             max_connections=max_connections)
         await server.start()
         await server.ready()

@@ -46,7 +46,8 @@ def test_metrics(server_process):
     assert metric(text, "classifier_requests_in_progress", endpoint="/service") == 0  # each one's answered
     assert metric(text, "classifier_requests_in_progress", endpoint="/metrics") == 1  # this scrape
     assert metric(text, "classifier_model_load_seconds") > 0
-    assert metric(text, "classifier_model_info", format="frozen graph", labels="1000", model_dir="checkpoint_dir") == 1
+    assert metric(text, "classifier_model_info", format="frozen graph", labels="1000", model_dir="checkpoint_dir",
+                  model="checkpoint_dir") == 1
 
 
 def versioned(tmp_path: Path, versions: list[int]) -> Path:

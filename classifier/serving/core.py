@@ -48,18 +48,22 @@ class Core:
 
 
 def load_core(conf_path: Path, top_k: int | None = None,
-              serve_batching: Callable[[int], BatchForming] | None = None, **batching: Any) -> Core:
-    """The model conf_path names, loaded (and described in /metrics), with its batcher (batching: overrides of the
-    conf's batching; serve_batching(max_batch_size): another way to form its batches, Ray Serve's), explainer and
-    reloader. Raises the library's errors (ConfError, ModelError, LabelsError) for a broken conf or model."""
+              serve_batching: Callable[[int], BatchForming] | None = None, name: str | None = None,
+              **batching: Any) -> Core:
+    """The model conf_path names, loaded (and described in /metrics under `name`, else its conf's model_name),
+    with its batcher (batching: overrides of the conf's batching; serve_batching(max_batch_size): another way to
+    form its batches, Ray Serve's), explainer and reloader. Raises the library's errors (ConfError, ModelError,
+    LabelsError) for a broken conf or model."""
     started = time.monotonic()
     model = classifier.load(conf_path)
-    metrics.describe_model(model, time.monotonic() - started)
+    name = name or classifier.JsonConfLoader(model.conf).get_model_name()
+    metrics.describe_model(model, time.monotonic() - started, name)
     if top_k:
         model.top_k = top_k
     conf = classifier.JsonConfLoader(model.conf)
     settings = replace(conf.get_batching(), **{key: value for key, value in batching.items() if value is not None})
     batcher = Batcher(model, settings, forming=serve_batching(settings.max_batch_size) if serve_batching else None)
-    metrics.QUEUE_DEPTH.set_function(lambda: batcher.pending)
-    return Core(Path(conf_path), batcher, Explainer(batcher), Reloader(Path(conf_path), batcher, example_photos()[0]),
+    metrics.count_queue(batcher)
+    reloader = Reloader(Path(conf_path), batcher, example_photos()[0], name)
+    return Core(Path(conf_path), batcher, Explainer(batcher), reloader,
                 Health(), conf.get_reload_poll_seconds())

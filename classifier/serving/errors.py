@@ -8,6 +8,22 @@ from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Unsupp
 from .batching import Overloaded
 
 RETRY_AFTER_SECONDS = 1
+# The 403 of an admin action (reload, load, unload, the Train tab's "Serve this model") on a server with no login.
+ADMIN_NEEDS_LOGIN = ("this action changes what the server serves, so it needs the login: start the server with "
+                     "--auth USER:PASS (or, on a machine of your own, --open-admin)")
+
+
+class UnknownModel(LookupError):
+    """A model name the server does not serve; the message lists the names it does."""
+
+
+class ModelUnavailable(Exception):
+    """A model the server holds but cannot serve now: unloaded, loading, or refused when it was loaded."""
+
+
+class ModelRefused(Exception):
+    """A load or unload that cannot be done: the model's files are refused, or it is the default (unloading)."""
+
 
 # (error, HTTP status, gRPC code): the first that matches wins. A full queue is RESOURCE_EXHAUSTED, for a client
 # to back off; a 503 that is not (the model replaced mid-request, not yet ready) is UNAVAILABLE: retry.
@@ -19,6 +35,9 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (ImageError, 400, "INVALID_ARGUMENT"),
     (LabelError, 400, "INVALID_ARGUMENT"),
     (Overloaded, 503, "RESOURCE_EXHAUSTED"),
+    (UnknownModel, 404, "NOT_FOUND"),
+    (ModelUnavailable, 503, "UNAVAILABLE"),
+    (ModelRefused, 409, "FAILED_PRECONDITION"),
 ]
 # A protocol's own refusals (protocols.ProtocolError), by their HTTP status.
 CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",

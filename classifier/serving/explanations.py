@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from ..explain import Explanation, heat, hidden, hiding_masks, label_index, occludable, stand_in
-from ..images import Limits, decode
+from ..images import decode
 from .batching import Batcher, Overloaded
 from .service import error_for, json_response, read_image_body, unauthorised
 
@@ -65,24 +65,34 @@ class Explainer:
         return Explanation(model.labels[index], float(whole[index]), heat(whole, masked, masks, index))
 
 
-def create_router(explainer: Explainer, limits: Limits, credentials: tuple[str, str] | None = None) -> APIRouter:
+def create_router(models: Any, credentials: tuple[str, str] | None = None) -> APIRouter:
+    """POST /explain (the default model) and /explain/{name}. models: the repository (repository.Repository)."""
     router = APIRouter()
+
+    async def explain_request(request: Request, name: str | None, label: str | None) -> Any:
+        if refused := unauthorised(request, credentials):
+            return refused
+        try:
+            core = await models.get(name)
+            with core.explainer.admission():
+                body = await read_image_body(request, core.limits.max_bytes)
+                if isinstance(body, JSONResponse):
+                    return body
+                explanation = await core.explainer.explain(body, label)
+                photo: Image.Image = await asyncio.to_thread(decode, body, core.limits)
+                return json_response(await asyncio.to_thread(explanation.as_json, photo))
+        except Exception as exc:
+            return error_for(exc)
 
     @router.post("/explain")
     async def explain(request: Request, label: str | None = None) -> Any:
         """A raw image body (as /service) → {label, probability, grid, overlay_png}; ?label= picks the label
         (default: the top one)."""
-        if refused := unauthorised(request, credentials):
-            return refused
-        try:
-            with explainer.admission():
-                body = await read_image_body(request, limits.max_bytes)
-                if isinstance(body, JSONResponse):
-                    return body
-                explanation = await explainer.explain(body, label)
-                photo: Image.Image = await asyncio.to_thread(decode, body, limits)
-                return json_response(await asyncio.to_thread(explanation.as_json, photo))
-        except Exception as exc:
-            return error_for(exc)
+        return await explain_request(request, None, label)
+
+    @router.post("/explain/{name}")
+    async def explain_by_name(request: Request, name: str, label: str | None = None) -> Any:
+        """As POST /explain, on the model of that name."""
+        return await explain_request(request, name, label)
 
     return router

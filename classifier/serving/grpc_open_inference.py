@@ -10,10 +10,11 @@ import grpc
 import numpy as np
 
 from . import metrics
+from .errors import ADMIN_NEEDS_LOGIN, refusal_for
 from .grpc_calls import code_of, method_table
 from .open_inference import (EXTENSIONS, IMAGE_INPUT, PROBABILITIES, TENSOR_INPUT, check_outputs, input_items,
                              metadata, output_values, raw_contents)
-from .protocols import ProtocolError, Served
+from .protocols import Catalog, ProtocolError, Served
 from .protos import open_inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -27,44 +28,70 @@ class OpenInference:
     """The service's calls on the shared model. Errors are ProtocolErrors, as on the REST routes (grpc_server
     turns them into status codes); health and metadata calls are answered from the serving model as it is now."""
 
-    def __init__(self, served: Served):
-        self.served = served
+    def __init__(self, models: Catalog, open_admin: bool = False):
+        self.models, self.open_admin = models, open_admin
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.served.health.ready)
+        return pb.ServerReadyResponse(ready=(await self.models.served(None, load=False)).health.ready)
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         try:
-            self.served.check_model(request.name, request.version)
-        except ProtocolError:  # another model is simply not ready here (Triton answers the same)
+            served = await self.models.served(request.name, request.version, load=False)
+        except ProtocolError:  # an unknown or unloaded model is simply not ready (Triton answers the same)
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.served.health.ready)
+        return pb.ModelReadyResponse(ready=served.health.ready)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="image-classifier", version="1", extensions=EXTENSIONS)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        self.served.check_model(request.name, request.version)
-        described = metadata(self.served)
+        described = metadata(await self.models.served(request.name, request.version))
         return pb.ModelMetadataResponse(
             name=described["name"], versions=described["versions"], platform=described["platform"],
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in described["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**tensor) for tensor in described["outputs"]])
 
+    async def repository_index(self, request: pb.RepositoryIndexRequest,
+                               context: Any) -> pb.RepositoryIndexResponse:
+        """Every model, its version, state (READY, UNAVAILABLE, LOADING) and why; only the ready ones if asked."""
+        listed = [model for model in self.models.index() if not request.ready or model["state"] == "READY"]
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**model) for model in listed])
+
+    async def repository_model_load(self, request: pb.RepositoryModelLoadRequest,
+                                    context: Any) -> pb.RepositoryModelLoadResponse:
+        """Loads (or loads again) a model while the others serve: an admin action, as over REST."""
+        await self._change(self.models.load, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
+                                      context: Any) -> pb.RepositoryModelUnloadResponse:
+        await self._change(self.models.unload, request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _change(self, action: Any, name: str) -> None:
+        if self.models.credentials is None and not self.open_admin:  # with a login, the interceptor checked it
+            raise ProtocolError(403, ADMIN_NEEDS_LOGIN)
+        try:
+            await action(name)
+        except Exception as exc:
+            if refusal := refusal_for(exc):
+                raise ProtocolError(refusal.status, refusal.message) from None
+            raise
+
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         """One input, `image` (BYTES: encoded images, in raw_input_contents or bytes_contents) or `pixels` (FP32
         [N, H, W, 3]); outputs `probabilities` (or, with a `classification` count, Triton's strings) and `labels`,
         in raw_output_contents, as Triton answers."""
-        self.served.check_model(request.model_name, request.model_version)
+        served = await self.models.served(request.model_name, request.model_version)
         # Off the event loop: converting a large tensor takes a while, and every other call would wait for it.
-        items = await asyncio.to_thread(self._items, request)
-        probabilities, model = await self.served.class_probabilities(items, f"input {request.inputs[0].name!r}")
+        items = await asyncio.to_thread(self._items, served, request)
+        probabilities, model = await served.class_probabilities(items, f"input {request.inputs[0].name!r}")
         wanted = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=PROBABILITIES)]
         check_outputs([output.name for output in wanted])
-        answer = pb.ModelInferResponse(model_name=self.served.name, model_version=self.served.version,
+        answer = pb.ModelInferResponse(model_name=served.name, model_version=served.version,
                                        id=request.id)
         for output in wanted:
             parameters = {key: _value(value) for key, value in output.parameters.items()}
@@ -75,7 +102,8 @@ class OpenInference:
             answer.raw_output_contents.append(raw_contents(datatype, values))
         return answer
 
-    def _items(self, request: pb.ModelInferRequest) -> list[bytes] | np.ndarray:
+    @staticmethod
+    def _items(served: Served, request: pb.ModelInferRequest) -> list[bytes] | np.ndarray:
         if len(request.inputs) != 1:
             raise ProtocolError(400, f"send exactly one input: {IMAGE_INPUT!r} (BYTES, encoded images) or "
                                      f"{TENSOR_INPUT!r} (FP32 [N, H, W, 3])")
@@ -87,11 +115,11 @@ class OpenInference:
             if len(request.raw_input_contents) != 1:
                 raise ProtocolError(400, f"raw_input_contents holds {len(request.raw_input_contents)} entries for "
                                          "one input")
-            return input_items(self.served, tensor.name, tensor.datatype, shape, raw=request.raw_input_contents[0])
+            return input_items(served, tensor.name, tensor.datatype, shape, raw=request.raw_input_contents[0])
         contents = tensor.contents
         if tensor.datatype == "BYTES":
-            return input_items(self.served, tensor.name, tensor.datatype, shape, encoded=contents.bytes_contents)
-        return input_items(self.served, tensor.name, tensor.datatype, shape,
+            return input_items(served, tensor.name, tensor.datatype, shape, encoded=contents.bytes_contents)
+        return input_items(served, tensor.name, tensor.datatype, shape,
                            data=np.asarray(contents.fp32_contents, dtype=np.float32))
 
     async def model_stream_infer(self, requests: AsyncIterator[pb.ModelInferRequest],
@@ -149,8 +177,8 @@ def _value(parameter: pb.InferParameter) -> Any:
     return getattr(parameter, kind) if kind else None
 
 
-def handlers(served: Served) -> grpc.GenericRpcHandler:
-    service = OpenInference(served)
+def handlers(models: Catalog, open_admin: bool = False) -> grpc.GenericRpcHandler:
+    service = OpenInference(models, open_admin)
     return method_table(SERVICE, {
         "ServerLive": (service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": (service.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -158,4 +186,9 @@ def handlers(served: Served) -> grpc.GenericRpcHandler:
         "ServerMetadata": (service.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
         "ModelMetadata": (service.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": (service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        "RepositoryIndex": (service.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "RepositoryModelLoad": (service.repository_model_load, pb.RepositoryModelLoadRequest,
+                                pb.RepositoryModelLoadResponse),
+        "RepositoryModelUnload": (service.repository_model_unload, pb.RepositoryModelUnloadRequest,
+                                  pb.RepositoryModelUnloadResponse),
     }, streams={"ModelStreamInfer": (service.model_stream_infer, pb.ModelInferRequest, pb.ModelStreamInferResponse)})

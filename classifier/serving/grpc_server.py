@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import grpc_open_inference, grpc_tf_serving, metrics
 from .guard import authorization_ok
-from .protocols import Served
+from .protocols import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +100,20 @@ class GrpcServer:
     file descriptor, and 1,100 idle ones ran the process out of them, HTTP included); a request message is at
     most the HTTP routes' body limit."""
 
-    def __init__(self, served: Served, host: str, port: int, max_calls: int, max_connections: int = 256):
-        self.served, self.host, self.port = served, host, port
+    def __init__(self, models: Catalog, host: str, port: int, max_calls: int, max_connections: int = 256,
+                 open_admin: bool = False):
+        self.models, self.host, self.port = models, host, port
         self.health = BoundedHealth()
         self._services = [grpc_open_inference.SERVICE, *grpc_tf_serving.SERVICES]
-        self._handlers = [grpc_open_inference.handlers(served), *grpc_tf_serving.handlers(served)]
+        self._handlers = [grpc_open_inference.handlers(models, open_admin), *grpc_tf_serving.handlers(models)]
         self._max_calls, self._max_connections = max_calls, max_connections
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         """Listens; returns the port (the one asked for, or the one chosen for port 0)."""
-        limit = self.served.body_limit
+        limit = self.models.body_limit
         self.server = grpc.aio.server(
-            interceptors=[Login(self.served.credentials)], maximum_concurrent_rpcs=self._max_calls,
+            interceptors=[Login(self.models.credentials)], maximum_concurrent_rpcs=self._max_calls,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0), ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
                      ("grpc.max_allowed_incoming_connections", self._max_connections)])

@@ -11,7 +11,7 @@ from google.protobuf import any_pb2, json_format, wrappers_pb2
 
 from ..labels import top_k
 from .grpc_calls import method_table
-from .protocols import ProtocolError, Served, check_count
+from .protocols import Catalog, ProtocolError, Served, check_count
 from .protos import tf_serving_pb2 as pb
 from .tf_serving import CLASSIFY_SIGNATURE, IMAGE_INPUT, PREDICT_SIGNATURE, TENSOR_INPUT, signatures
 
@@ -25,19 +25,19 @@ SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 class TFServing:
     """The two services' calls on the shared model; errors are ProtocolErrors (grpc_server maps their codes)."""
 
-    def __init__(self, served: Served):
-        self.served = served
+    def __init__(self, models: Catalog):
+        self.models = models
 
-    def _spec(self, spec: pb.ModelSpec, signature: str) -> pb.ModelSpec:
-        """The request's model, checked (name, version), answered back as TF Serving does: with the version that
-        served and the signature used."""
+    async def _spec(self, spec: pb.ModelSpec, signature: str, load: bool = True) -> tuple[pb.ModelSpec, Served]:
+        """The request's model, checked (name, version), and its spec answered back as TF Serving does: with the
+        version that served and the signature used."""
+        version = str(spec.version.value) if spec.HasField("version") else None
+        served = await self.models.served(spec.name, version, load)
         if spec.WhichOneof("version_choice") == "version_label":
             raise ProtocolError(404, f"version label {spec.version_label!r} is not served: this server has no "
-                                     f"labels; ask for version {self.served.version}, or for none")
-        version = str(spec.version.value) if spec.HasField("version") else None
-        self.served.check_model(spec.name, version)
-        return pb.ModelSpec(name=self.served.name, version=wrappers_pb2.Int64Value(value=int(self.served.version)),
-                            signature_name=signature)
+                                     f"labels; ask for version {served.version}, or for none")
+        return pb.ModelSpec(name=served.name, version=wrappers_pb2.Int64Value(value=int(served.version)),
+                            signature_name=signature), served
 
     async def predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         """inputs {"image": DT_STRING [N] of encoded images} or {"pixels": DT_FLOAT [N, H, W, 3]} → outputs
@@ -46,7 +46,7 @@ class TFServing:
         if signature != PREDICT_SIGNATURE:
             raise ProtocolError(400, f"signature {signature!r} has no predict method; Predict serves "
                                      f"{PREDICT_SIGNATURE!r} (and Classify serves {CLASSIFY_SIGNATURE!r})")
-        spec = self._spec(request.model_spec, signature)
+        spec, served = await self._spec(request.model_spec, signature)
         unknown = set(request.output_filter) - {PROBABILITIES}
         if unknown:
             raise ProtocolError(400, f"output_filter names {sorted(unknown)}: {PREDICT_SIGNATURE!r} has one output, "
@@ -56,14 +56,15 @@ class TFServing:
                                      f"{TENSOR_INPUT!r} (DT_FLOAT [N, H, W, 3]), not {sorted(request.inputs)}")
         name, tensor = next(iter(request.inputs.items()))
         # Off the event loop: converting a large tensor takes a while, and every other call would wait for it.
-        items = await asyncio.to_thread(self._images if name == IMAGE_INPUT else self._tensors, tensor, name)
-        probabilities, _ = await self.served.class_probabilities(items, f"input {name!r}")
+        items = await asyncio.to_thread(self._images if name == IMAGE_INPUT else self._tensors, served, tensor, name)
+        probabilities, _ = await served.class_probabilities(items, f"input {name!r}")
         output = pb.TensorProto(dtype=pb.DT_FLOAT, tensor_content=probabilities.astype("<f4").tobytes())
         output.tensor_shape.dim.add(size=probabilities.shape[0])
         output.tensor_shape.dim.add(size=probabilities.shape[1])
         return pb.PredictResponse(model_spec=spec, outputs={PROBABILITIES: output})
 
-    def _images(self, tensor: pb.TensorProto, name: str) -> list[bytes]:
+    @staticmethod
+    def _images(served: Served, tensor: pb.TensorProto, name: str) -> list[bytes]:
         if tensor.dtype != pb.DT_STRING:
             raise ProtocolError(400, f"input {name!r} must be DT_STRING (encoded images), not "
                                      f"{_dtype_name(tensor.dtype)}")
@@ -77,12 +78,13 @@ class TFServing:
             raise ProtocolError(400, f"input {name!r}: the shape {shape} holds {shape[0]} images but string_val has "
                                      f"{len(images)}")
         for number, image in enumerate(images):
-            if len(image) > self.served.limits.max_bytes:
+            if len(image) > served.limits.max_bytes:
                 raise ProtocolError(413, f"input {name!r} element {number}: the image is larger than the limit of "
-                                         f"{self.served.limits.max_bytes} bytes")
+                                         f"{served.limits.max_bytes} bytes")
         return images
 
-    def _tensors(self, tensor: pb.TensorProto, name: str) -> np.ndarray:
+    @staticmethod
+    def _tensors(served: Served, tensor: pb.TensorProto, name: str) -> np.ndarray:
         if tensor.dtype != pb.DT_FLOAT:
             raise ProtocolError(400, f"input {name!r} must be DT_FLOAT, not {_dtype_name(tensor.dtype)}")
         shape = _shape(tensor)
@@ -93,7 +95,7 @@ class TFServing:
             np.asarray(tensor.float_val, dtype=np.float32)
         if values.size != int(np.prod(shape)):
             raise ProtocolError(400, f"input {name!r}: {values.size} values do not fill the shape {shape}")
-        return self.served.tensors(values.reshape(shape), f"input {name!r}")
+        return served.tensors(values.reshape(shape), f"input {name!r}")
 
     async def classify(self, request: pb.ClassificationRequest, context: Any) -> pb.ClassificationResponse:
         """tf.Example inputs, each with an "image" bytes feature (or one in the list's context) → the top-k
@@ -101,9 +103,9 @@ class TFServing:
         signature = request.model_spec.signature_name or CLASSIFY_SIGNATURE
         if signature not in (CLASSIFY_SIGNATURE, PREDICT_SIGNATURE):
             raise ProtocolError(400, f"signature {signature!r} not found; Classify serves {CLASSIFY_SIGNATURE!r}")
-        spec = self._spec(request.model_spec, signature)
-        images = self._examples(request.input)
-        probabilities, model = await self.served.class_probabilities(images, "the request's")
+        spec, served = await self._spec(request.model_spec, signature)
+        images = self._examples(served, request.input)
+        probabilities, model = await served.class_probabilities(images, "the request's")
         k = model.top_k
         result = pb.ClassificationResult()
         for row in probabilities:
@@ -111,7 +113,8 @@ class TFServing:
                                                 for label, score in top_k(row, model.labels, k)])
         return pb.ClassificationResponse(model_spec=spec, result=result)
 
-    def _examples(self, given: pb.Input) -> list[bytes]:
+    @staticmethod
+    def _examples(served: Served, given: pb.Input) -> list[bytes]:
         kind = given.WhichOneof("kind")
         if kind is None:
             raise ProtocolError(400, 'send input.example_list: tf.Example protos, each with an "image" bytes feature')
@@ -126,9 +129,9 @@ class TFServing:
             if len(values) != 1:
                 raise ProtocolError(400, f'example {number}: expected one encoded image in the "{IMAGE_INPUT}" '
                                          "feature's bytes_list")
-            if len(values[0]) > self.served.limits.max_bytes:
+            if len(values[0]) > served.limits.max_bytes:
                 raise ProtocolError(413, f"example {number}: the image is larger than the limit of "
-                                         f"{self.served.limits.max_bytes} bytes")
+                                         f"{served.limits.max_bytes} bytes")
             images.append(values[0])
         return images
 
@@ -137,18 +140,18 @@ class TFServing:
         """The signature_def metadata, as TF Serving gives it: a SignatureDefMap packed in an Any."""
         if list(request.metadata_field) != ["signature_def"]:
             raise ProtocolError(400, 'metadata_field must be ["signature_def"], the one metadata this server has')
-        spec = self._spec(request.model_spec, "")
+        spec, served = await self._spec(request.model_spec, "")
         # The REST metadata's signatures are the JSON form of these same messages.
-        defs = json_format.ParseDict({"signature_def": signatures(self.served)}, pb.SignatureDefMap())
+        defs = json_format.ParseDict({"signature_def": signatures(served)}, pb.SignatureDefMap())
         packed = any_pb2.Any(type_url=SIGNATURE_DEF_MAP_URL, value=defs.SerializeToString())
         return pb.GetModelMetadataResponse(model_spec=spec, metadata={"signature_def": packed})
 
     async def get_model_status(self, request: pb.GetModelStatusRequest, context: Any) -> pb.GetModelStatusResponse:
         """The version that serves: AVAILABLE once the warm-up has gone through, LOADING until then."""
-        self._spec(request.model_spec, "")
-        state = pb.ModelVersionStatus.AVAILABLE if self.served.health.ready else pb.ModelVersionStatus.LOADING
+        _, served = await self._spec(request.model_spec, "", load=False)
+        state = pb.ModelVersionStatus.AVAILABLE if served.health.ready else pb.ModelVersionStatus.LOADING
         return pb.GetModelStatusResponse(model_version_status=[pb.ModelVersionStatus(
-            version=int(self.served.version), state=state, status=pb.StatusProto(error_code=pb.StatusProto.OK))])
+            version=int(served.version), state=state, status=pb.StatusProto(error_code=pb.StatusProto.OK))])
 
 
 def _shape(tensor: pb.TensorProto) -> list[int]:
@@ -162,8 +165,8 @@ def _dtype_name(dtype: int) -> str:
         return f"data type {dtype}"
 
 
-def handlers(served: Served) -> list[grpc.GenericRpcHandler]:
-    service = TFServing(served)
+def handlers(models: Catalog) -> list[grpc.GenericRpcHandler]:
+    service = TFServing(models)
     return [method_table(PREDICTION_SERVICE, {
         "Predict": (service.predict, pb.PredictRequest, pb.PredictResponse),
         "Classify": (service.classify, pb.ClassificationRequest, pb.ClassificationResponse),

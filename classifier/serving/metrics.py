@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,11 +27,14 @@ BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call", buckets
 IN_PROGRESS = Gauge("classifier_requests_in_progress", "HTTP requests taken in and not yet answered, by endpoint",
                     ["endpoint"])
 QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered by the model")
-MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds the serving model took to load and warm up")
+MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds each model took to load and warm up", ["model"])
 MODEL_REFUSED = Counter("classifier_model_refused_total",
                         "Models a reload refused (broken or incomplete); the previous one kept serving")
-MODEL_INFO = Gauge("classifier_model_info", "The serving model (value 1)",
-                   ["model_dir", "version", "format", "engine", "labels"])
+MODEL_LOADS = Counter("classifier_model_loads_total", "Models loaded while serving, by name and how: asked (the "
+                      "repository API), on request (--lazy-load, --max-loaded-models), refused", ["model", "how"])
+MODEL_UNLOADS = Counter("classifier_model_unloads_total", "Models unloaded while serving, by name", ["model"])
+MODEL_INFO = Gauge("classifier_model_info", "Each model served, by its name (value 1)",
+                   ["model", "model_dir", "version", "format", "engine", "labels"])
 
 # Our own routes are labelled by path, the protocols by their prefix (a label per model name would be unbounded);
 # everything else is Gradio's (the page, its assets and its API).
@@ -41,6 +45,8 @@ PROTOCOL_PREFIXES = ("/v2", "/v1")  # KServe v2, TF Serving REST
 def endpoint_of(path: str) -> str:
     if path in OWN_ENDPOINTS:
         return path
+    if path.startswith(("/service/", "/explain/")):  # a model by name: counted with its route
+        return path[:path.index("/", 1)]
     return next((prefix for prefix in PROTOCOL_PREFIXES if path == prefix or path.startswith(prefix + "/")),
                 "gradio")
 
@@ -73,14 +79,34 @@ class MetricsMiddleware:
             LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
 
-def describe_model(model: Any, load_seconds: float) -> None:
-    """Publishes which model serves (one series with value 1; the previous one is removed)."""
-    MODEL_INFO.clear()
+def describe_model(model: Any, load_seconds: float, name: str) -> None:
+    """Publishes the model served under `name` (one series with value 1; its previous one is removed)."""
+    forget_model(name)
     runtime = getattr(model, "runtime", None)  # a user's UAI class has none: its class name stands for its format
     model = servable(model)
     # The model folder's name, not its path: /metrics needs no login, and the server's folders are nobody's business.
-    MODEL_INFO.labels(Path(str(model.model_dir or "")).name, str(model.version or ""),
-                      getattr(runtime, "format", type(getattr(model, "wrapped", model)).__name__),
-                      getattr(runtime, "engine", ""), str(len(model.labels))).set(1)
-    MODEL_LOAD_SECONDS.set(load_seconds)
+    labels = (name, Path(str(model.model_dir or "")).name, str(model.version or ""),
+              getattr(runtime, "format", type(getattr(model, "wrapped", model)).__name__),
+              getattr(runtime, "engine", ""), str(len(model.labels)))
+    MODEL_INFO.labels(*labels).set(1)
+    _DESCRIBED[name] = labels
+    MODEL_LOAD_SECONDS.labels(name).set(load_seconds)
 
+
+def forget_model(name: str) -> None:
+    """An unloaded model's series go: their number stays bounded by the models served."""
+    if name in _DESCRIBED:
+        MODEL_INFO.remove(*_DESCRIBED.pop(name))
+        MODEL_LOAD_SECONDS.remove(name)
+
+
+_DESCRIBED: dict[str, tuple[str, ...]] = {}  # each model's info labels, by name
+_QUEUES: weakref.WeakSet = weakref.WeakSet()  # every model's batcher (an unloaded one's goes with it)
+
+
+def count_queue(batcher: Any) -> None:
+    """classifier_queue_depth: the requests waiting in every model's batcher."""
+    _QUEUES.add(batcher)
+
+
+QUEUE_DEPTH.set_function(lambda: sum(batcher.pending for batcher in list(_QUEUES)))

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from ..labels import best
 from .guard import byte_count
 from . import rest_protocols as rest
-from .protocols import ProtocolError, Served, check_count
+from .protocols import Catalog, ProtocolError, Served, check_count
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,10 @@ EXTENSIONS = ["binary_tensor_data", "classification"]  # Triton's names for the 
 PLATFORMS = {"frozen graph": "tensorflow_graphdef", "SavedModel": "tensorflow_savedmodel", "Keras": "keras"}
 
 
-def create_router(served: Served) -> APIRouter:
-    """The KServe v2 routes. Health needs no login (like /healthz); model metadata and infer need --auth's."""
+def create_router(models: Catalog, open_admin: bool = False) -> APIRouter:
+    """The KServe v2 routes, each model by name. Health needs no login (like /healthz); model metadata, infer and the
+    repository index need --auth's; loading and unloading change what every client is served, so they are admin
+    actions (the login, or --open-admin)."""
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
 
     @router.get("")
@@ -39,21 +41,19 @@ def create_router(served: Served) -> APIRouter:
 
     @router.get("/health/ready")
     async def ready() -> JSONResponse:
-        return _readiness(served)
+        return _readiness(await models.served(None, load=False))
 
     @router.get("/models/{name}/ready")
     @router.get("/models/{name}/versions/{version}/ready")
     @rest.protocol_route
     async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
-        rest.check(served, request, name, version)
-        return _readiness(served)
+        return _readiness(await rest.check(models, request, name, version, load=False))
 
     @router.get("/models/{name}")
     @router.get("/models/{name}/versions/{version}")
     @rest.protocol_route
     async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
-        rest.check(served, request, name, version)
-        return JSONResponse(metadata(served))
+        return JSONResponse(metadata(await rest.check(models, request, name, version)))
 
     @router.post("/models/{name}/infer")
     @router.post("/models/{name}/versions/{version}/infer")
@@ -62,8 +62,30 @@ def create_router(served: Served) -> APIRouter:
         """One input, `image` (BYTES: encoded images, base64 in JSON, length-prefixed in binary) or `pixels`
         (FP32 [N, H, W, 3]); outputs `probabilities` (optionally as Triton's classification strings) and
         `labels`."""
-        rest.check(served, request, name, version)
-        return await _infer(served, request)
+        return await _infer(await rest.check(models, request, name, version), request)
+
+    @router.post("/repository/index")
+    @rest.protocol_route
+    async def repository_index(request: Request) -> JSONResponse:
+        """Triton's repository extension: every model, its version, state (READY, UNAVAILABLE, LOADING) and why;
+        {"ready": true} in the body: only the ready ones."""
+        rest.check_login(models, request)
+        asked = await rest.optional_json(request, "the index request")
+        listed = models.index()
+        if asked.get("ready") is True:
+            listed = [model for model in listed if model["state"] == "READY"]
+        return JSONResponse(listed)
+
+    @router.post("/repository/models/{name}/load")
+    @router.post("/repository/models/{name}/unload")
+    @rest.protocol_route
+    async def repository_change(request: Request, name: str) -> JSONResponse:
+        """Loads (or loads again) or unloads a model while the others serve: an admin action."""
+        rest.check_admin(models, request, open_admin)
+        await rest.optional_json(request, "the request")
+        action = models.load if request.url.path.endswith("/load") else models.unload
+        await rest.refused_as_protocol_error(action(name))
+        return JSONResponse({})
 
     return router
 

@@ -8,7 +8,7 @@ import base64
 import binascii
 import json
 import zlib
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,12 +34,15 @@ class Busy(ProtocolError):
 
 
 class Served:
-    """The model behind the protocol routes, as their clients name it: one name (conf's model_name) and the
-    version folder that serves (hot reload changes it; a model folder without versions is version 1)."""
+    """A model behind the protocol routes, as their clients name it: its name (its repository name, else its conf's
+    model_name) and the version folder that serves (hot reload changes it; a folder without versions is version 1).
+    """
 
-    def __init__(self, batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None, health: Any):
+    def __init__(self, batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None, health: Any,
+                 name: str | None = None):
         self.batcher, self.limits, self.credentials, self.health = batcher, limits, credentials, health
         self.body_limit = request_limit(limits)  # a JSON body is held in memory whole
+        self._fixed_name = name
         self._named: tuple[Any, str] | None = None  # (model, its name): read from its conf once per model
 
     @property
@@ -48,6 +51,8 @@ class Served:
 
     @property
     def name(self) -> str:
+        if self._fixed_name:
+            return self._fixed_name
         model = self.model
         if self._named is None or self._named[0] is not model:  # a hot reload may bring another conf
             self._named = (model, ArchJsonConfLoader(model.conf).get_model_name())
@@ -88,12 +93,10 @@ class Served:
         decodes_itself = getattr(getattr(self.model, "convention", None), "dtype", None) == ENCODED_INPUT
         return None if decodes_itself else getattr(self.model, "input_size", None)
 
-    def check_model(self, name: str, version: str | None) -> None:
-        """Raises the ProtocolError (404) for another model, or a version that does not serve."""
-        if name != self.name:
-            raise ProtocolError(404, f"unknown model {name!r}: this server serves {self.name!r}")
+    def check_version(self, version: str | None) -> None:
+        """Raises the ProtocolError (404) for a version that does not serve."""
         if version not in (None, "", self.version):
-            raise ProtocolError(404, f"version {version} of {name!r} is not served; version {self.version} is "
+            raise ProtocolError(404, f"version {version} of {self.name!r} is not served; version {self.version} is "
                                      "(the highest version folder)")
 
     def decoded(self, body: bytes, encoding: str) -> bytes:
@@ -165,6 +168,24 @@ class Served:
             raise ProtocolError(503, "the model was replaced while this request ran; send it again")
         scores: list[Scores] = results
         return np.stack([s.class_probabilities for s in scores]).astype(np.float32), scores[0].model
+
+
+class Catalog(Protocol):
+    """The models the protocols serve, by name (repository.Repository): what the routes of both transports ask."""
+
+    credentials: tuple[str, str] | None
+    body_limit: int  # the largest request any of its models takes (the gRPC port's message limit)
+
+    async def served(self, name: str | None, version: str | None = None, load: bool = True) -> Served:
+        """The model of that name (None: the default) and version, loaded first if it waits for a request (unless
+        `load` is false); ProtocolError 404 (unknown), 409 (refused at load), 503 (unloaded)."""
+
+    def index(self) -> list[dict]:
+        """Each model's name, version, state (READY, UNAVAILABLE, LOADING) and the reason (Triton's index)."""
+
+    async def load(self, name: str) -> Any: ...
+
+    async def unload(self, name: str) -> Any: ...
 
 
 def check_count(count: int, where: str) -> None:

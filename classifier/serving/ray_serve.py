@@ -37,6 +37,7 @@ from ..images import ImageError, limits_of
 from .api import create_app
 from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
 from .core import load_core
+from .repository import Repository
 
 # Which replica answered, and on which Ray node: for the operator, and the tests.
 REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
@@ -137,8 +138,7 @@ class Classifier:
 
     def __serve_build_asgi_app__(self) -> Any:
         # /admin/reload is left out: it would reload only the replica that answers (redeploy user_config instead).
-        app = create_app(self.batcher, limits_of(self.model), self.health, explainer=self.explainer,
-                         title="Image classifier (Ray Serve)")
+        app = create_app(Repository.of(self.core), reloading=False, title="Image classifier (Ray Serve)")
         if self.page:  # a browser that asks for / is sent to the page's application
             app.add_api_route("/", lambda: RedirectResponse(self.page.strip("/") + "/"), include_in_schema=False)
         return ReplicaHeaders(app, serve.get_replica_context().replica_id.unique_id,

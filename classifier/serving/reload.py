@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import describe, load
+from ..conf import JsonConfLoader
 from ..formats import latest_version
 from . import metrics
 from .batching import Batcher
@@ -25,8 +26,9 @@ class Reloader:
     photo is refused with a log line, and the old one keeps serving.
     """
 
-    def __init__(self, conf_path: Path, batcher: Batcher, warm_up_photo: Path):
-        self.conf_path = Path(conf_path)
+    def __init__(self, conf_path: Path, batcher: Batcher, warm_up_photo: Path, name: str | None = None):
+        """name: the model's name in /metrics (its repository name; by default its conf's model_name)."""
+        self.conf_path, self.name = Path(conf_path), name
         self.batcher = batcher
         self.warm_up_photo = warm_up_photo
         self._lock = threading.Lock()  # one switch at a time
@@ -60,7 +62,8 @@ class Reloader:
             model = self.batcher.model  # as serving sees it (contract.servable)
             self.conf_path = Path(conf_path)
             seconds = time.monotonic() - started
-            metrics.describe_model(model, seconds)
+            self.name = self.name or JsonConfLoader(model.conf).get_model_name()
+            metrics.describe_model(model, seconds, self.name)
             log.info("now serving %s (%s, loaded in %.1f s)", describe(model), reason, seconds)
             return model
 

@@ -9,15 +9,50 @@ from fastapi.responses import JSONResponse
 
 from .bodies import too_large
 from .guard import LOGIN_CHALLENGE, basic_auth_ok
-from .protocols import ProtocolError, Served
+from .protocols import Catalog, ProtocolError, Served, json_object
+from .errors import ADMIN_NEEDS_LOGIN, refusal_for
 from .service import BodyTooLarge, error, error_for, read_limited
 
+OPTIONS_LIMIT = 64 * 1024  # a repository request's JSON options
 
-def check(served: Served, request: Request, name: str, version: str | None) -> None:
-    """Raises the ProtocolError for a request without the login, or for another model or version."""
-    if not basic_auth_ok(request, served.credentials):
+
+async def check(models: Catalog, request: Request, name: str, version: str | None, load: bool = True) -> Served:
+    """The model the request names (loaded first if it waits for a request, unless `load` is false); the
+    ProtocolError for a request without the login, or for a model or version that does not serve."""
+    if not basic_auth_ok(request, models.credentials):
         raise ProtocolError(401, "authentication required")
-    served.check_model(name, version)
+    return await models.served(name, version, load)
+
+
+def check_login(models: Catalog, request: Request) -> None:
+    if not basic_auth_ok(request, models.credentials):
+        raise ProtocolError(401, "authentication required")
+
+
+def check_admin(models: Catalog, request: Request, open_admin: bool) -> None:
+    """The 401 without the login; the 403 of an admin action on a server with no login (unless --open-admin)."""
+    check_login(models, request)
+    if models.credentials is None and not open_admin:
+        raise ProtocolError(403, ADMIN_NEEDS_LOGIN)
+
+
+async def optional_json(request: Request, what: str) -> dict:
+    """A small JSON object body that may be empty (the repository extension's requests): {} when it is."""
+    try:
+        sent = await read_limited(request, OPTIONS_LIMIT)
+    except BodyTooLarge:
+        raise ProtocolError(413, too_large(what, OPTIONS_LIMIT)) from None
+    return json_object(sent, what, max_containers=64) if sent.strip() else {}
+
+
+async def refused_as_protocol_error(action: Awaitable[Any]) -> Any:
+    """A repository action's result; its refusal (an unknown model, one that cannot load) as a ProtocolError."""
+    try:
+        return await action
+    except Exception as exc:
+        if refusal := refusal_for(exc):
+            raise ProtocolError(refusal.status, refusal.message) from None
+        raise
 
 
 async def body(served: Served, request: Request) -> bytes:

@@ -29,12 +29,12 @@ from ..loader import example_photos
 from .api import create_app
 from .connections import with_read_timeout
 from .core import Core, load_core
+from .repository import Repository, warm_up as warm
 from .grpc_server import GrpcServer
 from . import gradio_internals
 from .guard import GuardConf, UploadBudget
-from .protocols import Served
 from .bodies import request_limit
-from .service import ADMIN_NEEDS_LOGIN
+from .errors import ADMIN_NEEDS_LOGIN
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class Settings:
     the Train tab is off (None: on; app.py decides it from the flags and who can reach the server)."""
 
     conf: Path
+    models: dict[str, Path] = field(default_factory=dict)  # a repository's: name → conf (empty: conf alone)
+    default_model: str | None = None  # the one /service and the page serve (else the only one, else the first)
+    lazy_load: bool = False  # each model but the default loads on its first request
+    max_loaded_models: int | None = None  # past it, the least recently used model is unloaded
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int = 0
@@ -84,19 +88,21 @@ class Server:
     """One server: its core, the page, the gRPC port and the ASGI app (`app`) that serves them all, with a
     lifespan that warms the model up before /readyz says yes and stops every part in order."""
 
-    def __init__(self, settings: Settings, core: Core):
-        self.settings, self.core = settings, core
+    def __init__(self, settings: Settings, models: Repository):
+        self.settings, self.models = settings, models
+        self.core = core = models.default
         # What the page gives out (CSVs, thumbnails, model zips) is written here, and nothing else is given out.
         self.page_files = Path(tempfile.mkdtemp(prefix="classifier-page-"))
         self.demo = build_demo(core.model, core.batcher, core.explainer, example_photos(), settings.flagging_dir,
                                settings.train_dir, self.serve_checkpoint, settings.training_off,
                                settings.flag_budget, self.page_files)
         self.demo.queue(max_size=core.batcher.conf.max_queue)
-        # The gRPC port: both protocols on the same batcher, limits and login as their REST forms, in this loop;
+        # The gRPC port: both protocols on each model's batcher and limits, the login as their REST forms, in
+        # this loop;
         # its connections: a quarter of the file limit (HTTP's --max-connections takes at most half), ≤ 256.
-        self.grpc = GrpcServer(Served(core.batcher, core.limits, settings.credentials, core.health), settings.host,
-                               settings.grpc_port, max_calls=settings.max_connections,
-                               max_connections=max(16, min(256, file_limit() // 4))) if settings.grpc_port else None
+        self.grpc = GrpcServer(models, settings.host, settings.grpc_port, max_calls=settings.max_connections,
+                               max_connections=max(16, min(256, file_limit() // 4)),
+                               open_admin=settings.open_admin) if settings.grpc_port else None
         self.app = self._asgi_app()
 
     @property
@@ -129,9 +135,8 @@ class Server:
                           uploads=UploadBudget(settings.upload_quota, settings.max_uploads,
                                                settings.upload_retention + 60))
         # /service, /explain, the protocols existing clients speak (KServe v2, TF Serving REST), probes, /metrics.
-        app = create_app(core.batcher, limits, core.health, settings.credentials, core.reloader, guard,
-                         core.explainer, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins,
-                         open_admin=settings.open_admin, lifespan=self._lifespan)
+        app = create_app(self.models, guard, allowed_hosts=settings.allowed_hosts,
+                         cors_origins=settings.cors_origins, open_admin=settings.open_admin, lifespan=self._lifespan)
         # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
         app = gr.mount_gradio_app(app, self.demo, path="/", auth=settings.credentials, max_file_size=upload_limit,
                                   css=CSS, root_path=settings.root_path or None, enable_monitoring=False,
@@ -147,14 +152,14 @@ class Server:
         core, settings = self.core, self.settings
 
         async def warm_up() -> None:
-            try:  # one request through the whole path (decode, batcher, model) before /readyz says yes
-                await core.batcher.classify(example_photos()[0].read_bytes())
-                core.health.ready = True
-                if self.grpc:
+            for loaded in self.models.loaded():  # the default first: /readyz waits for it alone
+                try:  # one request through the whole path (decode, batcher, model) before it says ready
+                    await warm(loaded)
+                except Exception as exc:
+                    loaded.health.reason = f"warm-up failed: {exc}"
+                    log.exception("warm-up failed")
+                if loaded is core and core.health.ready and self.grpc:
                     await self.grpc.ready()
-            except Exception as exc:
-                core.health.reason = f"warm-up failed: {exc}"
-                log.exception("warm-up failed")
 
         if self.grpc:
             await self.grpc.start()
@@ -165,7 +170,8 @@ class Server:
         if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
             core.reloader.reload_on_sighup()
         stop_polling = threading.Event()
-        core.poll(stop_polling)
+        for loaded in self.models.loaded():
+            loaded.poll(stop_polling)
         yield
         stop_polling.set()
         task.cancel()
@@ -174,7 +180,8 @@ class Server:
         sweeping.cancel()
         with suppress(asyncio.CancelledError):
             await sweeping  # its last act: the uploads still in the cache are deleted
-        await core.batcher.close()
+        for loaded in self.models.loaded():
+            await loaded.batcher.close()
         shutil.rmtree(self.page_files, ignore_errors=True)
 
     def run(self) -> None:
@@ -209,9 +216,27 @@ class StoppingGradio(uvicorn.Server):
 
 
 def build_server(settings: Settings, core: Core | None = None) -> Server:
-    """The whole server from its settings: the model loaded (or `core`, already loaded), every part built, no
-    port bound. Raises the library's errors for a broken conf or model."""
-    return Server(settings, core or load_core(settings.conf, top_k=settings.top_k))
+    """The whole server from its settings: every model loaded (or `core`, already loaded: one model), every part
+    built, no port bound. Raises the library's errors for a broken conf or default model (another model that
+    fails to load is listed UNAVAILABLE, with why, and the others serve)."""
+    return Server(settings, repository_of(settings, core))
+
+
+def repository_of(settings: Settings, core: Core | None = None) -> Repository:
+    """The server's models: settings.models by name, or settings.conf alone (named by its conf, as before)."""
+    def load(name: str, conf: Path) -> Core:
+        return load_core(conf, top_k=settings.top_k, name=name)
+
+    if core is not None:
+        return Repository.of(core, settings.credentials)
+    if not settings.models:
+        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), settings.credentials)
+    else:
+        # The named one, else the only one, else the first by name that loads.
+        repository = Repository(settings.models, settings.default_model, load, settings.credentials,
+                                lazy=settings.lazy_load, max_loaded=settings.max_loaded_models)
+        repository.load_at_start()
+    return repository
 
 
 def blocked_paths(folders: list[Path], keep: list[Path]) -> list[str]:

@@ -14,7 +14,7 @@ from .. import describe
 from ..images import Limits
 from .batching import Batcher
 from .bodies import MAX_FILES, request_limit, too_large
-from .errors import RETRY_AFTER_SECONDS, refusal_for
+from .errors import ADMIN_NEEDS_LOGIN, RETRY_AFTER_SECONDS, refusal_for
 from .guard import LOGIN_CHALLENGE, basic_auth_ok, byte_count
 
 log = logging.getLogger(__name__)
@@ -52,18 +52,18 @@ class Health:
         self.reason = "warming up"
 
 
-ADMIN_NEEDS_LOGIN = ("this action changes what the server serves, so it needs the login: start the server with "
-                     "--auth USER:PASS (or, on a machine of your own, --open-admin)")
 
 
-def create_router(batcher: Batcher, limits: Limits, health: Health, credentials: tuple[str, str] | None = None,
-                  reloader: Any = None, open_admin: bool = False) -> APIRouter:
-    """/service, /admin/reload and the probes. open_admin: let /admin/reload answer without --auth (else it is
-    refused with 403 when there is no login)."""
+def create_router(models: Any, credentials: tuple[str, str] | None = None, open_admin: bool = False,
+                  reloading: bool = True) -> APIRouter:
+    """/service (the default model) and /service/{name}, /admin/reload and the probes. models: the repository
+    (repository.Repository). open_admin: let /admin/reload answer without --auth (else it is refused with 403 when
+    there is no login). reloading: offer /admin/reload (Ray Serve's replicas do not: it would reload only one)."""
     router = APIRouter()
-    router.include_router(service_router(batcher, limits, credentials))
-    router.include_router(admin_router(reloader, credentials, open_admin))
-    router.include_router(probes_router(health))
+    router.include_router(service_router(models, credentials))
+    if reloading:
+        router.include_router(admin_router(models, credentials, open_admin))
+    router.include_router(probes_router(models))
     return router
 
 
@@ -74,25 +74,24 @@ def unauthorised(request: Request, credentials: tuple[str, str] | None) -> JSONR
     return error(401, "authentication required", **{"WWW-Authenticate": LOGIN_CHALLENGE})
 
 
-def service_router(batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None) -> APIRouter:
-    """POST|PUT /service: UAI's contract."""
+def service_router(models: Any, credentials: tuple[str, str] | None) -> APIRouter:
+    """POST|PUT /service: UAI's contract, on the default model; /service/{name}: the same, on a model by name."""
     router = APIRouter()
 
-    # One route per method: FastAPI names an operation by its route's first method, so a route of both would give
-    # POST and PUT one operationId in /openapi.json (clients generated from it clash).
-    @router.post("/service")
-    @router.put("/service")
-    async def service(request: Request) -> Any:
+    async def classify_request(request: Request, name: str | None) -> Any:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
         if refused := unauthorised(request, credentials):
             return refused
         try:
-            classify = classifier_for(request, batcher)
+            core = await models.get(name)
+            classify = classifier_for(request, core.batcher)
         except ValueError as exc:
             return error(400, str(exc))
+        except Exception as exc:  # an unknown model (404), one not loaded (503)
+            return error_for(exc)
         if media_type(request) == "multipart/form-data":
-            return await classify_multipart(request, classify, limits)
-        body = await read_image_body(request, limits.max_bytes)
+            return await classify_multipart(request, classify, core.limits)
+        body = await read_image_body(request, core.limits.max_bytes)
         if isinstance(body, JSONResponse):
             return body
         try:
@@ -100,7 +99,31 @@ def service_router(batcher: Batcher, limits: Limits, credentials: tuple[str, str
         except Exception as exc:
             return error_for(exc)
 
+    # One route per method: FastAPI names an operation by its route's first method, so a route of both would give
+    # POST and PUT one operationId in /openapi.json (clients generated from it clash).
+    @router.post("/service")
+    async def service(request: Request) -> Any:
+        """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
+        return await classify_request(request, None)
+
+    @router.put("/service")
+    async def service_put(request: Request) -> Any:
+        """As POST /service."""
+        return await classify_request(request, None)
+
+    @router.post("/service/{name}")
+    async def service_by_name(request: Request, name: str) -> Any:
+        """As POST /service, on the model of that name (404 with the names served for another)."""
+        return await classify_request(request, name)
+
+    @router.put("/service/{name}")
+    async def service_by_name_put(request: Request, name: str) -> Any:
+        """As POST /service/{name}."""
+        return await classify_request(request, name)
+
     @router.api_route("/service", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"], include_in_schema=False)
+    @router.api_route("/service/{name}", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"],
+                      include_in_schema=False)
     async def wrong_method(request: Request) -> JSONResponse:
         return error(405, f"{request.method} is not allowed: send the image with POST or PUT",
                      Allow="POST, PUT")
@@ -138,8 +161,8 @@ async def classify_multipart(request: Request, classify: Callable[[bytes], Await
     return json_response(results)
 
 
-def admin_router(reloader: Any, credentials: tuple[str, str] | None, open_admin: bool) -> APIRouter:
-    """POST /admin/reload: what changes the served model, behind the login."""
+def admin_router(models: Any, credentials: tuple[str, str] | None, open_admin: bool) -> APIRouter:
+    """POST /admin/reload: what changes the served model (the default), behind the login."""
     router = APIRouter()
 
     @router.post("/admin/reload")
@@ -149,10 +172,8 @@ def admin_router(reloader: Any, credentials: tuple[str, str] | None, open_admin:
             return refused
         if credentials is None and not open_admin:
             return error(403, ADMIN_NEEDS_LOGIN)
-        if reloader is None:
-            return error(404, "reloading is not available")
         try:  # a reload already under way is joined, not repeated
-            model = await asyncio.wrap_future(reloader.reload_shared("POST /admin/reload"))
+            model = await asyncio.wrap_future(models.default.reloader.reload_shared("POST /admin/reload"))
         except Exception as exc:
             return error(409, f"the new model was refused, the previous one still serves: {exc}")
         return JSONResponse({"status": "reloaded", "model": describe(model),
@@ -161,7 +182,7 @@ def admin_router(reloader: Any, credentials: tuple[str, str] | None, open_admin:
     return router
 
 
-def probes_router(health: Health) -> APIRouter:
+def probes_router(models: Any) -> APIRouter:
     """/healthz, /readyz and /metrics: open to all, as probes and scrapers are."""
     router = APIRouter()
 
@@ -177,7 +198,8 @@ def probes_router(health: Health) -> APIRouter:
 
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
-        """The model is loaded and warmed up: send traffic."""
+        """The default model is loaded and warmed up: send traffic."""
+        health = models.default.health
         if not health.ready:
             return error(503, f"not ready: {health.reason}", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
         return JSONResponse({"status": "ready"})

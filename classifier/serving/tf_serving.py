@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from ..labels import top_k
 from . import rest_protocols as rest
-from .protocols import ProtocolError, Served, check_count
+from .protocols import Catalog, ProtocolError, Served, check_count
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "pixels"  # {"b64": encoded image}; a tensor [H, W, 3] as preprocess makes it
 PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
@@ -19,8 +19,9 @@ PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
 _TARGET = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?:(?P<verb>\w+)")
 
 
-def create_router(served: Served) -> APIRouter:
-    """The TF Serving REST routes; all need --auth's login when it is set (TF Serving has no health probe)."""
+def create_router(models: Catalog) -> APIRouter:
+    """The TF Serving REST routes, each model by name; all need --auth's login when it is set (TF Serving has no
+    health probe)."""
     router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST API"])
 
     @router.get("/{name}")
@@ -28,7 +29,7 @@ def create_router(served: Served) -> APIRouter:
     @rest.protocol_route
     async def status(request: Request, name: str, version: str | None = None) -> JSONResponse:
         """The version that serves, as TF Serving reports it (LOADING until the warm-up has gone through)."""
-        rest.check(served, request, name, version)
+        served = await rest.check(models, request, name, version, load=False)
         state = "AVAILABLE" if served.health.ready else "LOADING"
         return JSONResponse({"model_version_status": [
             {"version": served.version, "state": state, "status": {"error_code": "OK", "error_message": ""}}]})
@@ -37,7 +38,7 @@ def create_router(served: Served) -> APIRouter:
     @router.get("/{name}/versions/{version}/metadata")
     @rest.protocol_route
     async def metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
-        rest.check(served, request, name, version)
+        served = await rest.check(models, request, name, version)
         return JSONResponse({"model_spec": {"name": served.name, "signature_name": "", "version": served.version},
                              "metadata": {"signature_def": {"signature_def": signatures(served)}}})
 
@@ -49,7 +50,7 @@ def create_router(served: Served) -> APIRouter:
         if not match or match["verb"] not in ("predict", "classify"):
             raise ProtocolError(404, f"no such method: POST /v1/models/{target}; use "
                                      "/v1/models/{name}[/versions/{v}]:predict or :classify")
-        rest.check(served, request, match["name"], match["version"])
+        served = await rest.check(models, request, match["name"], match["version"])
         # Off the event loop: a large body takes a while to parse and convert, and every request would wait.
         read = _predict_items if match["verb"] == "predict" else _classify_items
         key, items = await asyncio.to_thread(read, served, await rest.body(served, request))

@@ -1,0 +1,316 @@
+"""Many models in one server: a model repository, each model by name with its own core (batcher, engine, limits,
+hot reload), loaded and unloaded while the others serve, and its index as Triton's repository extension gives it.
+
+    --model-repository DIR   every entry of DIR is a model, named by its folder name or file stem
+    --model NAME=PATH        one model, named (repeatable); a plain --model PATH or --conf: one model, as before
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import classifier
+from ..conf import ArchJsonConfLoader, ConfError
+from ..from_path import MODEL_SUFFIXES, conf_for
+from ..loader import example_photos
+from . import metrics
+from .core import Core
+from .errors import ModelRefused, ModelUnavailable, UnknownModel, refusal_for
+from .protocols import ProtocolError, Served
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"  # Triton's names for a model's state
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+LOAD_ERRORS = (classifier.ConfError, classifier.ModelError, classifier.LabelsError, OSError)
+DRAIN_SECONDS = 30  # an unloaded model's requests in flight get this long to finish
+
+
+def checked_name(name: str, where: str) -> str:
+    """A model's name as the routes carry it (/service/NAME, /v2/models/NAME): ConfError for one they cannot."""
+    if not NAME.fullmatch(name):
+        raise ConfError(f"{where}: {name!r} cannot name a model: use letters, digits, '_', '.' and '-' (at most 64, "
+                        "starting with a letter or digit)")
+    return name
+
+
+def discover(folder: Path) -> dict[str, Path]:
+    """A model repository's models, by name → each one's conf.json. A folder holding a conf.json (UAI's keys, its
+    model_dir relative to it) is served as that conf says; any other folder, a model file or a .zip export as
+    `--model PATH` serves it, its input convention, labels and size inferred. Hidden entries and other files (a
+    README) are not models."""
+    if not folder.is_dir():
+        raise ConfError(f"--model-repository {folder}: no such folder")
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or (entry.is_file() and entry.suffix.lower() not in (*MODEL_SUFFIXES, ".zip")):
+            continue
+        name = checked_name(entry.stem if entry.is_file() else entry.name, f"--model-repository {folder}")
+        if name in found:
+            raise ConfError(f"--model-repository {folder}: two entries are named {name!r}; rename one")
+        found[name] = conf_of(entry)
+    if not found:
+        raise ConfError(f"--model-repository {folder}: no models in it (a model folder, a {', '.join(MODEL_SUFFIXES)} "
+                        "file or a .zip export per model)")
+    return found
+
+
+def conf_of(path: Path) -> Path:
+    """The conf.json that serves one repository entry (or --model NAME=PATH)."""
+    if path.is_dir() and (path / "conf.json").is_file():
+        return path / "conf.json"
+    return conf_for(path)[0]
+
+
+def named(pairs: list[str]) -> dict[str, Path]:
+    """--model NAME=PATH, each → its conf.json, by name."""
+    found: dict[str, Path] = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if not path:
+            raise ConfError(f"--model {pair}: give NAME=PATH to name a model among others")
+        if checked_name(name, f"--model {pair}") in found:
+            raise ConfError(f"--model {pair}: {name!r} is named twice")
+        found[name] = conf_of(Path(path).expanduser().resolve())
+    return found
+
+
+@dataclass
+class Entry:
+    """One model of the repository: its conf, its state (READY, UNAVAILABLE, LOADING) and why, its core once loaded."""
+
+    name: str
+    conf: Path
+    state: str = UNAVAILABLE
+    reason: str = "not loaded"
+    core: Core | None = None
+    served: Served | None = None
+    used: float = 0.0  # time.monotonic() of its last request
+    on_request: bool = False  # not loaded yet (--lazy-load), or unloaded to make room: its next request loads it
+
+
+class Repository:
+    """The models one server serves, by name, with the one that /service, the page and nameless calls answer (the
+    default). Each loaded model has its own core; loading one runs in a thread and never holds the others."""
+
+    def __init__(self, confs: dict[str, Path], default: str | None, load: Callable[[str, Path], Core],
+                 credentials: tuple[str, str] | None = None, named_by_conf: bool = False, lazy: bool = False,
+                 max_loaded: int | None = None):
+        """load(name, conf) → its Core (raises the library's errors for a broken model). default: None for the first
+        by name that loads (load_at_start decides). named_by_conf: one model served under its conf's model_name,
+        which a hot reload or the Train tab may change (the single-model server, as before there was a
+        repository). lazy: load each model but the default on its first request. max_loaded: at most that many
+        loaded at once; loading one more unloads the least recently used (never the default)."""
+        if default is not None and default not in confs:
+            raise ConfError(f"--default-model {default}: no model of that name (there are {', '.join(confs)})")
+        if max_loaded is not None and max_loaded < 1:
+            raise ConfError(f"--max-loaded-models {max_loaded}: at least 1 (the default model)")
+        self.lazy, self.max_loaded = lazy, max_loaded
+        self.entries = {name: Entry(name, conf) for name, conf in sorted(confs.items())}  # the index, by name
+        self.default_name, self.credentials = default, credentials
+        self._load, self._named_by_conf = load, named_by_conf
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._guard = threading.Lock()
+
+    @classmethod
+    def of(cls, core: Core, credentials: tuple[str, str] | None = None) -> Repository:
+        """A repository of one model, loaded already (each Ray Serve replica's)."""
+        name = ArchJsonConfLoader(core.model.conf).get_model_name()
+        repository = cls({name: core.conf_path}, name, lambda name, conf: core, credentials, named_by_conf=True)
+        repository._serve(repository.entries[name], core)
+        return repository
+
+    # Lookup: every door asks by name (None: the default).
+    def entry(self, name: str | None = None) -> Entry:
+        if name is None:
+            return self.entries[self.default_name]
+        if name in self.entries:
+            return self.entries[name]
+        default = self.entries[self.default_name]
+        if self._named_by_conf and default.served and default.served.name == name:
+            return default
+        raise UnknownModel(f"unknown model {name!r}: this server serves {', '.join(map(repr, self.names))}")
+
+    @property
+    def names(self) -> list[str]:
+        return [self.served_name(entry) for entry in self.entries.values()]
+
+    def served_name(self, entry: Entry) -> str:
+        return entry.served.name if entry.served else entry.name
+
+    def core(self, name: str | None = None) -> Core:
+        """The loaded model's core, as it is now (nothing is loaded); UnknownModel, or ModelUnavailable with its
+        state and reason."""
+        entry = self.entry(name)
+        if entry.state != READY or entry.core is None:
+            raise ModelUnavailable(f"model {entry.name!r} is {entry.state.lower()}: {entry.reason}")
+        entry.used = time.monotonic()
+        return entry.core
+
+    async def get(self, name: str | None = None) -> Core:
+        """The model's core for a request: loaded first if it waits for its first request (--lazy-load) or was
+        unloaded to make room (--max-loaded-models). UnknownModel; ModelUnavailable (unloaded by an admin, refused
+        at load); ModelRefused if loading it now fails."""
+        entry = self.entry(name)
+        if entry.on_request and entry.core is None:
+            await self._load_on_request(entry)
+        return self.core(name)
+
+    @property
+    def default(self) -> Core:
+        return self.core(None)
+
+    async def served(self, name: str | None, version: str | None = None, load: bool = True) -> Served:
+        """What the protocols serve under `name` (and `version`), loaded first if it waits for a request (unless
+        `load` is false: a readiness or status question); their 404, 409 or 503 otherwise."""
+        try:
+            await self.get(name) if load else self.core(name)
+        except (UnknownModel, ModelUnavailable, ModelRefused) as exc:
+            raise ProtocolError(refusal_for(exc).status, str(exc)) from None
+        served = self.entry(name).served
+        served.check_version(version)
+        return served
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body any loaded model takes (the gRPC port's message limit, set when it starts)."""
+        return max(entry.served.body_limit for entry in self.entries.values() if entry.served)
+
+    def index(self) -> list[dict]:
+        """Triton's repository index: each model's name, version, state and reason."""
+        return [{"name": self.served_name(entry), "version": entry.served.version if entry.served else "",
+                 "state": entry.state, "reason": "" if entry.state == READY else entry.reason}
+                for entry in self.entries.values()]
+
+    def loaded(self) -> list[Core]:
+        """The loaded models' cores, the default first."""
+        entries = sorted(self.entries.values(), key=lambda entry: entry.name != self.default_name)
+        return [entry.core for entry in entries if entry.core is not None]
+
+    # Loading and unloading.
+    def load_at_start(self) -> None:
+        """Every model, one after the other, by name. A model that fails is UNAVAILABLE, with its reason, and the
+        others serve; but the default must load (it serves /service and the page), else this raises its error.
+        With no default named, the first that loads is the default."""
+        failures = []
+        for entry in self.entries.values():
+            if self.default_name not in (None, entry.name) and (self.lazy or self._full()):
+                entry.on_request, entry.reason = True, ("not loaded yet: it loads on its first request" if self.lazy
+                                                        else f"not loaded: --max-loaded-models {self.max_loaded}; it "
+                                                             "loads on its first request")
+                continue
+            entry.state, entry.reason = LOADING, "loading"
+            try:
+                self._serve(entry, self._load(entry.name, entry.conf))
+            except LOAD_ERRORS as exc:
+                if entry.name == self.default_name:
+                    raise
+                entry.state, entry.reason = UNAVAILABLE, str(exc)
+                failures.append(exc)
+                log.error("model %r is unavailable: %s", entry.name, exc)
+            else:
+                self.default_name = self.default_name or entry.name
+        if self.default_name is None:
+            raise failures[0]
+
+    def _serve(self, entry: Entry, core: Core) -> None:
+        entry.core, entry.used = core, time.monotonic()
+        entry.served = Served(core.batcher, core.limits, self.credentials, core.health,
+                              name=None if self._named_by_conf else entry.name)
+        entry.state, entry.reason = READY, ""
+
+    def _full(self) -> bool:
+        return self.max_loaded is not None and len(self.loaded()) >= self.max_loaded
+
+    async def _load_on_request(self, entry: Entry) -> None:
+        async with self._lock(entry.name):
+            if entry.core is None:  # not loaded meanwhile by a request before this one
+                await self._load_into(entry)
+                metrics.MODEL_LOADS.labels(entry.name, "on request").inc()
+        await self._make_room(keep=entry)
+
+    async def _make_room(self, keep: Entry) -> None:
+        """Past max_loaded, the least recently used models (not the default, not `keep`) are unloaded; their
+        requests in flight finish first, and their next request loads them again."""
+        while self.max_loaded is not None and len(self.loaded()) > self.max_loaded:
+            candidates = [entry for entry in self.entries.values()
+                          if entry.core is not None and entry is not keep and entry.name != self.default_name]
+            if not candidates:
+                return
+            oldest = min(candidates, key=lambda entry: entry.used)
+            await self.unload(oldest.name, why=f"unloaded to make room (--max-loaded-models {self.max_loaded}): it "
+                                               "loads again on its next request")
+            oldest.on_request = True
+
+    async def _load_into(self, entry: Entry) -> None:
+        """Loads the entry's model in a thread (the others serve meanwhile), warms it up, serves it."""
+        entry.state, entry.reason = LOADING, "loading"
+        try:
+            core = await asyncio.to_thread(self._load, entry.name, entry.conf)
+        except LOAD_ERRORS as exc:
+            entry.state, entry.reason, entry.on_request = UNAVAILABLE, str(exc), False
+            metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
+            raise ModelRefused(f"model {entry.name!r} cannot be loaded: {exc}") from None
+        try:
+            await warm_up(core)
+        except Exception as exc:  # loaded, but it cannot classify the warm-up photo
+            await core.batcher.close()
+            entry.state, entry.reason, entry.on_request = UNAVAILABLE, f"warm-up failed: {exc}", False
+            metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
+            raise ModelRefused(f"model {entry.name!r} failed its warm-up: {exc}") from None
+        self._serve(entry, core)
+        entry.on_request = False
+        log.info("model %r loaded", entry.name)
+
+    async def load(self, name: str) -> Entry:
+        """Loads a model (a loaded one: loaded again from its files, beside the serving one, and swapped in, as a
+        hot reload does), warms it up, and serves it. ModelRefused, with the reason, if it is refused."""
+        entry = self.entry(name)
+        async with self._lock(entry.name):
+            if entry.core is not None:
+                try:
+                    await asyncio.wrap_future(entry.core.reloader.reload_shared(f"load of {entry.name!r}"))
+                except Exception as exc:
+                    raise ModelRefused(f"model {entry.name!r} was refused, the previous one still serves: "
+                                       f"{exc}") from None
+                return entry
+            await self._load_into(entry)
+            metrics.MODEL_LOADS.labels(entry.name, "asked").inc()
+        await self._make_room(keep=entry)
+        return entry
+
+    async def unload(self, name: str, why: str = "unloaded") -> Entry:
+        """Stops serving a model: new requests get 503; those in flight finish (up to DRAIN_SECONDS) before its
+        batcher stops and its memory is freed. The default model serves /service and the page: it stays."""
+        entry = self.entry(name)
+        if entry.name == self.default_name:
+            raise ModelRefused(f"model {entry.name!r} is the default (it serves /service and the page) and "
+                               "cannot be unloaded; start the server with another --default-model")
+        async with self._lock(entry.name):
+            core, entry.core, entry.served = entry.core, None, None
+            entry.state, entry.reason, entry.on_request = UNAVAILABLE, why, False
+            if core is not None:
+                deadline = time.monotonic() + DRAIN_SECONDS
+                while core.batcher.pending and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                await core.batcher.close()
+                metrics.forget_model(entry.name)
+                metrics.MODEL_UNLOADS.labels(entry.name).inc()
+                log.info("model %r %s", entry.name, why)
+            return entry
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, asyncio.Lock())
+
+
+async def warm_up(core: Core) -> None:
+    """One request through the whole path (decode, batcher, model) before the model says ready."""
+    await core.batcher.classify(example_photos()[0].read_bytes())
+    core.health.ready = True
