@@ -29,6 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
                         help="serve every model in DIR, each named by its folder name or file stem (a folder "
                              "holding a conf.json is served as it says)")
+    parser.add_argument("--repository-poll-secs", type=float, default=0, metavar="SECONDS",
+                        help="look at --model-repository every SECONDS: a model added is served, one removed is "
+                             "unloaded (Triton's flag; default 0: never)")
     parser.add_argument("--lazy-load", action="store_true",
                         help="with several models: load each (but the default) on its first request, not at start")
     parser.add_argument("--max-loaded-models", type=int, default=None, metavar="N",
@@ -174,7 +177,8 @@ def settings_from(args: argparse.Namespace):
         sys.exit("error: --auth must be USER:PASS")
     return Settings(
         conf=conf, models=named, default_model=args.default_model, lazy_load=args.lazy_load,
-        max_loaded_models=args.max_loaded_models, host=args.host, port=args.port,
+        max_loaded_models=args.max_loaded_models, model_repository=args.model_repository,
+        repository_poll_seconds=args.repository_poll_secs, host=args.host, port=args.port,
         grpc_port=args.grpc_port,
         root_path="/" + args.root_path.strip("/") if args.root_path.strip("/") else "",
         credentials=credentials, allowed_hosts=allowed_hosts(args),

@@ -237,3 +237,31 @@ def test_at_most_n_models_stay_loaded_the_least_recently_used_making_room(tmp_pa
         assert not client.is_model_ready("a")  # asking whether it is ready loads nothing
         answer = client.infer("a", [triton_image(triton_http, RED)], outputs=[triton_http.InferRequestedOutput("labels")])
         assert answer.as_numpy("labels")[0][0].decode() == "red" and states(lazy.url)["a"] == ("READY", "")
+
+
+def test_a_model_added_to_the_folder_is_served_and_one_removed_leaves(tmp_path):
+    import shutil
+    import time
+
+    def colour_model(name: str) -> None:
+        write_colour_graph(tmp_path / ".making" / name / "model")
+        write_conf(tmp_path / ".making" / name)
+        (tmp_path / ".making" / name).rename(tmp_path / name)  # whole, as a copy done elsewhere then moved in
+
+    def until(check, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, states(running.url)
+            time.sleep(0.1)
+
+    colour_model("a")
+    with InProcessServer("--model-repository", str(tmp_path), "--repository-poll-secs", "0.2") as running:
+        colour_model("b")
+        until(lambda: states(running.url).get("b") == ("READY", ""))
+        assert service(running.url, RED, "b").json()[0][0] == "red"
+        shutil.rmtree(tmp_path / "b")
+        until(lambda: "b" not in states(running.url))
+        assert service(running.url, RED, "b").status_code == 404
+        shutil.rmtree(tmp_path / "a")  # the default: it keeps serving from memory
+        time.sleep(1)
+        assert states(running.url) == {"a": ("READY", "")} and service(running.url, RED).status_code == 200

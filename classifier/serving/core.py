@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ class Core:
     reloader: Reloader
     health: Health
     reload_poll_seconds: int
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def model(self) -> Any:
@@ -41,10 +42,15 @@ class Core:
     def limits(self) -> Limits:
         return limits_of(self.model)
 
-    def poll(self, stop: threading.Event) -> None:
-        """Looks for a new version folder every reload_poll_seconds (if set) in a daemon thread, until `stop`."""
+    def poll(self, stop: threading.Event | None = None) -> None:
+        """Looks for a new version folder every reload_poll_seconds (if set) in a daemon thread, until `stop` (by
+        default, until stop_polling())."""
         if self.reload_poll_seconds:
-            threading.Thread(target=self.reloader.poll, args=(self.reload_poll_seconds, stop), daemon=True).start()
+            threading.Thread(target=self.reloader.poll, args=(self.reload_poll_seconds, stop or self._stop),
+                             daemon=True).start()
+
+    def stop_polling(self) -> None:
+        self._stop.set()
 
 
 def load_core(conf_path: Path, top_k: int | None = None,

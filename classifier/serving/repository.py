@@ -93,6 +93,7 @@ class Entry:
     served: Served | None = None
     used: float = 0.0  # time.monotonic() of its last request
     on_request: bool = False  # not loaded yet (--lazy-load), or unloaded to make room: its next request loads it
+    in_folder: bool = False  # found in the --model-repository folder (a rescan may add or remove it)
 
 
 class Repository:
@@ -101,21 +102,26 @@ class Repository:
 
     def __init__(self, confs: dict[str, Path], default: str | None, load: Callable[[str, Path], Core],
                  credentials: tuple[str, str] | None = None, named_by_conf: bool = False, lazy: bool = False,
-                 max_loaded: int | None = None):
+                 max_loaded: int | None = None, folder: Path | None = None):
         """load(name, conf) → its Core (raises the library's errors for a broken model). default: None for the first
         by name that loads (load_at_start decides). named_by_conf: one model served under its conf's model_name,
         which a hot reload or the Train tab may change (the single-model server, as before there was a
         repository). lazy: load each model but the default on its first request. max_loaded: at most that many
-        loaded at once; loading one more unloads the least recently used (never the default)."""
+        loaded at once; loading one more unloads the least recently used (never the default). folder: the
+        --model-repository folder (its entries among confs), which rescan() looks at again."""
         if default is not None and default not in confs:
             raise ConfError(f"--default-model {default}: no model of that name (there are {', '.join(confs)})")
         if max_loaded is not None and max_loaded < 1:
             raise ConfError(f"--max-loaded-models {max_loaded}: at least 1 (the default model)")
         self.lazy, self.max_loaded = lazy, max_loaded
-        self.entries = {name: Entry(name, conf) for name, conf in sorted(confs.items())}  # the index, by name
+        self.folder = folder
+        in_folder = set(discover(folder)) if folder else set()
+        self.entries = {name: Entry(name, conf, in_folder=name in in_folder)  # the index, by name
+                        for name, conf in sorted(confs.items())}
         self.default_name, self.credentials = default, credentials
         self._load, self._named_by_conf = load, named_by_conf
         self._locks: dict[str, asyncio.Lock] = {}
+        self._polling = False  # each loaded model polls for new version folders (once the server runs)
         self._guard = threading.Lock()
 
     @classmethod
@@ -219,11 +225,60 @@ class Repository:
         if self.default_name is None:
             raise failures[0]
 
+    def start_polling(self) -> None:
+        """Every loaded model, and each one loaded from now on, looks for new version folders (its conf's
+        reload_poll_seconds), until it is unloaded or stop_polling()."""
+        self._polling = True
+        for core in self.loaded():
+            core.poll()
+
+    def stop_polling(self) -> None:
+        self._polling = False
+        for core in self.loaded():
+            core.stop_polling()
+
     def _serve(self, entry: Entry, core: Core) -> None:
+        if self._polling:
+            core.poll()
         entry.core, entry.used = core, time.monotonic()
         entry.served = Served(core.batcher, core.limits, self.credentials, core.health,
                               name=None if self._named_by_conf else entry.name)
         entry.state, entry.reason = READY, ""
+
+    async def watch(self, seconds: float) -> None:
+        """Looks at the repository folder every `seconds` (Triton's --repository-poll-secs), until cancelled."""
+        while True:
+            await asyncio.sleep(seconds)
+            await self.rescan()
+
+    async def rescan(self) -> None:
+        """A model added to the repository folder is served (loaded now, or on its first request under --lazy-load
+        or a full --max-loaded-models); one removed is unloaded once its requests have finished and leaves the
+        index. The default model, and models named by --model NAME=PATH, stay."""
+        try:
+            found = await asyncio.to_thread(discover, self.folder)
+        except ConfError as exc:  # a bad new name, an emptied folder: the models served stay as they are
+            log.error("the model repository was not rescanned: %s", exc)
+            return
+        added = [name for name in found if name not in self.entries]
+        for name in added:
+            self.entries[name] = Entry(name, found[name], in_folder=True)
+        self.entries = dict(sorted(self.entries.items()))
+        for name in added:
+            entry = self.entries[name]
+            if self.lazy or self._full():
+                entry.on_request, entry.reason = True, "not loaded yet: it loads on its first request"
+                continue
+            try:
+                await self.load(name)
+            except ModelRefused as exc:
+                log.error("model %r, added to the repository, is unavailable: %s", name, exc)
+        for name in [name for name, entry in self.entries.items() if entry.in_folder and name not in found]:
+            if name == self.default_name:
+                log.warning("model %r, the default, was removed from the repository; it keeps serving", name)
+                continue
+            await self.unload(name, why="removed from the repository")
+            del self.entries[name]
 
     def _full(self) -> bool:
         return self.max_loaded is not None and len(self.loaded()) >= self.max_loaded
@@ -296,6 +351,7 @@ class Repository:
             core, entry.core, entry.served = entry.core, None, None
             entry.state, entry.reason, entry.on_request = UNAVAILABLE, why, False
             if core is not None:
+                core.stop_polling()
                 deadline = time.monotonic() + DRAIN_SECONDS
                 while core.batcher.pending and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)

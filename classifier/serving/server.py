@@ -61,6 +61,8 @@ class Settings:
     default_model: str | None = None  # the one /service and the page serve (else the only one, else the first)
     lazy_load: bool = False  # each model but the default loads on its first request
     max_loaded_models: int | None = None  # past it, the least recently used model is unloaded
+    model_repository: Path | None = None  # the folder of models (its entries are among `models`)
+    repository_poll_seconds: float = 0  # how often to look at it for models added or removed (0: never)
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int = 0
@@ -165,16 +167,18 @@ class Server:
             await self.grpc.start()
         task = asyncio.create_task(warm_up())
         sweeping = asyncio.create_task(delete_old_uploads(self.demo, settings.upload_retention))
+        watching = asyncio.create_task(self.models.watch(settings.repository_poll_seconds)) \
+            if settings.model_repository and settings.repository_poll_seconds else None
         if settings.share:
             threading.Thread(target=open_share_link, args=(settings.port,), daemon=True).start()
         if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
             core.reloader.reload_on_sighup()
-        stop_polling = threading.Event()
-        for loaded in self.models.loaded():
-            loaded.poll(stop_polling)
+        self.models.start_polling()
         yield
-        stop_polling.set()
+        self.models.stop_polling()
         task.cancel()
+        if watching:
+            watching.cancel()
         if self.grpc:  # after the HTTP requests in flight have finished (uvicorn's graceful shutdown)
             await self.grpc.stop(GRPC_GRACE_SECONDS)
         sweeping.cancel()
@@ -234,7 +238,8 @@ def repository_of(settings: Settings, core: Core | None = None) -> Repository:
     else:
         # The named one, else the only one, else the first by name that loads.
         repository = Repository(settings.models, settings.default_model, load, settings.credentials,
-                                lazy=settings.lazy_load, max_loaded=settings.max_loaded_models)
+                                lazy=settings.lazy_load, max_loaded=settings.max_loaded_models,
+                                folder=settings.model_repository)
         repository.load_at_start()
     return repository
 
