@@ -1,0 +1,118 @@
+"""python -m bench.many_models [--seconds S]: one server of three models against a server of one, in one run.
+
+a. POST /service c16 on a server of one model;
+b. c16 spread over three models by name (/service/NAME: three wrk clients, 6 + 5 + 5 connections) on a server of
+   three, in the same run: its rate over (a)'s;
+c. the two servers' RSS after their c16 runs (every model has served): what each added model costs;
+d. a third model loaded (POST /v2/repository/models/NAME/load) while two serve under c16: how long it took, and the
+   two's p99 during it beside their p99 in the same run without it.
+
+The three models are the default EfficientNet-Lite0 under three names (links to checkpoint_dir/). Each is loaded as
+a model of its own, with its own engine and batcher. A model retrained here is that network with another last
+layer, so it is the same size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from bench import wrk
+from bench.__main__ import JPEGS, cpu_name
+from bench.server import ROOT, ServerProcess
+
+NAMES = ("a", "b", "c")
+
+
+def repository(folder: Path, names: tuple[str, ...]) -> Path:
+    folder.mkdir()
+    for name in names:
+        (folder / name).symlink_to(ROOT / "checkpoint_dir", target_is_directory=True)
+    return folder
+
+
+def spread(url: str, shares: dict[str, int], seconds: float) -> dict:
+    """wrk on /service/NAME for each model at once (its share of the connections): the summed rate, the worst p99."""
+    runs: dict[str, dict] = {}
+
+    def drive(name: str, connections: int) -> None:
+        runs[name] = wrk.drive(url, JPEGS, connections, seconds, path=f"/service/{name}")
+
+    threads = [threading.Thread(target=drive, args=item) for item in shares.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"img_s": round(sum(run["img_s"] for run in runs.values()), 1),
+            "p99_ms": max(run["p99_ms"] for run in runs.values()),
+            "non_2xx": sum(run["non_2xx"] + run["socket_errors"] for run in runs.values()), "by_model": runs}
+
+
+def post(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=300) as answer:
+        answer.read()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.many_models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10, help="each wrk run (default 10)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "many_models.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-many-"))
+    report: dict = {"machine": {"processor": cpu_name()}, "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "seconds": args.seconds}
+
+    one = ServerProcess("--model-repository", str(repository(work / "one", NAMES[:1])))
+    try:
+        report["one"] = {"ready_rss_mb": round(one.ready_rss_mb), **spread(one.url, {"a": 16}, args.seconds),
+                         "rss_after_mb": round(one.rss_mb()[0])}
+    finally:
+        one.stop()
+    three = ServerProcess("--model-repository", str(repository(work / "three", NAMES)), "--open-admin")
+    try:
+        report["three"] = {"ready_rss_mb": round(three.ready_rss_mb),
+                           **spread(three.url, {"a": 6, "b": 5, "c": 5}, args.seconds),
+                           "rss_after_mb": round(three.rss_mb()[0])}
+        post(f"{three.url}/v2/repository/models/c/unload")
+        report["two_alone"] = spread(three.url, {"a": 8, "b": 8}, args.seconds)
+        loading: dict = {}
+
+        def load_c() -> None:
+            time.sleep(args.seconds / 3)
+            loading["seconds"] = round(post(f"{three.url}/v2/repository/models/c/load"), 2)
+
+        loader = threading.Thread(target=load_c)
+        loader.start()
+        report["two_while_c_loads"] = spread(three.url, {"a": 8, "b": 8}, args.seconds)
+        loader.join()
+        report["load_seconds"] = loading["seconds"]
+    finally:
+        three.stop()
+
+    report["three_over_one_c16"] = round(report["three"]["img_s"] / report["one"]["img_s"], 3)
+    # After each server's c16 run: every model has served (and grown its engine's buffers), not only loaded.
+    report["rss_per_added_model_mb"] = round((report["three"]["rss_after_mb"] - report["one"]["rss_after_mb"]) / 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"| measured | value |\n|---|---|\n"
+          f"| /service c16, one model | {report['one']['img_s']} img/s |\n"
+          f"| /service c16 over three models by name | {report['three']['img_s']} img/s "
+          f"({report['three_over_one_c16']:.0%} of one) |\n"
+          f"| RSS after its c16 run: one model, three models | {report['one']['rss_after_mb']} MB, "
+          f"{report['three']['rss_after_mb']} MB ({report['rss_per_added_model_mb']} MB per added model) |\n"
+          f"| one more model loaded under c16 | {report['load_seconds']} s |\n"
+          f"| the two serving: p99 without, during that load | {report['two_alone']['p99_ms']} ms, "
+          f"{report['two_while_c_loads']['p99_ms']} ms |\n"
+          f"| non-2xx or socket errors, all runs | "
+          f"{sum(report[k]['non_2xx'] for k in ('one', 'three', 'two_alone', 'two_while_c_loads'))} |")
+
+
+if __name__ == "__main__":
+    main()
