@@ -201,13 +201,13 @@ def models_by_name(repository: Path | None, models: list[str]) -> dict:
                                                            for m in models):
         return {}
     found = discover(repository) if repository else {}
-    for spec in models:  # a plain PATH among several: named by its folder name or file stem
-        name, _, path = spec.partition("=")
-        pair = spec if path and NAME.fullmatch(name) else f"{Path(spec).stem}={spec}"
-        for name, conf in named([pair]).items():
-            if name in found:
-                raise ConfError(f"--model {spec}: a model named {name!r} is served already")
-            found[name] = conf
+    # A plain PATH among several is named by its folder name or file stem.
+    pairs = [spec if "=" in spec and NAME.fullmatch(spec.partition("=")[0]) else f"{Path(spec).stem}={spec}"
+             for spec in models]
+    for name, conf in named(pairs).items():
+        if name in found:
+            raise ConfError(f"--model {name}=…: a model named {name!r} is served already")
+        found[name] = conf
     return found
 
 

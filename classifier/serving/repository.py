@@ -76,7 +76,7 @@ def named(pairs: list[str]) -> dict[str, Path]:
         if not path:
             raise ConfError(f"--model {pair}: give NAME=PATH to name a model among others")
         if checked_name(name, f"--model {pair}") in found:
-            raise ConfError(f"--model {pair}: {name!r} is named twice")
+            raise ConfError(f"--model {pair}: {name!r} is named twice (a model of that name is served already)")
         found[name] = conf_of(Path(path).expanduser().resolve())
     return found
 
@@ -115,7 +115,9 @@ class Repository:
             raise ConfError(f"--max-loaded-models {max_loaded}: at least 1 (the default model)")
         self.lazy, self.max_loaded = lazy, max_loaded
         self.folder = folder
-        in_folder = set(discover(folder)) if folder else set()
+        # Which names came from the folder, by discover()'s naming rule, without discovering again (that would hash
+        # every .zip and write every conf a second time at start).
+        in_folder = {entry.stem if entry.is_file() else entry.name for entry in folder.iterdir()} if folder else set()
         self.entries = {name: Entry(name, conf, in_folder=name in in_folder)  # the index, by name
                         for name, conf in sorted(confs.items())}
         self.default_name, self.credentials = default, credentials
