@@ -7,9 +7,11 @@ c. the two servers' RSS after their c16 runs (every model has served): what each
 d. a third model loaded (POST /v2/repository/models/NAME/load) while two serve under c16: how long it took, and the
    two's p99 during it beside their p99 in the same run without it.
 
-The three models are the default EfficientNet-Lite0 under three names (links to checkpoint_dir/). Each is loaded as
-a model of its own, with its own engine and batcher. A model retrained here is that network with another last
-layer, so it is the same size.
+The three models are the default EfficientNet-Lite0 under three names (each a folder whose conf.json serves
+checkpoint_dir/). Each is loaded as a model of its own, with its own engine and batcher. A model retrained here is
+that network with another last layer, so it is the same size. Every model runs on one engine (--runtime, LiteRT by
+default): left to `auto`, a busy machine's timing can pick another engine for one server than for the other, and
+the memory per model would then compare two engines.
 """
 from __future__ import annotations
 
@@ -23,15 +25,15 @@ from pathlib import Path
 
 from bench import wrk
 from bench.__main__ import JPEGS, cpu_name
-from bench.server import ROOT, ServerProcess
+from bench.server import ROOT, ServerProcess, conf_variant
 
 NAMES = ("a", "b", "c")
 
 
-def repository(folder: Path, names: tuple[str, ...]) -> Path:
-    folder.mkdir()
+def repository(folder: Path, names: tuple[str, ...], runtime: str) -> Path:
     for name in names:
-        (folder / name).symlink_to(ROOT / "checkpoint_dir", target_is_directory=True)
+        (folder / name).mkdir(parents=True)
+        conf_variant(folder / name, tensorflow={"runtime": runtime})
     return folder
 
 
@@ -59,23 +61,18 @@ def post(url: str) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.many_models", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10, help="each wrk run (default 10)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "many_models.json")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-many-"))
+def measure(work: Path, args: argparse.Namespace) -> dict:
+    """Runs (a) to (d) on model repositories made in work; the report without its ratios."""
     report: dict = {"machine": {"processor": cpu_name()}, "date": time.strftime("%Y-%m-%d %H:%M"),
-                    "seconds": args.seconds}
+                    "seconds": args.seconds, "runtime": args.runtime}
 
-    one = ServerProcess("--model-repository", str(repository(work / "one", NAMES[:1])))
+    one = ServerProcess("--model-repository", str(repository(work / "one", NAMES[:1], args.runtime)))
     try:
         report["one"] = {"ready_rss_mb": round(one.ready_rss_mb), **spread(one.url, {"a": 16}, args.seconds),
                          "rss_after_mb": round(one.rss_mb()[0])}
     finally:
         one.stop()
-    three = ServerProcess("--model-repository", str(repository(work / "three", NAMES)), "--open-admin")
+    three = ServerProcess("--model-repository", str(repository(work / "three", NAMES, args.runtime)), "--open-admin")
     try:
         report["three"] = {"ready_rss_mb": round(three.ready_rss_mb),
                            **spread(three.url, {"a": 6, "b": 5, "c": 5}, args.seconds),
@@ -96,6 +93,18 @@ def main() -> None:
     finally:
         three.stop()
 
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.many_models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10, help="each wrk run (default 10)")
+    parser.add_argument("--runtime", default="litert", help="every model's engine (default litert)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "many_models.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-many-") as work:
+        report = measure(Path(work), args)
     report["three_over_one_c16"] = round(report["three"]["img_s"] / report["one"]["img_s"], 3)
     # After each server's c16 run: every model has served (and grown its engine's buffers), not only loaded.
     report["rss_per_added_model_mb"] = round((report["three"]["rss_after_mb"] - report["one"]["rss_after_mb"]) / 2)
