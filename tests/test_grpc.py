@@ -147,8 +147,8 @@ def test_kserve_errors_have_their_codes_and_our_messages(client, photo_bytes):
 
 def queue_depth_and_ok_images(server) -> tuple[float, float]:
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    depth = float(re.search(r"^classifier_queue_depth (\S+)", text, re.M)[1])
-    ok = float(re.search(r'^classifier_images_total\{outcome="ok"\} (\S+)', text, re.M)[1])
+    depth = float(re.search(r'^classifier_queue_depth\{model="[^"]+"\} (\S+)', text, re.M)[1])
+    ok = float(re.search(r'^classifier_images_total\{model="[^"]+",outcome="ok"\} (\S+)', text, re.M)[1])
     return depth, ok
 
 

@@ -191,8 +191,9 @@ def test_protocols_are_counted_by_prefix(server, client):
     client.is_server_ready()
     assert requests.get(f"{server.url}/v1/models/checkpoint_dir", timeout=10).status_code == 200
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text  # this process's: its own calls, made above
-    assert 'classifier_requests_total{endpoint="/v2",status="200"}' in metrics
-    assert 'classifier_requests_total{endpoint="/v1",status="200"}' in metrics
+    # Labelled by the route's prefix, and by the model it names (/v2/health/ready names none).
+    assert 'classifier_requests_total{endpoint="/v2",model="",status="200"}' in metrics
+    assert 'classifier_requests_total{endpoint="/v1",model="checkpoint_dir",status="200"}' in metrics
 
 
 def test_name_versions_auth_and_reload(tmp_path):

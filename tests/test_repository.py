@@ -133,6 +133,87 @@ def test_each_model_answers_by_name_on_every_door(served):
     assert answer.model_spec.name == "imagenet" and tf.make_ndarray(answer.outputs["probabilities"]).shape == (1, 1000)
 
 
+def test_the_page_api_takes_the_model_by_name(served, tmp_path):
+    """gradio_client: /classify, /explain and /classify_batch take model_name (the page's picker), the default when
+    it is left out, and an unknown name is refused with the names served."""
+    from gradio_client import Client, handle_file
+
+    red = tmp_path / "red.png"
+    red.write_bytes(RED)
+    cat = handle_file(str(PHOTOS / "cat.jpeg"))
+    client = Client(served.url, verbose=False)
+    parameters = [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)
+                  ["named_endpoints"]["/classify"]["parameters"]]
+    assert parameters == ["image", "model_name"]
+    assert client.predict(handle_file(str(red)), api_name="/classify")["label"] == "red"  # the default model
+    assert client.predict(handle_file(str(red)), "tm", api_name="/classify")["label"] == "red"
+    assert client.predict(cat, "imagenet", api_name="/classify")["label"] in CAT_LABELS
+    assert Path(client.predict(cat, "", "imagenet", api_name="/explain")).stat().st_size > 0
+    gallery, csv, *_ = client.predict([handle_file(str(red)), cat], "as dropped", "imagenet",
+                                      api_name="/classify_batch")
+    assert len(gallery) == 2 and any(label in Path(csv).read_text() for label in CAT_LABELS)
+    with pytest.raises(Exception, match="unknown model 'nope': this server serves 'broken', 'colours'"):
+        client.predict(cat, "nope", api_name="/classify")
+
+
+def test_metrics_are_labelled_by_model_and_only_by_names_served(served):
+    before = requests.get(f"{served.url}/metrics", timeout=10).text
+    for name in ("tm", "imagenet"):
+        assert service(served.url, CAT, name).status_code == 200
+    assert service(served.url, CAT).status_code == 200  # /service: the default, colours
+    assert service(served.url, CAT, "made-up").status_code == 404
+    assert requests.get(f"{served.url}/v1/models/tm", timeout=10).status_code == 200
+    text = requests.get(f"{served.url}/metrics", timeout=10).text
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(text, name, **labels) - metric(before, name, 0, **labels)
+
+    for model in ("tm", "imagenet", "colours"):
+        assert grew("classifier_requests_total", endpoint="/service", model=model, status="200") >= 1, model
+        assert grew("classifier_images_total", model=model, outcome="ok") >= 1, model
+        assert grew("classifier_batch_size_count", model=model) >= 1, model
+        assert metric(text, "classifier_queue_depth", model=model) == 0
+    assert grew("classifier_requests_total", endpoint="/service", model="", status="404") >= 1
+    assert grew("classifier_requests_total", endpoint="/v1", model="tm", status="200") >= 1
+    assert 'model="made-up"' not in text  # a client cannot create series
+
+
+@pytest.mark.browser
+def test_the_page_picks_a_model_and_classifies_with_it(served):
+    """Chromium: the picker above the tabs offers every model, the default chosen; picking another classifies the
+    photo shown again, with the new model's labels."""
+    from playwright.sync_api import sync_playwright
+
+    from test_browser import CHROMIUM, DROP_ZONE, FLAGS, TOP_LABEL, choose_file
+    from conftest import require_debian_package
+
+    require_debian_package(CHROMIUM, "chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(served.url + "/")
+            page.wait_for_selector(DROP_ZONE, timeout=60_000)
+            picker = page.locator("#model-picker input")
+            assert picker.input_value() == "colours"
+            choose_file(page, DROP_ZONE, [PHOTOS / "cat.jpeg"])
+            page.wait_for_selector(TOP_LABEL, timeout=60_000)
+            assert page.inner_text(TOP_LABEL).strip() in {"red", "green", "blue"}  # the colour model's answer
+            picker.click()
+            options = page.locator("#model-picker [role=option]")
+            options.first.wait_for(timeout=10_000)
+            assert [option.get_attribute("aria-label") for option in options.all()] == \
+                ["broken", "colours", "imagenet", "tm"]
+            page.locator('#model-picker [role=option][aria-label="imagenet"]').click()
+            page.wait_for_function(f"""labels => {{
+                const shown = document.querySelector('{TOP_LABEL}');
+                return shown && labels.includes(shown.innerText.trim());
+            }}""", arg=sorted(CAT_LABELS), timeout=60_000)
+            page.get_by_text("1000 labels").wait_for(timeout=30_000)  # the heading names the picked model
+        finally:
+            browser.close()
+
+
 def test_an_unknown_name_is_404_and_a_broken_model_is_listed_unavailable_while_the_others_serve(served, repository):
     broken_file = repository / "broken.pb"
     refused = service(served.url, RED, "nope")

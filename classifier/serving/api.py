@@ -40,5 +40,6 @@ def create_app(models: Repository, guard: GuardConf | None = None,
         app.add_middleware(Guard, conf=guard)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
-    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(metrics.MetricsMiddleware, model_of=lambda path: metrics.model_in(
+        path, models.names, models.served_name(models.entry())))
     return app

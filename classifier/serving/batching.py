@@ -159,10 +159,11 @@ class Batcher:
     """
 
     def __init__(self, model: Any, conf: BatchingConf = BatchingConf(), decode_threads: int | None = None,
-                 forming: BatchForming | None = None):
+                 forming: BatchForming | None = None, name: str = "model"):
         """forming: how prepared requests are grouped into model calls (the seam for another batching: Ray
-        Serve's @serve.batch, ray_serve.ServeBatching); by default this batcher's own queue (OwnQueue)."""
-        self.conf = conf
+        Serve's @serve.batch, ray_serve.ServeBatching); by default this batcher's own queue (OwnQueue). name: the
+        model's, which labels its series in /metrics."""
+        self.conf, self.name = conf, name
         self.model = servable(model)  # a user's UAI class is wrapped once (contract.UaiClass)
         self._pipeline = pipeline_steps(self.model)
         self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
@@ -185,7 +186,7 @@ class Batcher:
 
     def _admit(self) -> None:
         if self.pending >= self.conf.max_queue:
-            metrics.CLASSIFICATIONS.labels("Overloaded").inc()
+            metrics.CLASSIFICATIONS.labels(self.name, "Overloaded").inc()
             raise Overloaded(f"the server is busy ({self.pending} requests waiting); retry shortly")
 
     async def prepare(self, item: Any) -> Any:
@@ -224,7 +225,7 @@ class Batcher:
         every BatchForming calls; each call is counted in batch_sizes and /metrics."""
         loop = asyncio.get_running_loop()
         self.batch_sizes.append(len(items))
-        metrics.BATCH_SIZE.observe(len(items))
+        metrics.BATCH_SIZE.labels(self.name).observe(len(items))
         try:
             return await loop.run_in_executor(self._model_threads, pipeline.run, items)
         except Exception as exc:
@@ -250,9 +251,9 @@ class Batcher:
         try:
             result = await self._classify(item, probabilities, prepared)
         except Exception as exc:
-            metrics.CLASSIFICATIONS.labels(type(exc).__name__).inc()
+            metrics.CLASSIFICATIONS.labels(self.name, type(exc).__name__).inc()
             raise
-        metrics.CLASSIFICATIONS.labels("ok").inc()
+        metrics.CLASSIFICATIONS.labels(self.name, "ok").inc()
         return result
 
     async def classify_with_verdict(self, item: Any) -> Classified:

@@ -68,8 +68,9 @@ def load_core(conf_path: Path, top_k: int | None = None,
         model.top_k = top_k
     conf = classifier.JsonConfLoader(model.conf)
     settings = replace(conf.get_batching(), **{key: value for key, value in batching.items() if value is not None})
-    batcher = Batcher(model, settings, forming=serve_batching(settings.max_batch_size) if serve_batching else None)
-    metrics.count_queue(batcher)
+    batcher = Batcher(model, settings, forming=serve_batching(settings.max_batch_size) if serve_batching else None,
+                      name=name)
+    metrics.count_queue(batcher, name)
     reloader = Reloader(Path(conf_path), batcher, example_photos()[0], name)
     return Core(Path(conf_path), batcher, Explainer(batcher), reloader,
                 Health(), conf.get_reload_poll_seconds())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -12,21 +12,23 @@ from ..contract import servable
 
 from .guard import route_path
 
-REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
-LATENCY = Histogram("classifier_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
+REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint, model and status",
+                   ["endpoint", "model", "status"])
+LATENCY = Histogram("classifier_request_seconds", "HTTP request latency by endpoint and model", ["endpoint", "model"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 GRPC_REQUESTS = Counter("classifier_grpc_requests_total", "gRPC calls by method and status code",
                         ["method", "code"])
 GRPC_LATENCY = Histogram("classifier_grpc_request_seconds", "gRPC call latency by method", ["method"],
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by outcome (ok, or the error's kind)",
-                          ["outcome"])
+CLASSIFICATIONS = Counter("classifier_images_total", "Images classified, by model and outcome (ok, or the error's "
+                          "kind)", ["model", "outcome"])
 LIVE_FRAMES = Counter("classifier_live_frames_total", "The page's live camera frames, by outcome: classified, "
                       "dropped (the server busy) or refused (a second stream of the same visitor)", ["outcome"])
-BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64))
+BATCH_SIZE = Histogram("classifier_batch_size", "Images per model call, by model", ["model"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
 IN_PROGRESS = Gauge("classifier_requests_in_progress", "HTTP requests taken in and not yet answered, by endpoint",
                     ["endpoint"])
-QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered by the model")
+QUEUE_DEPTH = Gauge("classifier_queue_depth", "Requests admitted and not yet answered, by model", ["model"])
 MODEL_LOAD_SECONDS = Gauge("classifier_model_load_seconds", "Seconds each model took to load and warm up", ["model"])
 MODEL_REFUSED = Counter("classifier_model_refused_total",
                         "Models a reload refused (broken or incomplete); the previous one kept serving")
@@ -36,8 +38,9 @@ MODEL_UNLOADS = Counter("classifier_model_unloads_total", "Models unloaded while
 MODEL_INFO = Gauge("classifier_model_info", "Each model served, by its name (value 1)",
                    ["model", "model_dir", "version", "format", "engine", "labels"])
 
-# Our own routes are labelled by path, the protocols by their prefix (a label per model name would be unbounded);
-# everything else is Gradio's (the page, its assets and its API).
+# Our own routes are labelled by path (a model's by its route: /service/NAME is /service), the protocols by their
+# prefix, everything else is Gradio's (the page, its assets and its API). The model is a label of its own, taken
+# only from the names the server serves (model_in): a path a client makes up adds no series.
 OWN_ENDPOINTS = ("/service", "/explain", "/healthz", "/readyz", "/metrics", "/admin/reload")
 PROTOCOL_PREFIXES = ("/v2", "/v1")  # KServe v2, TF Serving REST
 
@@ -51,16 +54,34 @@ def endpoint_of(path: str) -> str:
                 "gradio")
 
 
-class MetricsMiddleware:
-    """Pure ASGI middleware (no buffering, so Gradio's event streams pass through untouched)."""
+def model_in(path: str, names: Collection[str], default: str) -> str:
+    """The model a route names, for the model label: a repository's name (a name it does not serve counts as "",
+    so that a client cannot create series), the default for /service and /explain; "" for the other routes (the
+    page's events name theirs in the body)."""
+    if path in ("/service", "/explain"):
+        return default
+    parts = path.split("/")
+    if len(parts) > 2 and parts[1] in ("service", "explain"):
+        name = parts[2]
+    elif len(parts) > 3 and parts[1] in ("v1", "v2") and parts[2] == "models":
+        name = parts[3].split(":", 1)[0]  # TF Serving's /v1/models/NAME:predict
+    else:
+        return ""
+    return name if name in names else ""
 
-    def __init__(self, app: Callable):
-        self.app = app
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no buffering, so Gradio's event streams pass through untouched). model_of(path): the
+    model a request's route names (model_in, with the server's names)."""
+
+    def __init__(self, app: Callable, model_of: Callable[[str], str] = lambda path: ""):
+        self.app, self.model_of = app, model_of
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        endpoint = endpoint_of(route_path(scope))
+        path = route_path(scope)
+        endpoint, model = endpoint_of(path), self.model_of(path)
         started = time.perf_counter()
         status = {"code": 500}
 
@@ -75,8 +96,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             in_progress.dec()
-            REQUESTS.labels(endpoint, str(status["code"])).inc()
-            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+            REQUESTS.labels(endpoint, model, str(status["code"])).inc()
+            LATENCY.labels(endpoint, model).observe(time.perf_counter() - started)
 
 
 def describe_model(model: Any, load_seconds: float, name: str) -> None:
@@ -94,19 +115,25 @@ def describe_model(model: Any, load_seconds: float, name: str) -> None:
 
 
 def forget_model(name: str) -> None:
-    """An unloaded model's series go: their number stays bounded by the models served."""
+    """A reloaded model's description goes (its successor's replaces it)."""
     if name in _DESCRIBED:
         MODEL_INFO.remove(*_DESCRIBED.pop(name))
         MODEL_LOAD_SECONDS.remove(name)
 
 
+def drop_model(name: str) -> None:
+    """An unloaded model's series go, its counts too: their number stays bounded by the models served. (Loaded
+    again, its counts start from zero, which Prometheus' rate() reads as a counter reset.)"""
+    forget_model(name)
+    for series in (QUEUE_DEPTH, BATCH_SIZE, CLASSIFICATIONS, REQUESTS, LATENCY):
+        series.remove_by_labels({"model": name})
+
+
 _DESCRIBED: dict[str, tuple[str, ...]] = {}  # each model's info labels, by name
-_QUEUES: weakref.WeakSet = weakref.WeakSet()  # every model's batcher (an unloaded one's goes with it)
 
 
-def count_queue(batcher: Any) -> None:
-    """classifier_queue_depth: the requests waiting in every model's batcher."""
-    _QUEUES.add(batcher)
-
-
-QUEUE_DEPTH.set_function(lambda: sum(batcher.pending for batcher in list(_QUEUES)))
+def count_queue(batcher: Any, name: str) -> None:
+    """classifier_queue_depth{model}: the requests waiting in that model's batcher (read when scraped; the batcher
+    is held weakly, so an unloaded one's memory is not kept by its series)."""
+    held = weakref.ref(batcher)
+    QUEUE_DEPTH.labels(name).set_function(lambda: batcher.pending if (batcher := held()) is not None else 0)

@@ -24,7 +24,7 @@ from ..conf import BatchingConf
 from ..loader import example_photos
 from . import gradio_internals
 from .ray_serve import ray, serve  # Ray, or the ImportError that says how to install it
-from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
+from .ui import CSS, FlagBudget, OneModel, build_demo, delete_old_uploads
 
 UPLOAD_RETENTION_S = 900  # as app.py's --upload-retention
 
@@ -82,7 +82,7 @@ class Page:
         classifier = serve.get_deployment_handle(deployment, app_name=application)
         facts = await classifier.facts.remote()
         self.batcher = RemoteBatcher(classifier, facts)
-        self.demo = build_demo(self.batcher.model, self.batcher, RemoteExplainer(classifier), example_photos(),
+        self.demo = build_demo(OneModel(self.batcher, RemoteExplainer(classifier)), example_photos(),
                                Path(flagging_dir), Path(os.devnull), lambda _: "", training_off=(
                                    "on Ray Serve the page only classifies; train with `python -m classifier.retrain` "
                                    "or app.py, then deploy the new model's conf"), flag_budget=FlagBudget())

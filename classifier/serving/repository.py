@@ -358,7 +358,7 @@ class Repository:
                 while core.batcher.pending and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 await core.batcher.close()
-                metrics.forget_model(entry.name)
+                metrics.drop_model(entry.name)
                 metrics.MODEL_UNLOADS.labels(entry.name).inc()
                 log.info("model %r %s", entry.name, why)
             return entry

@@ -95,9 +95,8 @@ class Server:
         self.core = core = models.default
         # What the page gives out (CSVs, thumbnails, model zips) is written here, and nothing else is given out.
         self.page_files = Path(tempfile.mkdtemp(prefix="classifier-page-"))
-        self.demo = build_demo(core.model, core.batcher, core.explainer, example_photos(), settings.flagging_dir,
-                               settings.train_dir, self.serve_checkpoint, settings.training_off,
-                               settings.flag_budget, self.page_files)
+        self.demo = build_demo(models, example_photos(), settings.flagging_dir, settings.train_dir,
+                               self.serve_checkpoint, settings.training_off, settings.flag_budget, self.page_files)
         self.demo.queue(max_size=core.batcher.conf.max_queue)
         # The gRPC port: both protocols on each model's batcher and limits, the login as their REST forms, in
         # this loop;

@@ -3,22 +3,20 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import gradio as gr
 
-from ... import describe
 from ...images import limits_of
-from ..batching import Batcher
-from ..explanations import Explainer
 from .batch import batch_tab
 from .classify import classify_tab
 from .file_gate import GatedBlocks
 from .flagging import FlagBudget
+from .picker import OneModel, PageModels, model_picker, refreshed
 from .train import train_tab
 from .uploads import delete_old_uploads
 
-__all__ = ["CSS", "FlagBudget", "build_demo", "delete_old_uploads"]
+__all__ = ["CSS", "FlagBudget", "OneModel", "build_demo", "delete_old_uploads"]
 
 # Pictures and text fit their boxes at any width (the Train tab's matrix and curve were cropped and its summary
 # ran past the panel).
@@ -29,23 +27,25 @@ CSS = """
 """
 
 
-def build_demo(model: Any, batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path,
-               train_dir: Path, serve_checkpoint: Callable[[Path], str], training_off: str | None = None,
+def build_demo(models: PageModels, examples: list[Path], flagging_dir: Path, train_dir: Path,
+               serve_checkpoint: Callable[[Path], str], training_off: str | None = None,
                flag_budget: FlagBudget = FlagBudget(), output_folder: Path | None = None) -> gr.Blocks:
-    """training_off: why the Train tab is disabled (None: enabled). output_folder: where the page writes the files
-    it gives out (CSVs, thumbnails, model zips); every event's files are gated (file_gate)."""
+    """models: what the picker offers (the default answers when there is one). training_off: why the Train tab is
+    disabled (None: enabled). output_folder: where the page writes the files it gives out (CSVs, thumbnails, model
+    zips); every event's files are gated (file_gate)."""
     output_folder = output_folder or Path(tempfile.mkdtemp(prefix="classifier-page-"))
     with GatedBlocks(title="Image classifier") as demo:
         demo.output_folders = [output_folder.resolve()]
+        picker = model_picker(models)
+        demo.load(lambda: refreshed(models), None, picker, api_visibility="private", queue=False)
         with gr.Tab("Classify"):
-            classify_tab(batcher, explainer, examples, flagging_dir, describe(model), model.top_k,
-                         flag_budget)
+            classify_tab(models, picker, examples, flagging_dir, flag_budget)
         with gr.Tab("Batch"):
-            batch_tab(batcher, output_folder)
+            batch_tab(models, picker, output_folder)
         with gr.Tab("Train"):
             if training_off:
                 gr.Markdown(f"Training is turned off: {training_off}.")
             else:
-                train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(batcher.model),
-                          output_folder, lambda: batcher.model.model_dir)
+                train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(models.default.batcher.model),
+                          output_folder, lambda: models.default.batcher.model.model_dir)
     return demo

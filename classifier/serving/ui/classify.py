@@ -9,13 +9,13 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from ... import describe
 from ...explain import overlay
 from ...images import decode, limits_of
 from ...results import Classified
-from ..batching import Batcher
-from ..explanations import Explainer
 from .flagging import FlagBudget, Flagging
 from .live import batched, live_camera
+from .picker import PageModels, picked
 from .uploads import Photo, photo_bytes
 
 
@@ -44,24 +44,25 @@ def verdict_line(labels: list[str], answer: Classified) -> str:
 
 
 class Classifying:
-    """What the Classify tab's events do: classify a photo (leaving its "none of these" line), show that line,
-    explain a label, and show or hide the explanation."""
+    """What the Classify tab's events do: classify a photo with the picked model (leaving its "none of these"
+    line), show that line, explain a label, and show or hide the explanation."""
 
-    def __init__(self, batcher: Batcher, explainer: Explainer):
-        self.batcher, self.explainer, self.verdicts = batcher, explainer, Verdicts()
+    def __init__(self, models: PageModels):
+        self.models, self.verdicts = models, Verdicts()
 
-    async def classify(self, image: str | bytes | None) -> dict[str, float] | None:
+    async def classify(self, image: str | bytes | None, model_name: str | None = None) -> dict[str, float] | None:
         """The top labels (the API's answer, whatever the model); a model calibrated for "none of these" also
         leaves its verdict for show_verdict, which runs next."""
         if image is None:  # the photo was cleared
             return None
-        body = await photo_bytes(image, self.batcher.model)
-        model = self.batcher.model
+        batcher = (await picked(self.models, model_name)).batcher
+        body = await photo_bytes(image, batcher.model)
+        model = batcher.model
         try:
             if model.none_of_these_above is None:
-                pairs = await self.batcher.classify(body)
+                pairs = await batcher.classify(body)
             else:
-                answer = await self.batcher.classify_with_verdict(body)
+                answer = await batcher.classify_with_verdict(body)
                 pairs = answer.labels
                 self.verdicts.put(image, verdict_line(model.labels, answer) if answer.none_of_these else "")
         except Exception as exc:  # the same clear message /service sends
@@ -72,17 +73,20 @@ class Classifying:
         line = self.verdicts.pop(image)
         return gr.Markdown(f"### {line}" if line else "", visible=bool(line))
 
-    async def explain(self, image: str | bytes | None, label: str | None) -> Image.Image:
-        """The photo with the heat of `label` (default: the top label) laid over it."""
-        body = await photo_bytes(image, self.batcher.model)
+    async def explain(self, image: str | bytes | None, label: str | None,
+                      model_name: str | None = None) -> Image.Image:
+        """The photo with the heat of `label` (default: the top label) laid over it, by the picked model."""
+        model = await picked(self.models, model_name)
+        body = await photo_bytes(image, model.batcher.model)
         try:
-            explanation = await self.explainer.explain(body, label or None)
-            photo = await asyncio.to_thread(decode, body, limits_of(self.batcher.model))
+            explanation = await model.explainer.explain(body, label or None)
+            photo = await asyncio.to_thread(decode, body, limits_of(model.batcher.model))
             return await asyncio.to_thread(overlay, photo, explanation.grid)
         except Exception as exc:
             raise gr.Error(str(exc)) from None
 
-    async def show_why(self, image: str | bytes | None, wanted: bool, labels: dict | None) -> tuple[Any, Any]:
+    async def show_why(self, image: str | bytes | None, wanted: bool, labels: dict | None,
+                       model_name: str | None = None) -> tuple[Any, Any]:
         """After each classification, and when the toggle changes: the label choices and the overlay, or nothing
         at all while the toggle is off (no explanation is computed)."""
         if not wanted or image is None or not labels:
@@ -90,14 +94,26 @@ class Classifying:
         # gr.Label hands its value over as {label: probability}, most probable first.
         choices = [entry["label"] for entry in labels["confidences"]] if "confidences" in labels else list(labels)
         return (gr.Dropdown(choices=choices, value=choices[0] if choices else None, visible=True),
-                gr.Image(value=await self.explain(image, None), visible=True))
+                gr.Image(value=await self.explain(image, None, model_name), visible=True))
+
+    async def model_line(self, model_name: str | None) -> str:
+        model = await picked(self.models, model_name)
+        return intro(describe(model.batcher.model))
 
 
-def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], flagging_dir: Path, model_line: str,
-                 top_k: int, flag_budget: FlagBudget = FlagBudget()) -> None:
-    actions = Classifying(batcher, explainer)
-    gr.Markdown(f"## Image classifier\nDrop a photo (or paste one, take one, click an example) to classify it. "
-                f"**Model:** {model_line}.")
+def intro(model_line: str) -> str:
+    return (f"## Image classifier\nDrop a photo (or paste one, take one, click an example) to classify it. "
+            f"**Model:** {model_line}.")
+
+
+def classify_tab(models: PageModels, picker: gr.Dropdown, examples: list[Path], flagging_dir: Path,
+                 flag_budget: FlagBudget = FlagBudget()) -> None:
+    """picker: the page's model picker, each event's last input (the Gradio API's `model_name`)."""
+    actions = Classifying(models)
+    batcher = models.default.batcher
+    # One model: its top_k labels shown, as before. Several: each answer is its own model's top_k.
+    top_k = batcher.model.top_k if len(models.names) <= 1 else None
+    heading = gr.Markdown(intro(describe(batcher.model)))
     with gr.Row():
         with gr.Column():
             photo = Photo(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Photo")
@@ -111,15 +127,19 @@ def classify_tab(batcher: Batcher, explainer: Explainer, examples: list[Path], f
             heatmap = gr.Image(label="Why: the regions that drove the score", type="pil", interactive=False,
                                visible=False, format="png", elem_id="heatmap")
     gr.Examples([[str(path)] for path in examples], inputs=photo)
-    live_camera(batched(batcher), top_k, "Live camera: classify what the camera sees, several times a second", "live")
+    live_camera(batched(models), top_k, "Live camera: classify what the camera sees, several times a second", "live",
+                extra_input=picker)
 
     # A drop, a paste, a webcam shot and an example all change the photo: that is what classifies.
-    classified = photo.change(actions.classify, photo, labels, api_name="classify",
+    classified = photo.change(actions.classify, [photo, picker], labels, api_name="classify",
                               concurrency_limit=batcher.conf.max_batch_size)  # enough in flight to fill a batch
     classified.then(actions.show_verdict, photo, verdict, api_visibility="private", queue=False)
-    classified.then(actions.show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
-    wanted.change(actions.show_why, [photo, wanted, labels], [why_label, heatmap], api_visibility="private")
-    why_label.input(actions.explain, [photo, why_label], heatmap, api_name="explain")
+    classified.then(actions.show_why, [photo, wanted, labels, picker], [why_label, heatmap], api_visibility="private")
+    wanted.change(actions.show_why, [photo, wanted, labels, picker], [why_label, heatmap], api_visibility="private")
+    why_label.input(actions.explain, [photo, why_label, picker], heatmap, api_name="explain")
+    # Another model picked: its line, and the photo shown classified again by it.
+    picker.change(actions.model_line, picker, heading, api_visibility="private", queue=False)
+    picker.change(actions.classify, [photo, picker], labels, api_visibility="private")
 
     # Flagging as gr.Interface wires it (the same CSV, read by the Train tab; the same "Flag" event), bounded.
     flagging = Flagging([photo, labels], flagging_dir, flag_budget, lambda: limits_of(batcher.model))

@@ -7,7 +7,8 @@ from typing import Any, Awaitable, Callable
 import gradio as gr
 
 from .. import metrics
-from ..batching import Batcher, Overloaded
+from ..batching import Overloaded
+from .picker import PageModels, picked
 from .uploads import Photo, photo_bytes
 
 FRAME_SECONDS = 0.25  # the page sends a frame every quarter second: four a second at most, per visitor
@@ -35,9 +36,10 @@ class LiveStreams:
         return True
 
 
-def batched(batcher: Batcher) -> Callable[[bytes | str], Awaitable[list | None]]:
-    """The serving model's answer for a frame, through the batcher; None (dropped) when the server is busy."""
-    async def classify(frame: bytes | str) -> list | None:
+def batched(models: PageModels) -> Callable[[bytes | str, str | None], Awaitable[list | None]]:
+    """The picked model's answer for a frame, through its batcher; None (dropped) when that model is busy."""
+    async def classify(frame: bytes | str, model_name: str | None = None) -> list | None:
+        batcher = (await picked(models, model_name)).batcher
         # A frame waits for nothing: with a full batch already waiting it would answer late, so it is dropped, and
         # the next one, a quarter second newer, tries again.
         if batcher.pending >= batcher.conf.max_batch_size:
