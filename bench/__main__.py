@@ -30,23 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench import decode, grpc_load, wrk
+from bench import decode, grpc_load, many_models, wrk
 from bench.load import drive_gradio
 from bench.report import markdown
-from bench.server import ROOT, ServerProcess, conf_variant
+from bench.server import JPEGS, ROOT, ServerProcess, conf_variant, cpu_name
 
 PHOTOS = ROOT / "tests" / "photos"
-JPEGS = sorted((ROOT / "examples").glob("*.jp*g"))  # real photos, 35–112 KB, 451×300 to 741×497
 ENGINES = {"tensorflow fp32": {"runtime": "tensorflow"}, "litert fp32": {"runtime": "litert"},
            "openvino fp32": {"runtime": "openvino"}, "openvino bf16": {"precision": "bf16"},
            "openvino int8": {"precision": "int8"}}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def timed_rate(run, images_per_call: int, seconds: float) -> float:
@@ -194,6 +186,13 @@ def main() -> int:
             finally:
                 forced.stop()
 
+    forced = report["service_engines"].get("litert fp32")
+    if forced:  # three models on one server beside that one: the same engine, so memory compares like with like
+        print("h. many models …", file=sys.stderr)
+        one = {**forced["c16"], "non_2xx": forced["c16"]["non_2xx"] + forced["c16"]["socket_errors"],
+               "ready_rss_mb": forced["ready_rss_mb"], "rss_after_mb": forced["rss_mb"]}
+        report["many_models"] = many_models.compared(one, many_models.three_models(work, "litert", seconds))
+
     precision = report["ceiling"]["fastest_precision"]
     if precision:
         (work / "reduced").mkdir()
@@ -250,6 +249,8 @@ def targets(r: dict) -> dict:
     best = max((runs["c16"]["img_s"] for runs in r.get("service_engines", {}).values()), default=None)
     if best:
         found["auto_c16_over_best_forced_engine_c16"] = round(c16 / best, 2)
+    if "many_models" in r:
+        found["three_models_c16_over_one_c16"] = r["many_models"]["three_over_one_c16"]
     if "service_reduced" in r:
         reduced = r["service_reduced"]["c16"]["img_s"]
         found["reduced_c16_over_default_c16"] = round(reduced / c16, 2)

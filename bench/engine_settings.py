@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bench import wrk
-from bench.__main__ import JPEGS, cpu_name
-from bench.server import ServerProcess, conf_variant
+from bench.server import JPEGS, ServerProcess, conf_variant, cpu_name
 
 SETTINGS = {
     "LiteRT, one single-threaded interpreter per core (per-core)": ("litert", {"litert": {"layout": "per-core"}}),

@@ -128,7 +128,7 @@ def compare(model) -> list[dict]:
 
 def main() -> int:
     import classifier
-    from bench.__main__ import cpu_name
+    from bench.server import cpu_name
 
     model = classifier.load(ROOT / "conf.json")
     print("| method | heat on the right half: mean | worst | forward passes | seconds |\n|---|---|---|---|---|")

@@ -1,4 +1,5 @@
-"""python -m bench.many_models [--seconds S]: one server of three models against a server of one, in one run.
+"""python -m bench.many_models [--seconds S]: one server of three models against a server of one, in one run
+(also a section of python -m bench, its one-model server the LiteRT-forced one).
 
 a. POST /service c16 on a server of one model;
 b. c16 spread over three models by name (/service/NAME: three wrk clients, 6 + 5 + 5 connections) on a server of
@@ -24,8 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import wrk
-from bench.__main__ import JPEGS, cpu_name
-from bench.server import ROOT, ServerProcess, conf_variant
+from bench.server import JPEGS, ROOT, ServerProcess, conf_variant, cpu_name
 
 NAMES = ("a", "b", "c")
 
@@ -61,39 +61,62 @@ def post(url: str) -> float:
     return time.perf_counter() - started
 
 
-def measure(work: Path, args: argparse.Namespace) -> dict:
-    """Runs (a) to (d) on model repositories made in work; the report without its ratios."""
-    report: dict = {"machine": {"processor": cpu_name()}, "date": time.strftime("%Y-%m-%d %H:%M"),
-                    "seconds": args.seconds, "runtime": args.runtime}
-
-    one = ServerProcess("--model-repository", str(repository(work / "one", NAMES[:1], args.runtime)))
+def one_model(work: Path, runtime: str, seconds: float) -> dict:
+    """(a) and its part of (c): c16 on a server of one model, and its RSS after."""
+    one = ServerProcess("--model-repository", str(repository(work / "one", NAMES[:1], runtime)))
     try:
-        report["one"] = {"ready_rss_mb": round(one.ready_rss_mb), **spread(one.url, {"a": 16}, args.seconds),
-                         "rss_after_mb": round(one.rss_mb()[0])}
+        return {"ready_rss_mb": round(one.ready_rss_mb), **spread(one.url, {"a": 16}, seconds),
+                "rss_after_mb": round(one.rss_mb()[0])}
     finally:
         one.stop()
-    three = ServerProcess("--model-repository", str(repository(work / "three", NAMES, args.runtime)), "--open-admin")
+
+
+def three_models(work: Path, runtime: str, seconds: float) -> dict:
+    """(b), its part of (c), and (d), on one server of three models."""
+    report: dict = {"runtime": runtime}
+    three = ServerProcess("--model-repository", str(repository(work / "three", NAMES, runtime)), "--open-admin")
     try:
         report["three"] = {"ready_rss_mb": round(three.ready_rss_mb),
-                           **spread(three.url, {"a": 6, "b": 5, "c": 5}, args.seconds),
+                           **spread(three.url, {"a": 6, "b": 5, "c": 5}, seconds),
                            "rss_after_mb": round(three.rss_mb()[0])}
         post(f"{three.url}/v2/repository/models/c/unload")
-        report["two_alone"] = spread(three.url, {"a": 8, "b": 8}, args.seconds)
+        report["two_alone"] = spread(three.url, {"a": 8, "b": 8}, seconds)
         loading: dict = {}
 
         def load_c() -> None:
-            time.sleep(args.seconds / 3)
+            time.sleep(seconds / 3)
             loading["seconds"] = round(post(f"{three.url}/v2/repository/models/c/load"), 2)
 
         loader = threading.Thread(target=load_c)
         loader.start()
-        report["two_while_c_loads"] = spread(three.url, {"a": 8, "b": 8}, args.seconds)
+        report["two_while_c_loads"] = spread(three.url, {"a": 8, "b": 8}, seconds)
         loader.join()
         report["load_seconds"] = loading["seconds"]
     finally:
         three.stop()
-
     return report
+
+
+def compared(one: dict, three: dict) -> dict:
+    """The three-model server's figures beside the one-model server's: the rate ratio, the memory per added model
+    (after each server's c16 run: every model has served and grown its engine's buffers, not only loaded)."""
+    return {"one": one, **three, "three_over_one_c16": round(three["three"]["img_s"] / one["img_s"], 3),
+            "rss_per_added_model_mb": round((three["three"]["rss_after_mb"] - one["rss_after_mb"]) / 2),
+            "non_2xx": sum(run["non_2xx"] for run in (one, three["three"], three["two_alone"],
+                                                      three["two_while_c_loads"]))}
+
+
+def rows(r: dict) -> str:
+    return (f"| measured | value |\n|---|---|\n"
+            f"| /service c16, one model | {r['one']['img_s']} img/s |\n"
+            f"| /service c16 over three models by name | {r['three']['img_s']} img/s "
+            f"({r['three_over_one_c16']:.0%} of one) |\n"
+            f"| RSS after its c16 run: one model, three models | {r['one']['rss_after_mb']} MB, "
+            f"{r['three']['rss_after_mb']} MB ({r['rss_per_added_model_mb']} MB per added model) |\n"
+            f"| one more model loaded under c16 | {r['load_seconds']} s |\n"
+            f"| the two serving: p99 without, during that load | {r['two_alone']['p99_ms']} ms, "
+            f"{r['two_while_c_loads']['p99_ms']} ms |\n"
+            f"| non-2xx or socket errors, all runs | {r['non_2xx']} |")
 
 
 def main() -> None:
@@ -103,25 +126,14 @@ def main() -> None:
     parser.add_argument("--runtime", default="litert", help="every model's engine (default litert)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "many_models.json")
     args = parser.parse_args()
+    report: dict = {"machine": {"processor": cpu_name()}, "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "seconds": args.seconds}
     with tempfile.TemporaryDirectory(prefix="bench-many-") as work:
-        report = measure(Path(work), args)
-    report["three_over_one_c16"] = round(report["three"]["img_s"] / report["one"]["img_s"], 3)
-    # After each server's c16 run: every model has served (and grown its engine's buffers), not only loaded.
-    report["rss_per_added_model_mb"] = round((report["three"]["rss_after_mb"] - report["one"]["rss_after_mb"]) / 2)
+        report.update(compared(one_model(Path(work), args.runtime, args.seconds),
+                               three_models(Path(work), args.runtime, args.seconds)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"| measured | value |\n|---|---|\n"
-          f"| /service c16, one model | {report['one']['img_s']} img/s |\n"
-          f"| /service c16 over three models by name | {report['three']['img_s']} img/s "
-          f"({report['three_over_one_c16']:.0%} of one) |\n"
-          f"| RSS after its c16 run: one model, three models | {report['one']['rss_after_mb']} MB, "
-          f"{report['three']['rss_after_mb']} MB ({report['rss_per_added_model_mb']} MB per added model) |\n"
-          f"| one more model loaded under c16 | {report['load_seconds']} s |\n"
-          f"| the two serving: p99 without, during that load | {report['two_alone']['p99_ms']} ms, "
-          f"{report['two_while_c_loads']['p99_ms']} ms |\n"
-          f"| non-2xx or socket errors, all runs | "
-          f"{sum(report[k]['non_2xx'] for k in ('one', 'three', 'two_alone', 'two_while_c_loads'))} |")
-
+    print(rows(report))
 
 if __name__ == "__main__":
     main()

@@ -13,9 +13,8 @@ import os
 import sys
 
 from bench import wrk
-from bench.__main__ import JPEGS
 from bench.load import markdown_row
-from bench.server import ROOT, ServerProcess, free_port
+from bench.server import JPEGS, ROOT, ServerProcess, free_port
 
 RUNS = {  # name: (label, replicas, HAProxy ingress)
     "ray_proxy_1": ("Ray Serve, Python proxy, 1 replica", 1, False),

@@ -65,6 +65,15 @@ def memory_rows(r: dict) -> list[str]:
     return rows
 
 
+def many_rows(r: dict) -> list[str]:
+    if "many_models" not in r:
+        return []
+    from bench.many_models import rows  # bench/many_models.py: the section's own table
+
+    return ["Many models (three EfficientNet-Lite0s by name on one server, beside the LiteRT-forced server of one):",
+            "", rows(r["many_models"]), ""]
+
+
 def markdown(r: dict) -> str:
     m, t = r["memory"], r["targets"]
     return "\n".join(
@@ -74,6 +83,7 @@ def markdown(r: dict) -> str:
          f"Memory under load: {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
          f"requests at c16 (peak {m['rss_peak_mb']} MB, {m['non_2xx']} non-2xx).", "",
          "JPEG decode + resize + scale, per photo (median):", "", *decode_rows(r), "",
+         *many_rows(r),
          f"POST /explain of a 224×224 photo, one at a time: median {r['explain']['median_s']} s, worst "
          f"{r['explain']['max_s']} s over {r['explain']['requests']} requests.", "",
          "Targets (ratios within this run): " + ", ".join(f"{k} = {v}" for k, v in t.items()) + ".", "",

@@ -39,18 +39,7 @@ def test_quick_benchmark_runs(tmp_path):
     assert result["gradio"]["c8"]["img_s"] > 0 and result["gradio_floor"]["c8"]["img_s"] > 0
     assert "c16_over_litserve" in result["targets"] and "| POST /service | 16 |" in run.stdout
     assert 0 < result["explain"]["median_s"] <= result["explain"]["max_s"] and "POST /explain" in run.stdout
-
-
-def test_many_models_benchmark_runs(tmp_path):
-    """python -m bench.many_models at its shortest: every figure written, no request failed."""
-    require_debian_package(Path("/usr/bin/wrk"), "wrk")
-    out = tmp_path / "many.json"
-    run = subprocess.run([sys.executable, "-m", "bench.many_models", "--seconds", "1", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["one"]["img_s"] > 0 and set(result["three"]["by_model"]) == {"a", "b", "c"}
-    assert all(result[k]["non_2xx"] == 0 for k in ("one", "three", "two_alone", "two_while_c_loads"))
-    # Figures, not thresholds: a second's run on a busy machine measures little, so only their presence is checked.
-    assert result["load_seconds"] > 0 and isinstance(result["rss_per_added_model_mb"], int)
+    many = result["many_models"]  # three models by name on one server; figures, not thresholds (a second's runs)
+    assert set(many["three"]["by_model"]) == {"a", "b", "c"} and many["non_2xx"] == 0 and many["load_seconds"] > 0
+    assert isinstance(many["rss_per_added_model_mb"], int) and "three_models_c16_over_one_c16" in result["targets"]
     assert "| /service c16 over three models by name |" in run.stdout
