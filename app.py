@@ -29,9 +29,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
                         help="serve every model in DIR, each named by its folder name or file stem (a folder "
                              "holding a conf.json is served as it says)")
+    parser.add_argument("--model-config-file", type=Path, default=None, metavar="FILE",
+                        help="serve the models of TF Serving's model_config_list in FILE (text protobuf: each "
+                             "config's name and base_path)")
     parser.add_argument("--repository-poll-secs", type=float, default=0, metavar="SECONDS",
-                        help="look at --model-repository every SECONDS: a model added is served, one removed is "
-                             "unloaded (Triton's flag; default 0: never)")
+                        help="look at --model-repository (or --model-config-file) every SECONDS: a model added is "
+                             "served, one removed is unloaded (Triton's flag; default 0: never)")
     parser.add_argument("--lazy-load", action="store_true",
                         help="with several models: load each (but the default) on its first request, not at start")
     parser.add_argument("--max-loaded-models", type=int, default=None, metavar="N",
@@ -162,7 +165,7 @@ def settings_from(args: argparse.Namespace):
 
     models = args.model or ([os.environ["CLASSIFIER_MODEL"]] if os.environ.get("CLASSIFIER_MODEL") else [])
     try:
-        named = models_by_name(args.model_repository, models)
+        named = models_by_name(args.model_repository, models, args.model_config_file)
         if named:
             if args.default_model and args.default_model not in named:
                 raise ConfError(f"--default-model {args.default_model}: no model of that name (there are "
@@ -178,6 +181,7 @@ def settings_from(args: argparse.Namespace):
     return Settings(
         conf=conf, models=named, default_model=args.default_model, lazy_load=args.lazy_load,
         max_loaded_models=args.max_loaded_models, model_repository=args.model_repository,
+        model_config_file=args.model_config_file,
         repository_poll_seconds=args.repository_poll_secs, host=args.host, port=args.port,
         grpc_port=args.grpc_port,
         root_path="/" + args.root_path.strip("/") if args.root_path.strip("/") else "",
@@ -191,11 +195,18 @@ def settings_from(args: argparse.Namespace):
         streams_per_client=args.streams_per_client, blocked=(ROOT, Path.cwd()))
 
 
-def models_by_name(repository: Path | None, models: list[str]) -> dict:
-    """Several models, each by name (--model-repository, --model NAME=PATH, or --model given more than once), or
-    {} for one model served as before (--conf, one --model PATH, the default)."""
+def models_by_name(repository: Path | None, models: list[str], config_file: Path | None = None) -> dict:
+    """Several models, each by name (--model-repository, --model NAME=PATH, --model given more than once, or
+    --model-config-file, whose list is the server's whole: a reload of it replaces every model), or {} for one
+    model served as before (--conf, one --model PATH, the default)."""
     from classifier import ConfError
-    from classifier.serving.repository import NAME, discover, named
+    from classifier.serving.model_sources import NAME, discover, named, read_model_config
+
+    if config_file is not None:
+        if repository is not None or models:
+            raise ConfError("--model-config-file lists every model of the server: give it alone, without "
+                            "--model-repository or --model")
+        return read_model_config(config_file)
 
     if repository is None and len(models) <= 1 and not any(NAME.fullmatch(m.partition("=")[0]) and "=" in m
                                                            for m in models):

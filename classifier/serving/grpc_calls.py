@@ -10,8 +10,8 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from . import metrics
-from .errors import code_for_status
-from .protocols import Busy, ProtocolError
+from .errors import ADMIN_NEEDS_LOGIN, code_for_status, refusal_for
+from .protocols import Busy, Catalog, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,19 @@ def code_of(error: ProtocolError) -> grpc.StatusCode:
     if isinstance(error, Busy):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode[code_for_status(error.status)]
+
+
+async def admin_action(models: Catalog, open_admin: bool, action: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """A change of what every client is served (load, unload, a new model list): with a login (the interceptor
+    checked it) or open_admin, else PERMISSION_DENIED; the repository's refusals as their codes."""
+    if models.credentials is None and not open_admin:
+        raise ProtocolError(403, ADMIN_NEEDS_LOGIN)
+    try:
+        await action(*args)
+    except Exception as exc:
+        if refusal := refusal_for(exc):
+            raise ProtocolError(refusal.status, refusal.message) from None
+        raise
 
 
 def unary(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:

@@ -10,8 +10,7 @@ import grpc
 import numpy as np
 
 from . import metrics
-from .errors import ADMIN_NEEDS_LOGIN, refusal_for
-from .grpc_calls import code_of, method_table
+from .grpc_calls import admin_action, code_of, method_table
 from .open_inference import (EXTENSIONS, IMAGE_INPUT, PROBABILITIES, TENSOR_INPUT, check_outputs, input_items,
                              metadata, output_values, raw_contents)
 from .protocols import Catalog, ProtocolError, Served
@@ -63,23 +62,13 @@ class OpenInference:
     async def repository_model_load(self, request: pb.RepositoryModelLoadRequest,
                                     context: Any) -> pb.RepositoryModelLoadResponse:
         """Loads (or loads again) a model while the others serve: an admin action, as over REST."""
-        await self._change(self.models.load, request.model_name)
+        await admin_action(self.models, self.open_admin, self.models.load, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
                                       context: Any) -> pb.RepositoryModelUnloadResponse:
-        await self._change(self.models.unload, request.model_name)
+        await admin_action(self.models, self.open_admin, self.models.unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
-
-    async def _change(self, action: Any, name: str) -> None:
-        if self.models.credentials is None and not self.open_admin:  # with a login, the interceptor checked it
-            raise ProtocolError(403, ADMIN_NEEDS_LOGIN)
-        try:
-            await action(name)
-        except Exception as exc:
-            if refusal := refusal_for(exc):
-                raise ProtocolError(refusal.status, refusal.message) from None
-            raise
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         """One input, `image` (BYTES: encoded images, in raw_input_contents or bytes_contents) or `pixels` (FP32

@@ -105,7 +105,8 @@ class GrpcServer:
         self.models, self.host, self.port = models, host, port
         self.health = BoundedHealth()
         self._services = [grpc_open_inference.SERVICE, *grpc_tf_serving.SERVICES]
-        self._handlers = [grpc_open_inference.handlers(models, open_admin), *grpc_tf_serving.handlers(models)]
+        self._handlers = [grpc_open_inference.handlers(models, open_admin),
+                          *grpc_tf_serving.handlers(models, open_admin)]
         self._max_calls, self._max_connections = max_calls, max_connections
         self.server: grpc.aio.Server | None = None
 

@@ -1,8 +1,9 @@
 """TensorFlow Serving's gRPC API: PredictionService (Predict, Classify, GetModelMetadata) and ModelService
-(GetModelStatus), as tensorflow-serving-api's stubs call them on port 8500."""
+(GetModelStatus, HandleReloadConfigRequest), as tensorflow-serving-api's stubs call them on port 8500."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,7 +11,9 @@ import numpy as np
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 
 from ..labels import top_k
-from .grpc_calls import method_table
+from ..conf import ConfError
+from .grpc_calls import admin_action, method_table
+from .model_sources import models_of
 from .protocols import Catalog, ProtocolError, Served, check_count
 from .protos import tf_serving_pb2 as pb
 from .tf_serving import CLASSIFY_SIGNATURE, IMAGE_INPUT, PREDICT_SIGNATURE, TENSOR_INPUT, signatures
@@ -25,8 +28,8 @@ SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 class TFServing:
     """The two services' calls on the shared model; errors are ProtocolErrors (grpc_server maps their codes)."""
 
-    def __init__(self, models: Catalog):
-        self.models = models
+    def __init__(self, models: Catalog, open_admin: bool = False):
+        self.models, self.open_admin = models, open_admin
 
     async def _spec(self, spec: pb.ModelSpec, signature: str, load: bool = True) -> tuple[pb.ModelSpec, Served]:
         """The request's model, checked (name, version), and its spec answered back as TF Serving does: with the
@@ -153,6 +156,17 @@ class TFServing:
         return pb.GetModelStatusResponse(model_version_status=[pb.ModelVersionStatus(
             version=int(served.version), state=state, status=pb.StatusProto(error_code=pb.StatusProto.OK))])
 
+    async def handle_reload_config_request(self, request: pb.ReloadConfigRequest,
+                                           context: Any) -> pb.ReloadConfigResponse:
+        """The model list replaced, as TF Serving's ModelService does: an admin action. A relative base_path is
+        taken from the server's working folder."""
+        try:
+            confs = await asyncio.to_thread(models_of, request.config, Path.cwd(), "HandleReloadConfigRequest")
+        except ConfError as exc:
+            raise ProtocolError(400, str(exc)) from None
+        await admin_action(self.models, self.open_admin, self.models.reconfigure, confs)
+        return pb.ReloadConfigResponse(status=pb.StatusProto(error_code=pb.StatusProto.OK))
+
 
 def _shape(tensor: pb.TensorProto) -> list[int]:
     return [int(dim.size) for dim in tensor.tensor_shape.dim]
@@ -165,11 +179,13 @@ def _dtype_name(dtype: int) -> str:
         return f"data type {dtype}"
 
 
-def handlers(models: Catalog) -> list[grpc.GenericRpcHandler]:
-    service = TFServing(models)
+def handlers(models: Catalog, open_admin: bool = False) -> list[grpc.GenericRpcHandler]:
+    service = TFServing(models, open_admin)
     return [method_table(PREDICTION_SERVICE, {
         "Predict": (service.predict, pb.PredictRequest, pb.PredictResponse),
         "Classify": (service.classify, pb.ClassificationRequest, pb.ClassificationResponse),
         "GetModelMetadata": (service.get_model_metadata, pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
     }), method_table(MODEL_SERVICE, {
-        "GetModelStatus": (service.get_model_status, pb.GetModelStatusRequest, pb.GetModelStatusResponse)})]
+        "GetModelStatus": (service.get_model_status, pb.GetModelStatusRequest, pb.GetModelStatusResponse),
+        "HandleReloadConfigRequest": (service.handle_reload_config_request, pb.ReloadConfigRequest,
+                                      pb.ReloadConfigResponse)})]

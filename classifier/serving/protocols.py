@@ -8,6 +8,7 @@ import base64
 import binascii
 import json
 import zlib
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -186,6 +187,9 @@ class Catalog(Protocol):
     async def load(self, name: str) -> Any: ...
 
     async def unload(self, name: str) -> Any: ...
+
+    async def reconfigure(self, confs: dict[str, Path]) -> None:
+        """The models served become confs' (TF Serving's HandleReloadConfigRequest)."""
 
 
 def check_count(count: int, where: str) -> None:

@@ -1,14 +1,12 @@
 """Many models in one server: a model repository, each model by name with its own core (batcher, engine, limits,
 hot reload), loaded and unloaded while the others serve, and its index as Triton's repository extension gives it.
 
-    --model-repository DIR   every entry of DIR is a model, named by its folder name or file stem
-    --model NAME=PATH        one model, named (repeatable); a plain --model PATH or --conf: one model, as before
+Where the models come from, and their names: model_sources.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -17,68 +15,18 @@ from typing import Callable
 
 import classifier
 from ..conf import ArchJsonConfLoader, ConfError
-from ..from_path import MODEL_SUFFIXES, conf_for
 from ..loader import example_photos
 from . import metrics
 from .core import Core
 from .errors import ModelRefused, ModelUnavailable, UnknownModel, refusal_for
+from .model_sources import discover, read_model_config
 from .protocols import ProtocolError, Served
 
 log = logging.getLogger(__name__)
 
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"  # Triton's names for a model's state
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LOAD_ERRORS = (classifier.ConfError, classifier.ModelError, classifier.LabelsError, OSError)
 DRAIN_SECONDS = 30  # an unloaded model's requests in flight get this long to finish
-
-
-def checked_name(name: str, where: str) -> str:
-    """A model's name as the routes carry it (/service/NAME, /v2/models/NAME): ConfError for one they cannot."""
-    if not NAME.fullmatch(name):
-        raise ConfError(f"{where}: {name!r} cannot name a model: use letters, digits, '_', '.' and '-' (at most 64, "
-                        "starting with a letter or digit)")
-    return name
-
-
-def discover(folder: Path) -> dict[str, Path]:
-    """A model repository's models, by name → each one's conf.json. A folder holding a conf.json (UAI's keys, its
-    model_dir relative to it) is served as that conf says; any other folder, a model file or a .zip export as
-    `--model PATH` serves it, its input convention, labels and size inferred. Hidden entries and other files (a
-    README) are not models."""
-    if not folder.is_dir():
-        raise ConfError(f"--model-repository {folder}: no such folder")
-    found: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or (entry.is_file() and entry.suffix.lower() not in (*MODEL_SUFFIXES, ".zip")):
-            continue
-        name = checked_name(entry.stem if entry.is_file() else entry.name, f"--model-repository {folder}")
-        if name in found:
-            raise ConfError(f"--model-repository {folder}: two entries are named {name!r}; rename one")
-        found[name] = conf_of(entry)
-    if not found:
-        raise ConfError(f"--model-repository {folder}: no models in it (a model folder, a {', '.join(MODEL_SUFFIXES)} "
-                        "file or a .zip export per model)")
-    return found
-
-
-def conf_of(path: Path) -> Path:
-    """The conf.json that serves one repository entry (or --model NAME=PATH)."""
-    if path.is_dir() and (path / "conf.json").is_file():
-        return path / "conf.json"
-    return conf_for(path)[0]
-
-
-def named(pairs: list[str]) -> dict[str, Path]:
-    """--model NAME=PATH, each → its conf.json, by name."""
-    found: dict[str, Path] = {}
-    for pair in pairs:
-        name, _, path = pair.partition("=")
-        if not path:
-            raise ConfError(f"--model {pair}: give NAME=PATH to name a model among others")
-        if checked_name(name, f"--model {pair}") in found:
-            raise ConfError(f"--model {pair}: {name!r} is named twice (a model of that name is served already)")
-        found[name] = conf_of(Path(path).expanduser().resolve())
-    return found
 
 
 @dataclass
@@ -102,19 +50,20 @@ class Repository:
 
     def __init__(self, confs: dict[str, Path], default: str | None, load: Callable[[str, Path], Core],
                  credentials: tuple[str, str] | None = None, named_by_conf: bool = False, lazy: bool = False,
-                 max_loaded: int | None = None, folder: Path | None = None):
+                 max_loaded: int | None = None, folder: Path | None = None, config_file: Path | None = None):
         """load(name, conf) → its Core (raises the library's errors for a broken model). default: None for the first
         by name that loads (load_at_start decides). named_by_conf: one model served under its conf's model_name,
         which a hot reload or the Train tab may change (the single-model server, as before there was a
         repository). lazy: load each model but the default on its first request. max_loaded: at most that many
         loaded at once; loading one more unloads the least recently used (never the default). folder: the
-        --model-repository folder (its entries among confs), which rescan() looks at again."""
+        --model-repository folder (its entries among confs), which rescan() looks at again. config_file: the
+        --model-config-file whose models confs are, which rescan() reads again."""
         if default is not None and default not in confs:
             raise ConfError(f"--default-model {default}: no model of that name (there are {', '.join(confs)})")
         if max_loaded is not None and max_loaded < 1:
             raise ConfError(f"--max-loaded-models {max_loaded}: at least 1 (the default model)")
         self.lazy, self.max_loaded = lazy, max_loaded
-        self.folder = folder
+        self.folder, self.config_file = folder, config_file
         # Which names came from the folder, by discover()'s naming rule, without discovering again (that would hash
         # every .zip and write every conf a second time at start).
         in_folder = {entry.stem if entry.is_file() else entry.name for entry in folder.iterdir()} if folder else set()
@@ -254,6 +203,19 @@ class Repository:
             await self.rescan()
 
     async def rescan(self) -> None:
+        """The models' source looked at again: the repository folder (scan_folder) or the config file, whose
+        changed model list is applied as HandleReloadConfigRequest applies one (reconfigure)."""
+        if self.folder is not None:
+            await self.scan_folder()
+        elif self.config_file is not None:
+            try:
+                confs = await asyncio.to_thread(read_model_config, self.config_file)
+                if confs != {name: entry.conf for name, entry in self.entries.items()}:
+                    await self.reconfigure(confs)
+            except (ConfError, ModelRefused) as exc:  # the models served stay as they are (or as far as applied)
+                log.error("the model config file was not applied whole: %s", exc)
+
+    async def scan_folder(self) -> None:
         """A model added to the repository folder is served (loaded now, or on its first request under --lazy-load
         or a full --max-loaded-models); one removed is unloaded once its requests have finished and leaves the
         index. The default model, and models named by --model NAME=PATH, stay."""
@@ -262,17 +224,9 @@ class Repository:
         except ConfError as exc:  # a bad new name, an emptied folder: the models served stay as they are
             log.error("the model repository was not rescanned: %s", exc)
             return
-        added = [name for name in found if name not in self.entries]
-        for name in added:
-            self.entries[name] = Entry(name, found[name], in_folder=True)
-        self.entries = dict(sorted(self.entries.items()))
-        for name in added:
-            entry = self.entries[name]
-            if self.lazy or self._full():
-                entry.on_request, entry.reason = True, "not loaded yet: it loads on its first request"
-                continue
+        for name in [name for name in found if name not in self.entries]:
             try:
-                await self.load(name)
+                await self._add(name, found[name], in_folder=True)
             except ModelRefused as exc:
                 log.error("model %r, added to the repository, is unavailable: %s", name, exc)
         for name in [name for name, entry in self.entries.items() if entry.in_folder and name not in found]:
@@ -353,19 +307,92 @@ class Repository:
             core, entry.core, entry.served = entry.core, None, None
             entry.state, entry.reason, entry.on_request = UNAVAILABLE, why, False
             if core is not None:
-                core.stop_polling()
-                deadline = time.monotonic() + DRAIN_SECONDS
-                while core.batcher.pending and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                await core.batcher.close()
+                await retire(core)
                 metrics.drop_model(entry.name)
                 metrics.MODEL_UNLOADS.labels(entry.name).inc()
                 log.info("model %r %s", entry.name, why)
             return entry
 
+    async def reconfigure(self, confs: dict[str, Path]) -> None:
+        """TF Serving's HandleReloadConfigRequest, and a changed --model-config-file: the models served become
+        confs'. One left out is unloaded once its requests finish and leaves the index; a new one loads (under
+        --lazy-load or a full --max-loaded-models, on its first request); one whose conf changed loads beside the
+        serving one and takes its place. Refused before anything changes (ModelRefused) for a server whose models
+        come from a --model-repository folder, or a list without the default model. After the change,
+        ModelRefused names the models that could not be loaded: they are UNAVAILABLE, with why; the others serve."""
+        if self.folder is not None:
+            raise ModelRefused(f"this server's models come from --model-repository {self.folder}: add or remove "
+                               "models there")
+        default = self.entry(None)
+        if self.served_name(default) not in confs:
+            raise ModelRefused(f"the new model list leaves out {self.served_name(default)!r}, the default model (it "
+                               "serves /service and the page); keep it, or start the server with another "
+                               "--default-model")
+        for name in [name for name in self.entries if name not in confs and self.entries[name] is not default]:
+            await self.unload(name, why="left out of the model list")
+            del self.entries[name]
+        failures = []
+        for name, conf in confs.items():
+            entry = default if name == self.served_name(default) else self.entries.get(name)
+            try:
+                if entry is None:
+                    await self._add(name, conf)
+                elif entry.conf != conf:
+                    await self._replace(entry, conf)
+            except ModelRefused as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ModelRefused("; ".join(failures))
+
+    async def _add(self, name: str, conf: Path, in_folder: bool = False) -> None:
+        """A new model in the index: loaded now, or on its first request (--lazy-load, a full
+        --max-loaded-models). ModelRefused if it cannot be loaded (it stays listed, UNAVAILABLE)."""
+        self.entries[name] = entry = Entry(name, conf, in_folder=in_folder)
+        self.entries = dict(sorted(self.entries.items()))
+        if self.lazy or self._full():
+            entry.on_request, entry.reason = True, "not loaded yet: it loads on its first request"
+        else:
+            await self.load(name)
+
+    async def _replace(self, entry: Entry, conf: Path) -> None:
+        """A model served from another conf: loaded and warmed up beside the serving one, which keeps serving
+        until then (and if the new one is refused); its requests in flight finish before it is freed."""
+        async with self._lock(entry.name):
+            old = entry.core
+            if old is None:  # not loaded: its next load reads the new conf
+                entry.conf = conf
+                return
+            try:
+                core = await asyncio.to_thread(self._load, entry.name, conf)
+            except LOAD_ERRORS as exc:
+                metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
+                raise ModelRefused(f"model {entry.name!r} cannot be loaded from its new files, the previous one "
+                                   f"still serves: {exc}") from None
+            try:
+                await warm_up(core)
+            except Exception as exc:
+                await core.batcher.close()
+                metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
+                raise ModelRefused(f"model {entry.name!r} failed its warm-up, the previous one still serves: "
+                                   f"{exc}") from None
+            entry.conf = conf
+            self._serve(entry, core)
+            metrics.MODEL_LOADS.labels(entry.name, "asked").inc()
+            log.info("model %r loaded from its new files", entry.name)
+        await retire(old)
+
     def _lock(self, name: str) -> asyncio.Lock:
         with self._guard:
             return self._locks.setdefault(name, asyncio.Lock())
+
+
+async def retire(core: Core) -> None:
+    """A core no longer served: its requests in flight finish (up to DRAIN_SECONDS), then its batcher stops."""
+    core.stop_polling()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while core.batcher.pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await core.batcher.close()
 
 
 async def warm_up(core: Core) -> None:

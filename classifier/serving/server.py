@@ -62,7 +62,8 @@ class Settings:
     lazy_load: bool = False  # each model but the default loads on its first request
     max_loaded_models: int | None = None  # past it, the least recently used model is unloaded
     model_repository: Path | None = None  # the folder of models (its entries are among `models`)
-    repository_poll_seconds: float = 0  # how often to look at it for models added or removed (0: never)
+    model_config_file: Path | None = None  # TF Serving's model list (its models are `models`)
+    repository_poll_seconds: float = 0  # how often to look at either for models added or removed (0: never)
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int = 0
@@ -167,7 +168,7 @@ class Server:
         task = asyncio.create_task(warm_up())
         sweeping = asyncio.create_task(delete_old_uploads(self.demo, settings.upload_retention))
         watching = asyncio.create_task(self.models.watch(settings.repository_poll_seconds)) \
-            if settings.model_repository and settings.repository_poll_seconds else None
+            if (settings.model_repository or settings.model_config_file) and settings.repository_poll_seconds else None
         if settings.share:
             threading.Thread(target=open_share_link, args=(settings.port,), daemon=True).start()
         if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
@@ -238,7 +239,7 @@ def repository_of(settings: Settings, core: Core | None = None) -> Repository:
         # The named one, else the only one, else the first by name that loads.
         repository = Repository(settings.models, settings.default_model, load, settings.credentials,
                                 lazy=settings.lazy_load, max_loaded=settings.max_loaded_models,
-                                folder=settings.model_repository)
+                                folder=settings.model_repository, config_file=settings.model_config_file)
         repository.load_at_start()
     return repository
 

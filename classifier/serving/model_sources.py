@@ -1,0 +1,113 @@
+"""Where a server's models come from, each by name: a repository folder, --model NAME=PATH, TF Serving's model list.
+
+    --model-repository DIR    every entry of DIR is a model, named by its folder name or file stem
+    --model NAME=PATH         one model, named (repeatable); a plain --model PATH or --conf: one model, as before
+    --model-config-file FILE  TF Serving's model_config_list: each config's name and base_path
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from ..conf import ConfError
+from ..from_path import MODEL_SUFFIXES, conf_for
+from .protos import tf_serving_pb2 as pb
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def checked_name(name: str, where: str) -> str:
+    """A model's name as the routes carry it (/service/NAME, /v2/models/NAME): ConfError for one they cannot."""
+    if not NAME.fullmatch(name):
+        raise ConfError(f"{where}: {name!r} cannot name a model: use letters, digits, '_', '.' and '-' (at most 64, "
+                        "starting with a letter or digit)")
+    return name
+
+
+def discover(folder: Path) -> dict[str, Path]:
+    """A model repository's models, by name → each one's conf.json. A folder holding a conf.json (UAI's keys, its
+    model_dir relative to it) is served as that conf says; any other folder, a model file or a .zip export as
+    `--model PATH` serves it, its input convention, labels and size inferred. Hidden entries and other files (a
+    README) are not models."""
+    if not folder.is_dir():
+        raise ConfError(f"--model-repository {folder}: no such folder")
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or (entry.is_file() and entry.suffix.lower() not in (*MODEL_SUFFIXES, ".zip")):
+            continue
+        name = checked_name(entry.stem if entry.is_file() else entry.name, f"--model-repository {folder}")
+        if name in found:
+            raise ConfError(f"--model-repository {folder}: two entries are named {name!r}; rename one")
+        found[name] = conf_of(entry)
+    if not found:
+        raise ConfError(f"--model-repository {folder}: no models in it (a model folder, a {', '.join(MODEL_SUFFIXES)} "
+                        "file or a .zip export per model)")
+    return found
+
+
+def conf_of(path: Path) -> Path:
+    """The conf.json that serves one repository entry (or --model NAME=PATH)."""
+    if path.is_dir() and (path / "conf.json").is_file():
+        return path / "conf.json"
+    return conf_for(path)[0]
+
+
+def named(pairs: list[str]) -> dict[str, Path]:
+    """--model NAME=PATH, each → its conf.json, by name."""
+    found: dict[str, Path] = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if not path:
+            raise ConfError(f"--model {pair}: give NAME=PATH to name a model among others")
+        if checked_name(name, f"--model {pair}") in found:
+            raise ConfError(f"--model {pair}: {name!r} is named twice (a model of that name is served already)")
+        found[name] = conf_of(Path(path).expanduser().resolve())
+    return found
+
+
+def read_model_config(path: Path) -> dict[str, Path]:
+    """A model_config_list in protobuf's text format, as TF Serving's --model_config_file takes it → each model's
+    conf.json, by name. A relative base_path is taken from the file's folder."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfError(f"--model-config-file {path}: cannot be read: {exc}") from None
+    config = pb.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:  # the line, the column and the field it did not understand
+        raise ConfError(f"--model-config-file {path}: {exc}") from None
+    return models_of(config, Path(path).resolve().parent, f"--model-config-file {path}")
+
+
+def models_of(config: pb.ModelServerConfig, folder: Path, where: str) -> dict[str, Path]:
+    """Each config's conf.json, by name; what this server cannot honour is refused, saying what, not ignored."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise ConfError(f"{where}: no model_config_list (the only kind of config this server reads)")
+    found: dict[str, Path] = {}
+    for model in config.model_config_list.config:
+        name = checked_name(model.name, where)
+        here = f"{where}: model {name!r}"
+        if name in found:
+            raise ConfError(f"{here} is listed twice")
+        if not model.base_path:
+            raise ConfError(f"{here} has no base_path")
+        if model.model_platform not in ("", "tensorflow"):
+            raise ConfError(f"{here}: model_platform {model.model_platform!r}; this server takes the formats "
+                            "--model takes (leave model_platform out, or say \"tensorflow\")")
+        policy = model.model_version_policy
+        if policy.WhichOneof("policy_choice") not in (None, "latest") or policy.latest.num_versions > 1:
+            raise ConfError(f"{here}: model_version_policy {text_format.MessageToString(policy, as_one_line=True)}; "
+                            "this server serves the newest version folder of each model only (latest, one version)")
+        if model.version_labels:
+            raise ConfError(f"{here}: version_labels are not served; ask for a version by number, or for none")
+        base = Path(model.base_path).expanduser()
+        base = base if base.is_absolute() else folder / base
+        if not base.exists():
+            raise ConfError(f"{here}: base_path {base} does not exist")
+        found[name] = conf_of(base)
+    if not found:
+        raise ConfError(f"{where}: the model_config_list lists no model")
+    return found
