@@ -13,6 +13,7 @@ from classifier import ConfError
 from classifier.serving.model_sources import read_model_config
 from conftest import encode, solid, write_colour_graph, write_conf
 from in_process import InProcessServer
+from test_operations import metric
 
 RED = encode(solid("red"))
 
@@ -99,6 +100,16 @@ def test_a_reload_config_request_replaces_the_model_list_as_an_admin_action(tmp_
             assert served_names(running.url) == {"a": "READY", "c": "READY"}  # b left out: unloaded, gone
             assert requests.post(f"{running.url}/service/c", data=RED, timeout=30).json()[0][0] == "red"
             assert requests.post(f"{running.url}/service/b", data=RED, timeout=30).status_code == 404
+            def loads_of_c() -> float:
+                text = requests.get(f"{running.url}/metrics", timeout=10).text
+                return metric(text, "classifier_model_loads_total", 0, model="c", how="asked")
+
+            before = loads_of_c()
+            stub.HandleReloadConfigRequest(reload_request(("a", str(tmp_path / "a")), ("c", str(tmp_path / "b"))),
+                                           timeout=60)  # c's files moved: loaded from there, in c's place
+            metadata = requests.get(f"{running.url}/v2/models/c", timeout=10).json()
+            assert metadata["name"] == "c" and served_names(running.url) == {"a": "READY", "c": "READY"}
+            assert loads_of_c() == before + 1  # loaded anew, from b's folder
 
             with pytest.raises(grpc.RpcError) as raised:  # the default serves /service and the page
                 stub.HandleReloadConfigRequest(reload_request(("c", str(tmp_path / "c"))), timeout=30)

@@ -94,5 +94,5 @@ def test_the_train_folder_keeps_the_newest_models_and_the_one_serving(tmp_path):
         (folder / "saved").mkdir(parents=True)
         os.utime(folder, (number, number))
     (tmp_path / ".classes-x").mkdir()  # not a model: never pruned
-    prune_trained(tmp_path, serving=tmp_path / "model-0" / "saved", keep=3)
+    prune_trained(tmp_path, serving=[tmp_path / "model-0" / "saved"], keep=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".classes-x", "model-0", "model-3", "model-4", "model-5"]

@@ -1,11 +1,12 @@
-"""The Train tab, driven through Gradio's API: upload a zip, train, serve the new model without a restart."""
+"""The Train tab, driven through Gradio's API: upload a zip, train, serve the new model beside the others by name,
+saved into the model repository, without a restart; replacing one of that name only when asked."""
 from __future__ import annotations
 
 import zipfile
 
 import pytest
 
-from conftest import encode, solid
+from conftest import ROOT, encode, solid
 from test_app import curl
 from test_retrain import noisy
 from in_process import InProcessServer
@@ -20,10 +21,17 @@ def flagged_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def training_server(tmp_path_factory, flagged_dir):
+def repository(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "imagenet").symlink_to(ROOT / "checkpoint_dir", target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def training_server(tmp_path_factory, flagged_dir, repository):
     trained = tmp_path_factory.mktemp("trained")
-    running = InProcessServer("--train-dir", str(trained), "--flagging-dir", str(flagged_dir),
-                              "--open-admin")  # Serve this model, without --auth
+    running = InProcessServer("--model-repository", str(repository), "--train-dir", str(trained),
+                              "--flagging-dir", str(flagged_dir), "--open-admin")  # Serve this model, without --auth
     yield running
     running.stop()
 
@@ -37,7 +45,7 @@ def make_zip(path, classes: dict[str, tuple[int, int, int]], count: int = 12):
     return path
 
 
-def test_upload_train_and_serve_without_restart(training_server, tmp_path):
+def test_upload_train_and_serve_beside_the_others_without_restart(training_server, repository, tmp_path):
     from gradio_client import Client, handle_file
 
     red = tmp_path / "red.png"
@@ -52,18 +60,25 @@ def test_upload_train_and_serve_without_restart(training_server, tmp_path):
     assert "int8 model" not in report  # the box is off by default: the page serves the fp32 model
     assert "None of these: calibrated on" in report  # that box is on by default
     assert matrix and curve
-    served = client.predict(api_name="/serve_trained")
+    with pytest.raises(Exception, match="'my model' cannot name a model"):
+        client.predict("my model", False, api_name="/serve_trained")
+    served, picker = client.predict("colours", False, api_name="/serve_trained")
     assert "Now serving **frozen graph · 2 labels · 224×224 input [0, 1] · " in served
+    assert "as **colours** (the model repository, as `colours`)" in served and picker["value"] == "colours"
+    assert (repository / "colours" / "conf.json").is_file()  # saved into the repository: a restart serves it too
+    assert not list(repository.glob(".*"))  # nothing half-copied left beside it
 
-    status, after, _ = curl("-T", str(red), f"{training_server.url}/service")
+    status, after, _ = curl("-T", str(red), f"{training_server.url}/service/colours")
     assert status == 200 and after[0][0] == "reddish" and len(after) == 2
-    label = client.predict(handle_file(str(red)), api_name="/classify")
+    assert curl("-T", str(red), f"{training_server.url}/service")[1] == before  # the default model is unchanged
+    label = client.predict(handle_file(str(red)), "colours", api_name="/classify")
     assert label["label"] == "reddish"
     # Why, for the retrained model too: a red square on the left of a blue photo, explained as "reddish".
     half = solid("blue", (224, 224))
     half.paste(solid("red", (112, 224)), (0, 0))
     half.save(tmp_path / "half.png")
-    status, why, _ = curl("--data-binary", f"@{tmp_path / 'half.png'}", f"{training_server.url}/explain?label=reddish")
+    status, why, _ = curl("--data-binary", f"@{tmp_path / 'half.png'}",
+                          f"{training_server.url}/explain/colours?label=reddish")
     assert status == 200 and why["label"] == "reddish"
     grid = [[max(cell, 0) for cell in row] for row in why["grid"]]
     half = len(grid[0]) // 2
@@ -101,10 +116,14 @@ def test_label_flagged_photos_and_train_on_them(training_server, flagged_dir, tm
     assert "Trained on 23 photos in 2 classes (greenish 11, purplish 12)" in report
     # The int8 twin, calibrated on the training photos, tested on the same test photos (or refused by the guard).
     assert "int8 model: written" in report or "int8 model: refused by the precision guard" in report, report
-    client.predict(api_name="/serve_trained")
     green = tmp_path / "green.png"
     green.write_bytes(encode(noisy((40, 210, 40), 5)))
-    assert curl("-T", str(green), f"{training_server.url}/service")[1][0][0] == "greenish"
+    with pytest.raises(Exception, match="a model named 'colours' is served already: tick \"Replace it\""):
+        client.predict("colours", False, api_name="/serve_trained")
+    assert curl("-T", str(green), f"{training_server.url}/service/colours")[1][0][0] in ("reddish", "bluish")
+    served, _ = client.predict("colours", True, api_name="/serve_trained")  # asked for: in its place
+    assert "as **colours**" in served
+    assert curl("-T", str(green), f"{training_server.url}/service/colours")[1][0][0] == "greenish"
 
 
 def test_bad_zip_gets_a_clear_error(training_server, tmp_path):

@@ -6,7 +6,9 @@
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -111,3 +113,25 @@ def models_of(config: pb.ModelServerConfig, folder: Path, where: str) -> dict[st
     if not found:
         raise ConfError(f"{where}: the model_config_list lists no model")
     return found
+
+
+def staged(folder: Path, name: str, model: Path) -> Path:
+    """A trained model's folder copied into the repository folder under a hidden name, which a rescan skips (in a
+    thread: ~50 MB). OSError if the folder cannot be written (a read-only mount)."""
+    staging = folder / f".{name}.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model, staging, ignore=shutil.ignore_patterns("report"))
+    return staging
+
+
+def moved_in(folder: Path, name: str, staging: Path) -> tuple[Path, Path | None]:
+    """The staged model renamed to `name`, whole (two renames: call it on the event loop, between rescans): its
+    conf.json, and the previous folder of that name moved aside, for the caller to delete once the new model
+    serves (None if there was none)."""
+    previous = None
+    if (folder / name).exists():
+        previous = folder / f".{name}.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder / name, previous)
+    os.replace(staging, folder / name)
+    return conf_of(folder / name), previous

@@ -83,7 +83,7 @@ class Page:
         facts = await classifier.facts.remote()
         self.batcher = RemoteBatcher(classifier, facts)
         self.demo = build_demo(OneModel(self.batcher, RemoteExplainer(classifier)), example_photos(),
-                               Path(flagging_dir), Path(os.devnull), lambda _: "", training_off=(
+                               Path(flagging_dir), Path(os.devnull), None, training_off=(
                                    "on Ray Serve the page only classifies; train with `python -m classifier.retrain` "
                                    "or app.py, then deploy the new model's conf"), flag_budget=FlagBudget())
         self.demo.queue(max_size=self.batcher.conf.max_queue)

@@ -145,6 +145,10 @@ class Repository:
                  "state": entry.state, "reason": "" if entry.state == READY else entry.reason}
                 for entry in self.entries.values()]
 
+    def served_folders(self) -> list[Path]:
+        """The folder of each model's conf (loaded or not): what must not be deleted from under the server."""
+        return [entry.conf.parent for entry in self.entries.values()]
+
     def loaded(self) -> list[Core]:
         """The loaded models' cores, the default first."""
         entries = sorted(self.entries.values(), key=lambda entry: entry.name != self.default_name)
@@ -226,7 +230,7 @@ class Repository:
             return
         for name in [name for name in found if name not in self.entries]:
             try:
-                await self._add(name, found[name], in_folder=True)
+                await self.add(name, found[name], in_folder=True)
             except ModelRefused as exc:
                 log.error("model %r, added to the repository, is unavailable: %s", name, exc)
         for name in [name for name, entry in self.entries.items() if entry.in_folder and name not in found]:
@@ -336,17 +340,20 @@ class Repository:
             entry = default if name == self.served_name(default) else self.entries.get(name)
             try:
                 if entry is None:
-                    await self._add(name, conf)
+                    await self.add(name, conf)
                 elif entry.conf != conf:
-                    await self._replace(entry, conf)
+                    await self.replace(entry.name, conf)
             except ModelRefused as exc:
                 failures.append(str(exc))
         if failures:
             raise ModelRefused("; ".join(failures))
 
-    async def _add(self, name: str, conf: Path, in_folder: bool = False) -> None:
+    async def add(self, name: str, conf: Path, in_folder: bool = False) -> None:
         """A new model in the index: loaded now, or on its first request (--lazy-load, a full
-        --max-loaded-models). ModelRefused if it cannot be loaded (it stays listed, UNAVAILABLE)."""
+        --max-loaded-models). ModelRefused if it cannot be loaded (it stays listed, UNAVAILABLE), or if a model of
+        that name is served already (replace() serves another in its place)."""
+        if name in self.names:
+            raise ModelRefused(f"a model named {name!r} is served already")
         self.entries[name] = entry = Entry(name, conf, in_folder=in_folder)
         self.entries = dict(sorted(self.entries.items()))
         if self.lazy or self._full():
@@ -354,9 +361,10 @@ class Repository:
         else:
             await self.load(name)
 
-    async def _replace(self, entry: Entry, conf: Path) -> None:
+    async def replace(self, name: str, conf: Path) -> None:
         """A model served from another conf: loaded and warmed up beside the serving one, which keeps serving
         until then (and if the new one is refused); its requests in flight finish before it is freed."""
+        entry = self.entry(name)
         async with self._lock(entry.name):
             old = entry.core
             if old is None:  # not loaded: its next load reads the new conf

@@ -34,7 +34,8 @@ from .grpc_server import GrpcServer
 from . import gradio_internals
 from .guard import GuardConf, UploadBudget
 from .bodies import request_limit
-from .errors import ADMIN_NEEDS_LOGIN
+from .errors import ADMIN_NEEDS_LOGIN, ModelRefused
+from .model_sources import checked_name, moved_in, staged
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Server:
         # What the page gives out (CSVs, thumbnails, model zips) is written here, and nothing else is given out.
         self.page_files = Path(tempfile.mkdtemp(prefix="classifier-page-"))
         self.demo = build_demo(models, example_photos(), settings.flagging_dir, settings.train_dir,
-                               self.serve_checkpoint, settings.training_off, settings.flag_budget, self.page_files)
+                               self.serve_trained, settings.training_off, settings.flag_budget, self.page_files)
         self.demo.queue(max_size=core.batcher.conf.max_queue)
         # The gRPC port: both protocols on each model's batcher and limits, the login as their REST forms, in
         # this loop;
@@ -111,15 +112,44 @@ class Server:
     def model(self) -> Any:
         return self.core.model
 
-    def serve_checkpoint(self, conf: Path) -> str:
-        """The Train tab's "Serve this model": new requests use it, requests in flight finish on the old one. It
-        changes what every client is served, so it needs the login (or open_admin)."""
+    async def serve_trained(self, trained: Path, name: str, replace: bool = False) -> str:
+        """The Train tab's "Serve this model": the trained model served beside the others, as `name`; in the
+        --model-repository folder if there is one it can write, else from the train folder. It changes what every
+        client is offered, so it needs the login (or open_admin); taking the place of a model of that name must be
+        asked for (replace), and the old one's requests finish first."""
         if not self.settings.credentials and not self.settings.open_admin:
             raise gr.Error(f"Serving a trained model from the page is off: {ADMIN_NEEDS_LOGIN}. The model is in "
-                           "the train folder: download it, or serve it with --conf.")
-        new_model = self.core.reloader.switch_to(conf, "Train tab")
-        return (f"Now serving **{classifier.describe(new_model)}** (`{conf.parent.name}` in the train folder), "
-                "on this page, its API and /service.")
+                           "the train folder: download it, or serve it with --model.")
+        models = self.models
+        try:
+            name = checked_name(name.strip(), "the model's name")
+        except classifier.ConfError as exc:
+            raise gr.Error(str(exc)) from None
+        if name in models.names and not replace:
+            raise gr.Error(f"a model named {name!r} is served already: tick \"Replace it\" to serve this one in "
+                           "its place, or give another name")
+        conf, previous, where = trained / "conf.json", None, f"`{trained.name}` in the train folder"
+        if models.folder is not None:
+            try:
+                staging = await asyncio.to_thread(staged, models.folder, name, trained)
+                conf, previous = moved_in(models.folder, name, staging)
+                where = f"the model repository, as `{name}`"
+            except OSError as exc:  # a read-only repository: the train folder serves it
+                log.warning("the trained model stays in the train folder: the model repository cannot be "
+                            "written (%s)", exc)
+        try:
+            if name in models.names:
+                await models.replace(name, conf)
+            else:
+                await models.add(name, conf, in_folder=models.folder is not None and conf.is_relative_to(models.folder))
+        except ModelRefused as exc:
+            raise gr.Error(str(exc)) from None
+        finally:
+            if previous is not None:
+                await asyncio.to_thread(shutil.rmtree, previous, True)
+        model = (await models.get(name)).model
+        return (f"Now serving **{classifier.describe(model)}** as **{name}** ({where}), beside the other models: "
+                f"pick it above, or call `/service/{name}`.")
 
     def _asgi_app(self) -> Any:
         settings, core = self.settings, self.core

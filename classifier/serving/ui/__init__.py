@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import gradio as gr
 
@@ -28,11 +28,12 @@ CSS = """
 
 
 def build_demo(models: PageModels, examples: list[Path], flagging_dir: Path, train_dir: Path,
-               serve_checkpoint: Callable[[Path], str], training_off: str | None = None,
+               serve_trained: Callable[[Path, str, bool], Awaitable[str]] | None, training_off: str | None = None,
                flag_budget: FlagBudget = FlagBudget(), output_folder: Path | None = None) -> gr.Blocks:
-    """models: what the picker offers (the default answers when there is one). training_off: why the Train tab is
-    disabled (None: enabled). output_folder: where the page writes the files it gives out (CSVs, thumbnails, model
-    zips); every event's files are gated (file_gate)."""
+    """models: what the picker offers (the default answers when there is one). serve_trained(folder, name,
+    replace): the Train tab's "Serve this model". training_off: why the Train tab is disabled (None: enabled).
+    output_folder: where the page writes the files it gives out (CSVs, thumbnails, model zips); every event's
+    files are gated (file_gate)."""
     output_folder = output_folder or Path(tempfile.mkdtemp(prefix="classifier-page-"))
     with GatedBlocks(title="Image classifier") as demo:
         demo.output_folders = [output_folder.resolve()]
@@ -43,9 +44,9 @@ def build_demo(models: PageModels, examples: list[Path], flagging_dir: Path, tra
         with gr.Tab("Batch"):
             batch_tab(models, picker, output_folder)
         with gr.Tab("Train"):
-            if training_off:
+            if training_off or serve_trained is None:
                 gr.Markdown(f"Training is turned off: {training_off}.")
             else:
-                train_tab(train_dir, flagging_dir, serve_checkpoint, lambda: limits_of(models.default.batcher.model),
-                          output_folder, lambda: models.default.batcher.model.model_dir)
+                train_tab(train_dir, flagging_dir, serve_trained, picker, models,
+                          lambda: limits_of(models.default.batcher.model), output_folder)
     return demo

@@ -1,6 +1,7 @@
 """The page's model picker: one dropdown above the tabs, and each event's model looked up by the name it holds."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import gradio as gr
@@ -27,6 +28,8 @@ class PageModels(Protocol):
     @property
     def default(self) -> Picked: ...
 
+    def served_folders(self) -> list[Path]: ...
+
     async def get(self, name: str | None = None) -> Picked: ...
 
 
@@ -42,6 +45,9 @@ class OneModel:
     @property
     def default(self) -> Picked:
         return self
+
+    def served_folders(self) -> list[Path]:
+        return []
 
     async def get(self, name: str | None = None) -> Picked:
         return self

@@ -7,7 +7,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import gradio as gr
 from PIL import Image
@@ -17,6 +17,7 @@ from ...images import Limits
 from .class_builder import Classes, class_builder
 from .file_gate import new_output_folder
 from .live import live_camera
+from .picker import PageModels
 from .uploads import received_upload
 
 
@@ -24,13 +25,13 @@ DOWNLOAD_KEEP_SECONDS = 3600  # a trained model's zip, for its Download button
 KEEP_TRAINED = 10  # models the Train tab keeps in the train folder (~50 MB each); older ones are deleted
 
 
-def prune_trained(train_dir: Path, serving: Path | None, keep: int = KEEP_TRAINED) -> None:
-    """The Train tab's models beyond the newest `keep`, deleted, except the one serving (each run left ~53 MB,
-    never removed)."""
+def prune_trained(train_dir: Path, serving: list[Path], keep: int = KEEP_TRAINED) -> None:
+    """The Train tab's models beyond the newest `keep`, deleted, except those served (each run left ~53 MB, never
+    removed)."""
     models = sorted((p for p in train_dir.glob("model-*") if p.is_dir()), key=lambda p: p.stat().st_mtime,
                     reverse=True)
     for old in models[keep:]:
-        if serving is None or not Path(serving).resolve().is_relative_to(old.resolve()):
+        if not any(Path(folder).resolve().is_relative_to(old.resolve()) for folder in serving):
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -100,12 +101,12 @@ trial = Trial()
 class Training:
     """What the Train tab's buttons do: list the flagged photos, train, ready the new model (try it live, its zip),
     serve it. train_dir: where models are written; downloads: where their zips are (the page gives out files from
-    there); serving(): the folder of the model serving, which pruning the train folder keeps."""
+    there); models: the server's, whose folders pruning the train folder keeps, and which the new one joins."""
 
-    def __init__(self, train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
-                 downloads: Path, serving: Callable[[], Path | None], builder: Any):
-        self.train_dir, self.flagging_dir, self.serve_checkpoint = train_dir, flagging_dir, serve_checkpoint
-        self.downloads, self.serving, self.builder = downloads, serving, builder
+    def __init__(self, train_dir: Path, flagging_dir: Path, serve_trained: Callable[[Path, str, bool], Awaitable[str]],
+                 downloads: Path, models: PageModels, builder: Any):
+        self.train_dir, self.flagging_dir, self.serve_trained = train_dir, flagging_dir, serve_trained
+        self.downloads, self.models, self.builder = downloads, models, builder
 
     def flagged_photos(self) -> dict[str, Path]:
         """The flagged photos by their names on the page: paths inside the flagging folder (the server's own
@@ -146,7 +147,7 @@ class Training:
                 Path(zip_path).unlink(missing_ok=True)
         if made:  # nor the classes made on the page, once trained on (kept after a refusal, to add photos)
             made.delete()
-        prune_trained(self.train_dir, self.serving())
+        prune_trained(self.train_dir, self.models.served_folders())
         text = "```\n" + retrain.format_summary(summary) + "\n```"
         return (text, Image.open(output / "report" / "confusion_matrix.png"),
                 Image.open(output / "report" / "training_curve.png"), str(output), gr.update(interactive=True))
@@ -162,23 +163,29 @@ class Training:
         archive = retrain.write_archive(Path(output), folder / f"{Path(output).name}.zip")
         return (gr.DownloadButton(value=str(archive), visible=True), *self.builder.shown(made))
 
-    def serve(self, output: str | None) -> str:
+    async def serve(self, output: str | None, name: str, replace: bool = False) -> tuple[str, Any]:
+        """The trained model served beside the others as `name`: the server's answer, and the page's picker
+        showing it, picked."""
         if not output:
             raise gr.Error("Train a model first.")
+        if not (name or "").strip():
+            raise gr.Error("Give the model a name first (letters, digits, '_', '.' and '-').")
         try:
-            return self.serve_checkpoint(Path(output) / "conf.json")
+            said = await self.serve_trained(Path(output), name, bool(replace))
         except gr.Error:
             raise
         except Exception as exc:
             raise gr.Error(f"could not load the new model: {exc}") from None
+        names = self.models.names
+        return said, gr.Dropdown(choices=names, value=name.strip(), visible=len(names) > 1)
 
 
-def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[Path], str],
-              limits: Callable[[], Limits] = Limits, output_folder: Path | None = None,
-              serving: Callable[[], Path | None] = lambda: None) -> None:
-    """limits(): the serving model's image limits, which the photos added on the page must keep. output_folder:
-    where the Download button's zips are written (the page gives out files from there only). serving(): the
-    folder of the model serving, which pruning the train folder keeps."""
+def train_tab(train_dir: Path, flagging_dir: Path, serve_trained: Callable[[Path, str, bool], Awaitable[str]],
+              picker: gr.Dropdown, models: PageModels, limits: Callable[[], Limits] = Limits,
+              output_folder: Path | None = None) -> None:
+    """serve_trained(folder, name, replace): "Serve this model"; picker: the page's, which then shows the new one.
+    limits(): the serving model's image limits, which the photos added on the page must keep. output_folder:
+    where the Download button's zips are written (the page gives out files from there only)."""
     downloads = output_folder or Path(tempfile.mkdtemp(prefix="classifier-downloads-"))
     gr.Markdown("Make the classes here, and/or upload a **.zip with one folder of photos per class** (folder name = "
                 "label), and/or label the photos flagged on the Classify tab: they are merged into the same classes. "
@@ -209,6 +216,11 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
             curve = gr.Image(label="Training curve", type="pil", interactive=False, height="auto",
                              elem_classes="whole-picture", elem_id="train-curve")
             with gr.Row():
+                # Served beside the others, by this name (checked like a model's name on every route).
+                serving_name = gr.Textbox(label="Serve it as", placeholder="a name: letters, digits, _ . -",
+                                          max_length=64, elem_id="train-model-name")
+                replace = gr.Checkbox(False, label="Replace it (a model of that name is served already)")
+            with gr.Row():
                 serve_button = gr.Button("Serve this model", interactive=False)
                 download = gr.DownloadButton("Download this model (.zip)", visible=False, elem_id="train-download")
             served = gr.Markdown()
@@ -216,11 +228,12 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_checkpoint: Callable[[P
     live_camera(trial.classify, 5, "Try it live: the camera classified by the new model, before serving it",
                 "trial", checkpoint)
 
-    actions = Training(train_dir, flagging_dir, serve_checkpoint, downloads, serving, builder)
+    actions = Training(train_dir, flagging_dir, serve_trained, downloads, models, builder)
     load_flagged.click(actions.show_flagged, None, flagged, api_name="flagged")
     trained = train_button.click(actions.train, [photos, flagged, steps, int8, none_of_these, builder.classes],
                                  [report, matrix, curve, checkpoint, serve_button], api_name="train",
                                  concurrency_limit=1)
     trained.success(actions.after_training, [checkpoint, builder.classes], [download, *builder.outputs],
                     api_visibility="private", concurrency_limit=1)
-    serve_button.click(actions.serve, [checkpoint], [served], api_name="serve_trained", concurrency_limit=1)
+    serve_button.click(actions.serve, [checkpoint, serving_name, replace], [served, picker], api_name="serve_trained",
+                       concurrency_limit=1)
