@@ -200,7 +200,8 @@ def models_by_name(repository: Path | None, models: list[str], config_file: Path
     --model-config-file, whose list is the server's whole: a reload of it replaces every model), or {} for one
     model served as before (--conf, one --model PATH, the default)."""
     from classifier import ConfError
-    from classifier.serving.model_sources import NAME, discover, named, read_model_config
+    from classifier.from_path import NAME, discover
+    from classifier.serving.model_sources import named, read_model_config
 
     if config_file is not None:
         if repository is not None or models:

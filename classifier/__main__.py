@@ -1,4 +1,5 @@
-"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json] [--retime] [--convert]."""
+"""The command line: python -m classifier IMAGE... [--conf conf.json] [--top-k K] [--json] [--retime] [--convert];
+python -m classifier --convert --model-repository DIR: every model of a repository, converted."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, metavar="PATH",
                         help="serve this model with no conf.json: a model folder, a .pb, .keras, .h5 or .tflite "
                              "file, or a Teachable Machine .zip export (--conf wins when both are given)")
+    parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
+                        help="with --convert or --retime and no IMAGE: every model in DIR (as app.py's "
+                             "--model-repository names them), one after the other")
     parser.add_argument("--labels", default=None, metavar="FILE", help="with --model: its labels file, one per line "
                         "(default: the one beside the model, or packed in it)")
     parser.add_argument("--top-k", type=int, default=None, help="how many labels per image (default: conf's top_k)")
@@ -36,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.images and not (args.retime or args.convert):
         parser.error("give at least one IMAGE (or --retime, or --convert)")
+    if args.model_repository and (args.images or not (args.retime or args.convert)):
+        parser.error("--model-repository goes with --convert or --retime, and no IMAGE")
     return args
 
 
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .from_path import chosen_conf
 
+    if args.model_repository:
+        return convert_repository(args.model_repository)
     try:
         conf = chosen_conf(args.conf, args.model, args.labels)
         model = load(conf)
@@ -77,6 +85,28 @@ def main(argv: list[str] | None = None) -> int:
     results = classify_files(model, args.images)
     print_results(args.images, results, args.json)
     return 1 if any(isinstance(result, dict) and "error" in result for result in results) else 0
+
+
+def convert_repository(folder: Path) -> int:
+    """Each model of the repository loaded (converted, checked, timed: what --convert does for one), its engine
+    or its error printed by name; 2 if any was refused, so that a build step fails."""
+    from . import ConfError, LabelsError, load
+    from .formats import ModelError
+    from .from_path import discover
+
+    try:
+        confs = discover(folder)
+    except ConfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    refused = 0
+    for name, conf in confs.items():
+        try:
+            print(f"{name}: serving with {load(conf).runtime.engine}", flush=True)
+        except (ConfError, ModelError, LabelsError, OSError) as exc:
+            print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+            refused += 1
+    return 2 if refused else 0
 
 
 def print_results(paths: list[Path], results: list, as_json: bool) -> None:

@@ -328,3 +328,33 @@ def test_a_mounted_model_is_refused_clearly_then_converted_by_the_full_target_an
         status, result, _ = curl("-T", str(red), f"{served.url}/service")
         assert status == 200 and result[0][0] == "red"
         assert "without TensorFlow" in served.logs()
+
+
+def test_a_mounted_repository_is_converted_whole_by_the_full_target_and_served_read_only(image, tmp_path):
+    """Two models (one with its conf.json, one a bare model folder), converted in one run of the full target's
+    `python -m classifier --convert --model-repository`, then served by name from a read-only mount."""
+    repository = tmp_path / "models"
+    write_colour_graph(repository / "with-conf" / "model", size=8)
+    write_conf(repository / "with-conf", model_dir="model", size=8, runtime="auto")
+    write_colour_graph(repository / "bare", size=8)  # its labels beside it; size and convention inferred
+    for folder in (repository, *repository.rglob("*")):
+        if folder.is_dir():
+            os.chmod(folder, 0o777)  # the image's user (uid 10001) writes each conversion beside its model
+    mount = f"{repository}:/models"
+
+    convert = docker("run", "--rm", "--network", "host", "-v", mount, f"{IMAGE}:full", "python", "-m", "classifier",
+                     "--convert", "--model-repository", "/models", timeout=300)
+    assert "bare: serving with" in convert.stdout and "with-conf: serving with" in convert.stdout, \
+        convert.stdout + convert.stderr
+
+    red = tmp_path / "red.png"
+    red.write_bytes(encode(solid("red")))
+    with Container("--read-only", "--tmpfs", "/tmp", "-v", f"{mount}:ro",
+                   command=("python", "app.py", "--model-repository", "/models")) as served:
+        served.wait_until_ready()
+        for name in ("bare", "with-conf"):
+            status, result, _ = curl("-T", str(red), f"{served.url}/service/{name}")
+            assert status == 200 and result[0][0] == "red", (name, result)
+        status, index, _ = curl("-X", "POST", f"{served.url}/v2/repository/index")
+        assert status == 200 and {row["name"]: row["state"] for row in index} == {"bare": "READY", "with-conf": "READY"}
+        assert "without TensorFlow" in served.logs()

@@ -20,10 +20,11 @@ import pytest
 import yaml
 
 from bench.server import free_port
-from conftest import CAT_LABELS, PHOTOS, ROOT
+from conftest import CAT_LABELS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
 
 CONFIG = ROOT / "deploy" / "ray" / "serve.yaml"
 PHOTO = (PHOTOS / "cat.jpeg").read_bytes()
+RED = encode(solid("red"))
 
 
 def cluster_environment() -> dict:
@@ -39,6 +40,14 @@ def cluster_environment() -> dict:
             "RAY_metrics_report_interval_ms": "1000"}  # Ray's metrics reach the nodes' endpoints each second
 
 
+def colour_repository(folder: Path) -> Path:
+    """A second model for the replicas to serve by name beside the default: a tiny colour graph."""
+    if not folder.exists():
+        write_colour_graph(folder / "colours" / "model")
+        write_conf(folder / "colours")
+    return folder
+
+
 def config_for_this_machine(path: Path, port: int, conf: Path, flagged: Path) -> Path:
     """serve.yaml as it is, but for what one machine with three one-CPU nodes needs: the ingress on the head only
     (every node's would want the same port), loopback, a free port, this checkout's paths, one CPU a replica, at
@@ -48,6 +57,7 @@ def config_for_this_machine(path: Path, port: int, conf: Path, flagged: Path) ->
     config["http_options"].update(host="127.0.0.1", port=port)
     classifier_app, page_app = config["applications"]
     classifier_app["args"]["conf"] = str(ROOT / "conf.json")
+    classifier_app["args"]["model_repository"] = str(colour_repository(path.parent / "models"))
     page_app["args"]["flagging_dir"] = str(flagged)
     for application in (classifier_app, page_app):
         application["runtime_env"]["env_vars"]["PYTHONPATH"] = str(ROOT)
@@ -271,6 +281,12 @@ def test_replicas_on_every_node_serve_the_whole_api_autoscaled_reloaded_and_surv
                 {"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64]}]}), None),
             "/v1": (lambda: client.post(f"{url}/v1/models/checkpoint_dir:predict",
                                         json={"instances": [{"b64": b64}]}), None),
+            # The repository's other model, by name, on every replica: each holds both.
+            "/service/colours": (lambda: client.post(f"{url}/service/colours", content=RED),
+                                 lambda response: response.json()[0][0] == "red"),
+            "/v2/repository/index": (lambda: client.post(f"{url}/v2/repository/index"),
+                                     lambda response: [row["name"] for row in response.json()] ==
+                                     ["checkpoint_dir", "colours"]),
             "/healthz": (lambda: client.get(f"{url}/healthz"), None),
             "/readyz": (lambda: client.get(f"{url}/readyz"), None),
             "/metrics": (lambda: client.get(f"{url}/metrics"),

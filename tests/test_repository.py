@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 import app
 from classifier import ConfError
-from classifier.serving.model_sources import discover
+from classifier.from_path import discover
 from conftest import AUTH, CAT_LABELS, PHOTOS, ROOT, encode, solid, write_colour_graph, write_conf
 from in_process import InProcessServer
 from test_conventions import keras2_h5

@@ -1,4 +1,5 @@
-"""Where a server's models come from, each by name: a repository folder, --model NAME=PATH, TF Serving's model list.
+"""Where a server's models come from, each by name: --model NAME=PATH, TF Serving's model list, a trained model
+saved into the repository folder (whose entries, and the naming rule, are the core's: from_path.discover).
 
     --model-repository DIR    every entry of DIR is a model, named by its folder name or file stem
     --model NAME=PATH         one model, named (repeatable); a plain --model PATH or --conf: one model, as before
@@ -7,54 +8,14 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from ..conf import ConfError
-from ..from_path import MODEL_SUFFIXES, conf_for
+from ..from_path import checked_name, conf_of
 from .protos import tf_serving_pb2 as pb
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def checked_name(name: str, where: str) -> str:
-    """A model's name as the routes carry it (/service/NAME, /v2/models/NAME): ConfError for one they cannot."""
-    if not NAME.fullmatch(name):
-        raise ConfError(f"{where}: {name!r} cannot name a model: use letters, digits, '_', '.' and '-' (at most 64, "
-                        "starting with a letter or digit)")
-    return name
-
-
-def discover(folder: Path) -> dict[str, Path]:
-    """A model repository's models, by name → each one's conf.json. A folder holding a conf.json (UAI's keys, its
-    model_dir relative to it) is served as that conf says; any other folder, a model file or a .zip export as
-    `--model PATH` serves it, its input convention, labels and size inferred. Hidden entries and other files (a
-    README) are not models."""
-    if not folder.is_dir():
-        raise ConfError(f"--model-repository {folder}: no such folder")
-    found: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or (entry.is_file() and entry.suffix.lower() not in (*MODEL_SUFFIXES, ".zip")):
-            continue
-        name = checked_name(entry.stem if entry.is_file() else entry.name, f"--model-repository {folder}")
-        if name in found:
-            raise ConfError(f"--model-repository {folder}: two entries are named {name!r}; rename one")
-        found[name] = conf_of(entry)
-    if not found:
-        raise ConfError(f"--model-repository {folder}: no models in it (a model folder, a {', '.join(MODEL_SUFFIXES)} "
-                        "file or a .zip export per model)")
-    return found
-
-
-def conf_of(path: Path) -> Path:
-    """The conf.json that serves one repository entry (or --model NAME=PATH)."""
-    if path.is_dir() and (path / "conf.json").is_file():
-        return path / "conf.json"
-    return conf_for(path)[0]
-
 
 def named(pairs: list[str]) -> dict[str, Path]:
     """--model NAME=PATH, each → its conf.json, by name."""

@@ -32,10 +32,12 @@ except ImportError as exc:  # optional: app.py and the library never import this
                       "python app.py needs none of it)") from exc
 
 from .. import describe
+from ..conf import ConfError
 from ..explain import LabelError
 from ..images import ImageError, limits_of
 from .api import create_app
 from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
+from ..from_path import discover
 from .core import load_core
 from .repository import Repository
 
@@ -45,14 +47,14 @@ REPLICA_HEADER, NODE_HEADER = b"x-replica", b"x-ray-node"
 # The environment of the cluster's Ray processes (`ray start`'s, or the KubeRay pods' env in rayservice.yaml):
 # Ray Serve's HAProxy ingress, which sends HTTP straight to each replica's own server instead of through the Python
 # proxy actor and a Ray call (bench/ray_replicas.py: one replica's c16 from 47 % of app.py's to 76–80 %).
-# HAProxy retries a request on another replica when its replica's connection fails, or closes without a whole answer
-# (a node lost mid-request): classifying is idempotent, so replaying it is safe. It can replay only what its
-# buffer holds, so the buffer fits a typical photo (512 KiB; larger uploads lost in flight get a 5xx to retry),
-# and maxconn caps what the buffers may take (1024 × 2 × 512 KiB = 1 GiB at most, per node).
+# HAProxy retries a request on another replica when its replica's connection fails, closes without a whole answer,
+# or answers 500 (a node lost mid-request; docs/deploy.md): classifying is idempotent, so replaying it is safe.
+# It can replay only what its buffer holds, so the buffer fits a typical photo (512 KiB; larger uploads lost in
+# flight get a 5xx to retry), and maxconn caps what the buffers may take (1024 × 2 × 512 KiB = 1 GiB at most, per node).
 CLUSTER_ENVIRONMENT = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response 500",
     "RAY_SERVE_HAPROXY_RETRIES": "3",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(512 * 1024),
     "RAY_SERVE_HAPROXY_MAXCONN": "1024",
@@ -125,10 +127,26 @@ class Classifier:
     {"conf": …} deployed (`serve deploy`), which Ray Serve hands to every replica in place (reconfigure)."""
 
     def __init__(self, conf_path: str, max_batch_size: int | None = None, batch_wait_ms: float | None = None,
-                 page: str | None = None):
-        # The same core as app.py's server (server.load_core), with Ray Serve's batching.
-        self.core = load_core(Path(conf_path), serve_batching=ServeBatching, max_batch_size=max_batch_size,
-                              max_batch_wait_ms=batch_wait_ms)
+                 page: str | None = None, model_repository: str | None = None):
+        """model_repository: a folder of more models (as app.py's --model-repository names them), each served by
+        name beside conf_path's, which stays the default (named by its conf's model_name)."""
+        def load(name: str | None, conf: Path) -> Any:
+            # The same core as app.py's server (server.load_core), with Ray Serve's batching.
+            return load_core(conf, serve_batching=ServeBatching, max_batch_size=max_batch_size,
+                             max_batch_wait_ms=batch_wait_ms, name=name)
+
+        self.core = load(None, Path(conf_path))
+        self.models = Repository.of(self.core)
+        if model_repository:
+            more, default = discover(Path(model_repository)), self.models.default_name
+            if default in more:
+                raise ConfError(f"model_repository {model_repository} has a model named {default!r}, the name of "
+                                f"conf {conf_path}'s model (the default): rename one")
+            self.models = Repository({**more, default: Path(conf_path)}, default, load)
+            self.models.load_at_start()  # each replica holds every model: any replica answers any name
+            self.core = self.models.default
+            for core in self.models.loaded():
+                core.health.ready = True
         self.model, self.batcher, self.explainer = self.core.model, self.core.batcher, self.core.explainer
         self.reloader, self.health = self.core.reloader, self.core.health
         self.page = page
@@ -138,7 +156,7 @@ class Classifier:
 
     def __serve_build_asgi_app__(self) -> Any:
         # /admin/reload is left out: it would reload only the replica that answers (redeploy user_config instead).
-        app = create_app(Repository.of(self.core), reloading=False, title="Image classifier (Ray Serve)")
+        app = create_app(self.models, reloading=False, title="Image classifier (Ray Serve)")
         if self.page:  # a browser that asks for / is sent to the page's application
             app.add_api_route("/", lambda: RedirectResponse(self.page.strip("/") + "/"), include_in_schema=False)
         return ReplicaHeaders(app, serve.get_replica_context().replica_id.unique_id,
@@ -177,9 +195,9 @@ class Classifier:
 
 def build(args: dict[str, str]) -> serve.Application:
     """`serve run classifier.serving.ray_serve:build key=value …` (or a config file's `args`): conf,
-    num_replicas, max_batch_size, batch_wait_ms, max_ongoing_requests, page (the page application's route prefix,
-    where / redirects). Without num_replicas, the deployment's options (a config file's autoscaling_config, say)
-    decide."""
+    model_repository (more models, each by name beside conf's, the default), num_replicas, max_batch_size,
+    batch_wait_ms, max_ongoing_requests, page (the page application's route prefix, where / redirects). Without
+    num_replicas, the deployment's options (a config file's autoscaling_config, say) decide."""
     conf = Path(args.get("conf", os.environ.get("UAI_SERVICE_CONFIG", "conf.json"))).resolve()
     max_batch_size = int(args["max_batch_size"]) if "max_batch_size" in args else None
     options: dict[str, Any] = {}
@@ -189,7 +207,8 @@ def build(args: dict[str, str]) -> serve.Application:
         options["max_ongoing_requests"] = int(args["max_ongoing_requests"])
     # max_ongoing_requests: Ray Serve's default (5 a replica) is too few to fill a batch of 16; 32 is the default.
     wait = float(args["batch_wait_ms"]) if "batch_wait_ms" in args else None
-    return Classifier.options(**options).bind(str(conf), max_batch_size, wait, args.get("page"))
+    repository = str(Path(args["model_repository"]).resolve()) if args.get("model_repository") else None
+    return Classifier.options(**options).bind(str(conf), max_batch_size, wait, args.get("page"), repository)
 
 
 # What `serve build classifier.serving.ray_serve:app` reads (deploy/ray/serve.yaml was made from its output):

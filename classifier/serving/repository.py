@@ -1,7 +1,7 @@
 """Many models in one server: a model repository, each model by name with its own core (batcher, engine, limits,
 hot reload), loaded and unloaded while the others serve, and its index as Triton's repository extension gives it.
 
-Where the models come from, and their names: model_sources.
+Where the models come from, and their names: from_path (a folder's entries) and model_sources.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ..loader import example_photos
 from . import metrics
 from .core import Core
 from .errors import ModelRefused, ModelUnavailable, UnknownModel, refusal_for
-from .model_sources import discover, read_model_config
+from ..from_path import discover
+from .model_sources import read_model_config
 from .protocols import ProtocolError, Served
 
 log = logging.getLogger(__name__)

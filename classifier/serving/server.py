@@ -35,7 +35,8 @@ from . import gradio_internals
 from .guard import GuardConf, UploadBudget
 from .bodies import request_limit
 from .errors import ADMIN_NEEDS_LOGIN, ModelRefused
-from .model_sources import checked_name, moved_in, staged
+from ..from_path import checked_name
+from .model_sources import moved_in, staged
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
 
 log = logging.getLogger(__name__)
