@@ -84,6 +84,8 @@ def test_gradio_client_round_trip(server):
     from gradio_client import Client, handle_file
 
     client = Client(server.url, verbose=False)
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/classify"]["parameters"]] == ["image"]  # one model: no model_name
     result = client.predict(handle_file(str(PHOTOS / "cat.jpeg")), api_name="/classify")
     assert result["label"] in CAT_LABELS
     assert len(result["confidences"]) == 5

@@ -96,6 +96,11 @@ class Repository:
         raise UnknownModel(f"unknown model {name!r}: this server serves {', '.join(map(repr, self.names))}")
 
     @property
+    def pickable(self) -> bool:
+        """Models by name (not one served as before): the page has a model picker, its API a model_name."""
+        return not self._named_by_conf
+
+    @property
     def names(self) -> list[str]:
         return [self.served_name(entry) for entry in self.entries.values()]
 

@@ -38,7 +38,8 @@ def build_demo(models: PageModels, examples: list[Path], flagging_dir: Path, tra
     with GatedBlocks(title="Image classifier") as demo:
         demo.output_folders = [output_folder.resolve()]
         picker = model_picker(models)
-        demo.load(lambda: refreshed(models), None, picker, api_visibility="private", queue=False)
+        if picker is not None:
+            demo.load(lambda: refreshed(models), None, picker, api_visibility="private", queue=False)
         with gr.Tab("Classify"):
             classify_tab(models, picker, examples, flagging_dir, flag_budget)
         with gr.Tab("Batch"):

@@ -14,7 +14,7 @@ from PIL import Image
 from ...images import ImageError, Limits, decode, limits_of, read_bytes
 from ..batching import Batcher
 from .file_gate import new_output_folder
-from .picker import PageModels, picked
+from .picker import PageModels, picked, with_picker
 from .uploads import received_upload
 
 MAX_PHOTOS = 500  # photos in one batch, from files and zips together
@@ -27,7 +27,7 @@ ORDERS = ["as dropped", "by label", "most confident first", "least confident fir
 CSV_KEEP_SECONDS = 600  # Gradio copies each CSV into its cache when it answers; our own copy goes after this
 
 
-def batch_tab(models: PageModels, picker: gr.Dropdown, output_folder: Path) -> None:
+def batch_tab(models: PageModels, picker: gr.Dropdown | None, output_folder: Path) -> None:
     """picker: the page's model picker (the Gradio API's `model_name`). output_folder: where the tab writes what it
     gives out (each batch's CSV and thumbnails)."""
 
@@ -68,7 +68,8 @@ def batch_tab(models: PageModels, picker: gr.Dropdown, output_folder: Path) -> N
     # This visitor's rows (names, labels, thumbnails' files: a few kB), for re-sorting; dropped after a while.
     shown_rows = gr.State(time_to_live=CSV_KEEP_SECONDS)
 
-    files.upload(classify_all, [files, order, picker], [results, table, shown_rows], api_name="classify_batch",
+    files.upload(classify_all, with_picker([files, order], picker), [results, table, shown_rows],
+                 api_name="classify_batch",
                  concurrency_limit=2)
     order.change(resort, [shown_rows, order], results, api_visibility="private")
 

@@ -15,7 +15,7 @@ from ...images import decode, limits_of
 from ...results import Classified
 from .flagging import FlagBudget, Flagging
 from .live import batched, live_camera
-from .picker import PageModels, picked
+from .picker import PageModels, picked, with_picker
 from .uploads import Photo, photo_bytes
 
 
@@ -106,9 +106,9 @@ def intro(model_line: str) -> str:
             f"**Model:** {model_line}.")
 
 
-def classify_tab(models: PageModels, picker: gr.Dropdown, examples: list[Path], flagging_dir: Path,
+def classify_tab(models: PageModels, picker: gr.Dropdown | None, examples: list[Path], flagging_dir: Path,
                  flag_budget: FlagBudget = FlagBudget()) -> None:
-    """picker: the page's model picker, each event's last input (the Gradio API's `model_name`)."""
+    """picker: the page's model picker, each event's last input (the Gradio API's `model_name`), if it has one."""
     actions = Classifying(models)
     batcher = models.default.batcher
     # One model: its top_k labels shown, as before. Several: each answer is its own model's top_k.
@@ -131,15 +131,16 @@ def classify_tab(models: PageModels, picker: gr.Dropdown, examples: list[Path], 
                 extra_input=picker)
 
     # A drop, a paste, a webcam shot and an example all change the photo: that is what classifies.
-    classified = photo.change(actions.classify, [photo, picker], labels, api_name="classify",
+    classified = photo.change(actions.classify, with_picker([photo], picker), labels, api_name="classify",
                               concurrency_limit=batcher.conf.max_batch_size)  # enough in flight to fill a batch
     classified.then(actions.show_verdict, photo, verdict, api_visibility="private", queue=False)
-    classified.then(actions.show_why, [photo, wanted, labels, picker], [why_label, heatmap], api_visibility="private")
-    wanted.change(actions.show_why, [photo, wanted, labels, picker], [why_label, heatmap], api_visibility="private")
-    why_label.input(actions.explain, [photo, why_label, picker], heatmap, api_name="explain")
-    # Another model picked: its line, and the photo shown classified again by it.
-    picker.change(actions.model_line, picker, heading, api_visibility="private", queue=False)
-    picker.change(actions.classify, [photo, picker], labels, api_visibility="private")
+    why_inputs = with_picker([photo, wanted, labels], picker)
+    classified.then(actions.show_why, why_inputs, [why_label, heatmap], api_visibility="private")
+    wanted.change(actions.show_why, why_inputs, [why_label, heatmap], api_visibility="private")
+    why_label.input(actions.explain, with_picker([photo, why_label], picker), heatmap, api_name="explain")
+    if picker is not None:  # another model picked: its line, and the photo shown classified again by it
+        picker.change(actions.model_line, picker, heading, api_visibility="private", queue=False)
+        picker.change(actions.classify, [photo, picker], labels, api_visibility="private")
 
     # Flagging as gr.Interface wires it (the same CSV, read by the Train tab; the same "Flag" event), bounded.
     flagging = Flagging([photo, labels], flagging_dir, flag_budget, lambda: limits_of(batcher.model))

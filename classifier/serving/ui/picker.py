@@ -21,6 +21,7 @@ class PageModels(Protocol):
     """The models the page offers, by name (the server's Repository)."""
 
     default_name: str | None  # the one /service answers
+    pickable: bool  # a server of models by name (a repository's): the page has a picker, the API a model_name
 
     @property
     def names(self) -> list[str]: ...
@@ -36,8 +37,9 @@ class PageModels(Protocol):
 class OneModel:
     """A page of one model (Ray Serve's page): it is every event's model, whatever the name."""
 
-    names: list[str] = []  # nothing to pick: the picker stays hidden
+    names: list[str] = []
     default_name = None
+    pickable = False  # no picker: the page's API is the one-model API
 
     def __init__(self, batcher: Batcher, explainer: Explainer):
         self.batcher, self.explainer = batcher, explainer
@@ -53,14 +55,23 @@ class OneModel:
         return self
 
 
-def model_picker(models: PageModels) -> gr.Dropdown:
-    """The dropdown every tab's events take as their last input. Hidden for one model: its value, None, is the
-    default, whatever a hot reload renames it to. Any value is let through (a model added to the repository after
-    the page was built), for the repository answers an unknown name with the names it serves."""
+def model_picker(models: PageModels) -> gr.Dropdown | None:
+    """The dropdown every tab's events take as their last input, on a server of models by name (None for a server
+    of one model: its page and Gradio API stay as they were, an image in, no model_name, which raw API calls
+    would otherwise have to send, for Gradio wants every input). Hidden while the repository has one model. Any
+    value is let through (a model added to the repository after the page was built), for the repository answers
+    an unknown name with the names it serves."""
+    if not models.pickable:
+        return None
     names = models.names
     return gr.Dropdown(choices=names, value=models.default_name if len(names) > 1 else None, label="Model",
                        allow_custom_value=True, visible=len(names) > 1, elem_id="model-picker",
                        info="Classify, Batch, the live camera and Show why all use this model")
+
+
+def with_picker(inputs: list, picker: gr.Dropdown | None) -> list:
+    """An event's inputs, and the picker last when the page has one."""
+    return [*inputs, picker] if picker is not None else list(inputs)
 
 
 async def picked(models: PageModels, name: str | None) -> Picked:

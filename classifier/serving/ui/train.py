@@ -181,7 +181,7 @@ class Training:
 
 
 def train_tab(train_dir: Path, flagging_dir: Path, serve_trained: Callable[[Path, str, bool], Awaitable[str]],
-              picker: gr.Dropdown, models: PageModels, limits: Callable[[], Limits] = Limits,
+              picker: gr.Dropdown | None, models: PageModels, limits: Callable[[], Limits] = Limits,
               output_folder: Path | None = None) -> None:
     """serve_trained(folder, name, replace): "Serve this model"; picker: the page's, which then shows the new one.
     limits(): the serving model's image limits, which the photos added on the page must keep. output_folder:
@@ -235,5 +235,12 @@ def train_tab(train_dir: Path, flagging_dir: Path, serve_trained: Callable[[Path
                                  concurrency_limit=1)
     trained.success(actions.after_training, [checkpoint, builder.classes], [download, *builder.outputs],
                     api_visibility="private", concurrency_limit=1)
-    serve_button.click(actions.serve, [checkpoint, serving_name, replace], [served, picker], api_name="serve_trained",
-                       concurrency_limit=1)
+    if picker is not None:
+        serve_button.click(actions.serve, [checkpoint, serving_name, replace], [served, picker],
+                           api_name="serve_trained", concurrency_limit=1)
+    else:  # a page of one model: the new one is served by name on the other doors; the page keeps the default
+        async def serve(output: str | None, name: str, replace: bool = False) -> str:
+            return (await actions.serve(output, name, replace))[0]
+
+        serve_button.click(serve, [checkpoint, serving_name, replace], [served], api_name="serve_trained",
+                           concurrency_limit=1)
