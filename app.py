@@ -105,6 +105,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--streams-per-client", type=int, default=32,
                         help="Gradio event streams one client address may hold open (a browser tab or a "
                              "gradio_client holds two or three); more get 429 (default: 32)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("CLASSIFIER_LOG_FORMAT",
+                                                                                       "text"),
+                        help="text lines (default: $CLASSIFIER_LOG_FORMAT, else text), or one JSON object a line "
+                             "for log pipelines: time, level, logger, message, and for each request route, path, "
+                             "method, model, status, images, ms, client (the access log)")
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and LiteRT's own start-up lines (or set CLASSIFIER_VERBOSE=1)")
     # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
@@ -191,7 +196,7 @@ def settings_from(args: argparse.Namespace):
         flag_budget=FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20), train_dir=args.train_dir,
         training_off=why_training_is_off(args, credentials), upload_retention=args.upload_retention,
         upload_quota=args.upload_quota_mb * 2 ** 20, max_uploads=args.max_uploads_mb * 2 ** 20,
-        read_timeout=args.read_timeout, max_connections=args.max_connections,
+        read_timeout=args.read_timeout, max_connections=args.max_connections, log_format=args.log_format,
         streams_per_client=args.streams_per_client, blocked=(ROOT, Path.cwd()))
 
 
@@ -247,37 +252,40 @@ def main(argv: list[str] | None = None) -> None:
 
     if "--verbose" in argv:  # before the model's imports load TensorFlow, which reads its log level once
         quiet.set_verbose()
-    # force: TensorFlow (absl) has already put a handler on the root logger, which would swallow our INFO lines.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    from classifier.serving import logs
+
+    log_format = parse_args(argv).log_format
+    logs.configure(log_format)  # before the model loads: its lines are in the chosen format too
     server = build(argv)
-    print_banner(server)
+    if log_format == "json":  # every line a JSON object, the banner's too
+        print_banner(server, log.info)
+    else:
+        print_banner(server)
     server.run()
 
 
-def print_banner(server) -> None:
+def print_banner(server, say=lambda line: print(line, flush=True)) -> None:
     import classifier
 
     settings = server.settings
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"* Model: {classifier.describe(server.model)} (from {getattr(server.model, 'model_dir', settings.conf)})",
-          flush=True)
+    say(f"* Model: {classifier.describe(server.model)} (from {getattr(server.model, 'model_dir', settings.conf)})")
     if len(server.models.entries) > 1:
         listed = ", ".join(f"{row['name']}{' (default)' if row['name'] == server.models.default_name else ''}"
                            f"{'' if row['state'] == 'READY' else ' UNAVAILABLE: ' + row['reason']}"
                            for row in server.models.index())
-        print(f"* Models:  {listed}; each at /service/NAME, /v2/models/NAME, /v1/models/NAME", flush=True)
-    print(f"* Page:    http://{shown}:{settings.port}/", flush=True)
-    print(f"* Service: curl -T photo.jpg http://{shown}:{settings.port}/service", flush=True)
+        say(f"* Models:  {listed}; each at /service/NAME, /v2/models/NAME, /v1/models/NAME")
+    say(f"* Page:    http://{shown}:{settings.port}/")
+    say(f"* Service: curl -T photo.jpg http://{shown}:{settings.port}/service")
     if settings.grpc_port:
-        print(f"* gRPC:    {shown}:{settings.grpc_port} (KServe v2, TF Serving, grpc.health.v1)", flush=True)
+        say(f"* gRPC:    {shown}:{settings.grpc_port} (KServe v2, TF Serving, grpc.health.v1)")
     if settings.root_path:
-        print(f"* Behind the proxy: https://<host>{settings.root_path}/ (--root-path)", flush=True)
+        say(f"* Behind the proxy: https://<host>{settings.root_path}/ (--root-path)")
     off = settings.training_off
     if off and off != "--no-train was given":
-        print(f"* Train tab: off, because {off}.", flush=True)
+        say(f"* Train tab: off, because {off}.")
     if settings.share and not settings.credentials:
-        print("* Warning: --share without --auth puts this server on the internet for anyone with the link.",
-              flush=True)
+        say("* Warning: --share without --auth puts this server on the internet for anyone with the link.")
 
 
 if __name__ == "__main__":

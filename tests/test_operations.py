@@ -165,3 +165,34 @@ def test_requests_in_flight_during_a_reload_all_succeed(tmp_path):
     assert stats.statuses == {200: 600}  # nothing lost or failed across the swap
     answers = {json.loads(body)[0][0] for _, _, _, body in stats.bodies}
     assert answers == {"green"}  # green is index 1 in both label orders: every answer is right
+
+
+def test_json_logs_are_one_object_a_line_with_each_request_s_fields(tmp_path):
+    """--log-format json: every line of a real process's output parses (the banner, uvicorn's, the model's), and
+    each request has its line: route, path, method, model, status, images, ms, client."""
+    import requests
+
+    write_colour_graph(tmp_path / "model")
+    running = Server("--conf", str(write_conf(tmp_path)), "--log-format", "json", "--no-train", "--grpc-port", "0")
+    try:
+        red = encode(solid("red"))
+        both = requests.post(f"{running.url}/service", timeout=30,
+                             files=[("a", ("a.png", red, "image/png")), ("b", ("b.png", red, "image/png"))])
+        assert both.status_code == 200 and len(both.json()) == 2
+        assert requests.post(f"{running.url}/service", data=b"not an image", timeout=30).status_code == 400
+        assert requests.get(f"{running.url}/healthz", timeout=30).status_code == 200
+        time.sleep(0.5)  # the last line written
+        output = running.output()
+    finally:
+        running.stop()
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # each one parses
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert any(line["logger"] == "uvicorn.error" and "Uvicorn running on" in line["message"] for line in lines)
+    assert any(line["logger"] == "app" and line["message"].startswith("* Model:") for line in lines)
+    requests_logged = [line for line in lines if line["logger"] == "classifier.requests"]
+    served, refused, probe = (next(line for line in requests_logged if line["path"] == path and line["status"] == status)
+                              for path, status in (("/service", 200), ("/service", 400), ("/healthz", 200)))
+    assert served["images"] == 2 and served["method"] == "POST" and served["route"] == "/service"
+    assert served["model"] == "model" and served["ms"] > 0 and served["client"].startswith("127.0.0.1:")
+    assert refused["images"] == 1 and probe["images"] == 0 and probe["model"] == ""
+    assert not any("uvicorn.access" == line["logger"] for line in lines)  # the request lines are the access log

@@ -248,6 +248,8 @@ class Batcher:
         model's input tensor (float32 [H, W, 3]; checked by the caller). Raises images.ImageError for a bad image,
         Overloaded when full.
         """
+        if not prepared:  # a request's own image (an explanation's masked copies are not counted)
+            metrics.count_image()
         try:
             result = await self._classify(item, probabilities, prepared)
         except Exception as exc:

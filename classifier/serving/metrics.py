@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -10,6 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ..contract import servable
 
+from . import logs
 from .guard import route_path
 
 REQUESTS = Counter("classifier_requests_total", "HTTP requests by endpoint, model and status",
@@ -54,6 +56,16 @@ def endpoint_of(path: str) -> str:
                 "gradio")
 
 
+# The images a request had classified (Batcher.classify counts each), for its log line: set per request by the
+# middleware, and seen by the tasks and threads the request starts (they copy its context).
+REQUEST_IMAGES: ContextVar[list[int] | None] = ContextVar("request_images", default=None)
+
+
+def count_image() -> None:
+    if (images := REQUEST_IMAGES.get()) is not None:
+        images[0] += 1
+
+
 def model_in(path: str, names: Collection[str], default: str) -> str:
     """The model a route names, for the model label: a repository's name (a name it does not serve counts as "",
     so that a client cannot create series), the default for /service and /explain; "" for the other routes (the
@@ -92,12 +104,21 @@ class MetricsMiddleware:
 
         in_progress = IN_PROGRESS.labels(endpoint)
         in_progress.inc()
+        images = [0]
+        token = REQUEST_IMAGES.set(images)
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            REQUEST_IMAGES.reset(token)
             in_progress.dec()
+            seconds = time.perf_counter() - started
             REQUESTS.labels(endpoint, model, str(status["code"])).inc()
-            LATENCY.labels(endpoint, model).observe(time.perf_counter() - started)
+            LATENCY.labels(endpoint, model).observe(seconds)
+            client = scope.get("client")
+            # The page's events classify in Gradio's queue, outside this request: their images are not known here.
+            logs.request(endpoint, path, scope.get("method", ""), model, status["code"],
+                         images[0] if endpoint != "gradio" else None, seconds,
+                         f"{client[0]}:{client[1]}" if client else "")
 
 
 def describe_model(model: Any, load_seconds: float, name: str) -> None:

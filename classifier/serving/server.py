@@ -34,6 +34,7 @@ from .grpc_server import GrpcServer
 from . import gradio_internals
 from .guard import GuardConf, UploadBudget
 from .bodies import request_limit
+from . import logs
 from .errors import ADMIN_NEEDS_LOGIN, ModelRefused
 from ..from_path import checked_name
 from .model_sources import moved_in, staged
@@ -85,6 +86,7 @@ class Settings:
     max_uploads: int = 4096 * 2 ** 20
     read_timeout: float = 30
     max_connections: int = 1000
+    log_format: str = "text"  # or "json": one JSON object a line (logs.py)
     streams_per_client: int = 32
     blocked: tuple[Path, ...] = ()  # folders Gradio must never serve a file from (app.py: its own, the cwd)
 
@@ -233,7 +235,7 @@ class Server:
         chosen = dict(host=settings.host, port=settings.port, timeout_graceful_shutdown=30, log_level="info",
                       http=with_read_timeout(settings.read_timeout), timeout_keep_alive=KEEP_ALIVE_SECONDS,
                       limit_concurrency=settings.max_connections, root_path=settings.root_path)
-        return uvicorn.Config(self.app, **{**chosen, **overrides})
+        return uvicorn.Config(self.app, **{**chosen, **logs.uvicorn_logging(settings.log_format), **overrides})
 
 
 class StoppingGradio(uvicorn.Server):

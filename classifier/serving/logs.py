@@ -1,0 +1,41 @@
+"""Log lines: text for people (the default), or one JSON object a line for log pipelines (python-json-logger)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+FORMATS = ("text", "json")
+TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REQUESTS = logging.getLogger("classifier.requests")  # one line a request, in JSON mode: the access log
+
+
+def configure(log_format: str = "text") -> None:
+    """The root logger's one handler, on stderr, in that format, for every logger (uvicorn's too: see
+    uvicorn_logging). force: TensorFlow (absl) has already put a handler there, which would swallow INFO lines."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        # time, level, logger, message; a request's fields (extra=) beside them; an exception as exc_info.
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", json_ensure_ascii=False,
+                                           rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    REQUESTS.disabled = log_format != "json"  # text: uvicorn's access lines say it already
+
+
+def uvicorn_logging(log_format: str) -> dict[str, Any]:
+    """uvicorn.Config's logging arguments. text: uvicorn's own handlers and access lines, as before. json: none of
+    its own (its records go to the root handler, in JSON), and its access log off, for the request log
+    (metrics.MetricsMiddleware) says more: the route, the model, the images, the milliseconds."""
+    return {"log_config": None, "access_log": False} if log_format == "json" else {}
+
+
+def request(route: str, path: str, method: str, model: str, status: int, images: int | None, seconds: float,
+            client: str) -> None:
+    """One request's line (JSON mode only: otherwise REQUESTS is disabled and this costs a flag check)."""
+    if not REQUESTS.disabled:
+        REQUESTS.info(f"{method} {path} {status}", extra={
+            "route": route, "path": path, "method": method, "model": model, "status": status, "images": images,
+            "ms": round(seconds * 1000, 1), "client": client})
