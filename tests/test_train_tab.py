@@ -120,12 +120,14 @@ def test_label_flagged_photos_and_train_on_them(training_server, flagged_dir, tm
     assert "int8 model: written" in report or "int8 model: refused by the precision guard" in report, report
     green = tmp_path / "green.png"
     green.write_bytes(encode(noisy((40, 210, 40), 5)))
-    with pytest.raises(Exception, match="a model named 'colours' is served already: tick \"Replace it\""):
-        client.predict("colours", False, api_name="/serve_trained")
-    assert curl("-T", str(green), f"{training_server.url}/service/colours")[1][0][0] in ("reddish", "bluish")
-    served, _ = client.predict("colours", True, api_name="/serve_trained")  # asked for: in its place
-    assert "as **colours**" in served
-    assert curl("-T", str(green), f"{training_server.url}/service/colours")[1][0][0] == "greenish"
+    served, _ = client.predict("flagged", False, api_name="/serve_trained")  # a name of this test's own
+    assert "as **flagged**" in served
+    assert curl("-T", str(green), f"{training_server.url}/service/flagged")[1][0][0] == "greenish"
+    with pytest.raises(Exception, match="a model named 'flagged' is served already: tick \"Replace it\""):
+        client.predict("flagged", False, api_name="/serve_trained")
+    served, _ = client.predict("flagged", True, api_name="/serve_trained")  # asked for: loaded anew, in its place
+    assert "as **flagged**" in served
+    assert curl("-T", str(green), f"{training_server.url}/service/flagged")[1][0][0] == "greenish"
 
 
 def test_bad_zip_gets_a_clear_error(training_server, tmp_path):
