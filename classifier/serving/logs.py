@@ -33,9 +33,10 @@ def uvicorn_logging(log_format: str) -> dict[str, Any]:
 
 
 def request(route: str, path: str, method: str, model: str, status: int, images: int | None, seconds: float,
-            client: str) -> None:
-    """One request's line (JSON mode only: otherwise REQUESTS is disabled and this costs a flag check)."""
+            client: tuple[str, int] | None) -> None:
+    """One request's line (JSON mode only: otherwise REQUESTS is disabled, and this costs a flag check and nothing
+    is formatted). client: the ASGI scope's (host, port)."""
     if not REQUESTS.disabled:
         REQUESTS.info(f"{method} {path} {status}", extra={
             "route": route, "path": path, "method": method, "model": model, "status": status, "images": images,
-            "ms": round(seconds * 1000, 1), "client": client})
+            "ms": round(seconds * 1000, 1), "client": f"{client[0]}:{client[1]}" if client else ""})

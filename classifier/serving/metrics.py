@@ -114,11 +114,9 @@ class MetricsMiddleware:
             seconds = time.perf_counter() - started
             REQUESTS.labels(endpoint, model, str(status["code"])).inc()
             LATENCY.labels(endpoint, model).observe(seconds)
-            client = scope.get("client")
             # The page's events classify in Gradio's queue, outside this request: their images are not known here.
             logs.request(endpoint, path, scope.get("method", ""), model, status["code"],
-                         images[0] if endpoint != "gradio" else None, seconds,
-                         f"{client[0]}:{client[1]}" if client else "")
+                         images[0] if endpoint != "gradio" else None, seconds, scope.get("client"))
 
 
 def describe_model(model: Any, load_seconds: float, name: str) -> None:

@@ -142,9 +142,10 @@ class Classifier:
             if default in more:
                 raise ConfError(f"model_repository {model_repository} has a model named {default!r}, the name of "
                                 f"conf {conf_path}'s model (the default): rename one")
-            self.models = Repository({**more, default: Path(conf_path)}, default, load)
+            loaded = self.core  # the default's core, loaded above: not loaded a second time
+            self.models = Repository({**more, default: Path(conf_path)}, default,
+                                     lambda name, conf: loaded if name == default else load(name, conf))
             self.models.load_at_start()  # each replica holds every model: any replica answers any name
-            self.core = self.models.default
             for core in self.models.loaded():
                 core.health.ready = True
         self.model, self.batcher, self.explainer = self.core.model, self.core.batcher, self.core.explainer

@@ -269,22 +269,30 @@ class Repository:
                                                "loads again on its next request")
             oldest.on_request = True
 
-    async def _load_into(self, entry: Entry) -> None:
-        """Loads the entry's model in a thread (the others serve meanwhile), warms it up, serves it."""
-        entry.state, entry.reason = LOADING, "loading"
+    async def _started(self, name: str, conf: Path) -> Core:
+        """conf's model loaded in a thread (the others serve meanwhile) and warmed up; refused (counted in
+        /metrics): _Refusal, with why."""
         try:
-            core = await asyncio.to_thread(self._load, entry.name, entry.conf)
+            core = await asyncio.to_thread(self._load, name, conf)
         except LOAD_ERRORS as exc:
-            entry.state, entry.reason, entry.on_request = UNAVAILABLE, str(exc), False
-            metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
-            raise ModelRefused(f"model {entry.name!r} cannot be loaded: {exc}") from None
+            metrics.MODEL_LOADS.labels(name, "refused").inc()
+            raise _Refusal(str(exc), "cannot be loaded", exc) from None
         try:
             await warm_up(core)
         except Exception as exc:  # loaded, but it cannot classify the warm-up photo
             await core.batcher.close()
-            entry.state, entry.reason, entry.on_request = UNAVAILABLE, f"warm-up failed: {exc}", False
-            metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
-            raise ModelRefused(f"model {entry.name!r} failed its warm-up: {exc}") from None
+            metrics.MODEL_LOADS.labels(name, "refused").inc()
+            raise _Refusal(f"warm-up failed: {exc}", "failed its warm-up", exc) from None
+        return core
+
+    async def _load_into(self, entry: Entry) -> None:
+        """Loads the entry's model, warms it up, serves it; refused, it is UNAVAILABLE with why (ModelRefused)."""
+        entry.state, entry.reason = LOADING, "loading"
+        try:
+            core = await self._started(entry.name, entry.conf)
+        except _Refusal as refusal:
+            entry.state, entry.reason, entry.on_request = UNAVAILABLE, refusal.reason, False
+            raise ModelRefused(f"model {entry.name!r} {refusal.what}: {refusal.cause}") from None
         self._serve(entry, core)
         entry.on_request = False
         log.info("model %r loaded", entry.name)
@@ -377,18 +385,10 @@ class Repository:
                 entry.conf = conf
                 return
             try:
-                core = await asyncio.to_thread(self._load, entry.name, conf)
-            except LOAD_ERRORS as exc:
-                metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
-                raise ModelRefused(f"model {entry.name!r} cannot be loaded from its new files, the previous one "
-                                   f"still serves: {exc}") from None
-            try:
-                await warm_up(core)
-            except Exception as exc:
-                await core.batcher.close()
-                metrics.MODEL_LOADS.labels(entry.name, "refused").inc()
-                raise ModelRefused(f"model {entry.name!r} failed its warm-up, the previous one still serves: "
-                                   f"{exc}") from None
+                core = await self._started(entry.name, conf)
+            except _Refusal as refusal:
+                raise ModelRefused(f"model {entry.name!r} {refusal.what} from its new files, the previous one still "
+                                   f"serves: {refusal.cause}") from None
             entry.conf = conf
             self._serve(entry, core)
             metrics.MODEL_LOADS.labels(entry.name, "asked").inc()
@@ -398,6 +398,14 @@ class Repository:
     def _lock(self, name: str) -> asyncio.Lock:
         with self._guard:
             return self._locks.setdefault(name, asyncio.Lock())
+
+
+class _Refusal(Exception):
+    """A model refused at load (_started): why, for the index; what happened and its cause, for the message."""
+
+    def __init__(self, reason: str, what: str, cause: Exception):
+        super().__init__(reason)
+        self.reason, self.what, self.cause = reason, what, cause
 
 
 async def retire(core: Core) -> None:
