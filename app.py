@@ -61,6 +61,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "protocols all work at https://host/PREFIX/… (default: $CLASSIFIER_ROOT_PATH, none)")
     parser.add_argument("--auth", default=os.environ.get("CLASSIFIER_AUTH"), metavar="USER:PASS",
                         help="require this login for the page, its API and /service (default: $CLASSIFIER_AUTH)")
+    parser.add_argument("--api-keys", type=Path, default=os.environ.get("CLASSIFIER_API_KEYS"), metavar="FILE",
+                        help="programs' keys, one a line (or sha256:<hex> of one): every route a program calls "
+                             "(/service, /explain, /v1, /v2, Gradio's API, gRPC) then takes `Authorization: Bearer "
+                             "KEY`; the page keeps --auth's login. Read again on SIGHUP (default: "
+                             "$CLASSIFIER_API_KEYS)")
+    parser.add_argument("--admin-keys", type=Path, default=os.environ.get("CLASSIFIER_ADMIN_KEYS"), metavar="FILE",
+                        help="as --api-keys, for keys that may also change what is served (/admin/reload, the "
+                             "repository's load and unload, TF Serving's model list) (default: "
+                             "$CLASSIFIER_ADMIN_KEYS)")
     parser.add_argument("--allowed-hosts", default=os.environ.get("CLASSIFIER_ALLOWED_HOSTS"), metavar="NAMES",
                         help="comma-separated Host names the server answers (\"*.example.com\" for subdomains, \"*\" "
                              "any); others get 400, so a page of another site whose name re-resolves here (DNS "
@@ -71,8 +80,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="comma-separated origins (https://app.example.com) whose pages may call this server "
                              "from a browser (default: $CLASSIFIER_CORS_ORIGINS, else none: no CORS headers)")
     parser.add_argument("--open-admin", action="store_true",
-                        help="without --auth, still allow what changes the served model (POST /admin/reload, the "
-                             "Train tab's Serve this model); for a machine of your own (default: they need --auth)")
+                        help="without --auth or --admin-keys, still allow what changes the served model (POST "
+                             "/admin/reload, the Train tab's Serve this model); for a machine of your own (default: "
+                             "they need --auth or an admin key)")
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
     parser.add_argument("--flagging-dir", type=Path, default=ROOT / "flagged",
                         help="where the Flag button saves photos and their labels (default: ./flagged)")
@@ -190,7 +200,8 @@ def settings_from(args: argparse.Namespace):
         repository_poll_seconds=args.repository_poll_secs, host=args.host, port=args.port,
         grpc_port=args.grpc_port,
         root_path="/" + args.root_path.strip("/") if args.root_path.strip("/") else "",
-        credentials=credentials, allowed_hosts=allowed_hosts(args),
+        credentials=credentials, api_keys=args.api_keys, admin_keys=args.admin_keys,
+        allowed_hosts=allowed_hosts(args),
         cors_origins=[origin.strip() for origin in args.cors_origins.split(",") if origin.strip()],
         open_admin=args.open_admin, share=args.share, top_k=args.top_k, flagging_dir=args.flagging_dir,
         flag_budget=FlagBudget(args.max_flagged, args.max_flagged_mb * 2 ** 20), train_dir=args.train_dir,
@@ -232,6 +243,7 @@ def build(argv: list[str]):
     """The server argv asks for, built (the model loaded, no port bound); SystemExit with a clear message and exit
     code 1 for a broken conf or model, or a gRPC port in use."""
     import classifier
+    from classifier.serving.access import read_digests
     from classifier.serving.grpc_server import port_in_use
     from classifier.serving.server import build_server
 
@@ -239,6 +251,12 @@ def build(argv: list[str]):
     if settings.grpc_port and port_in_use(settings.host, settings.grpc_port):  # before the model loads: fail fast
         sys.exit(f"error: cannot start: the gRPC port {settings.grpc_port} is in use (another server?); choose "
                  "another with --grpc-port PORT, or --grpc-port 0 for none")
+    for flag, keys in (("--api-keys", settings.api_keys), ("--admin-keys", settings.admin_keys)):
+        try:  # before the model loads: fail fast
+            if keys is not None:
+                read_digests(keys)
+        except (OSError, ValueError) as exc:
+            sys.exit(f"error: cannot start: {flag}: {exc}")
     remove_unfinished_training(settings.train_dir)
     try:
         return build_server(settings)
@@ -284,6 +302,8 @@ def print_banner(server, say=lambda line: print(line, flush=True)) -> None:
     off = settings.training_off
     if off and off != "--no-train was given":
         say(f"* Train tab: off, because {off}.")
+    if (settings.api_keys or settings.admin_keys) and not settings.credentials:
+        say("* Keys: every call needs `Authorization: Bearer KEY`; the page, which cannot send one, needs --auth.")
     if settings.share and not settings.credentials:
         say("* Warning: --share without --auth puts this server on the internet for anyone with the link.")
 

@@ -198,6 +198,7 @@ def test_explanations_past_their_places_get_503_before_their_body_is_read():
 
     from classifier.images import CorruptImage, Limits
     from classifier.serving import explanations
+    from classifier.serving.access import Access
 
     explainer = explanations.Explainer(batcher=None)
     released = asyncio.Event()
@@ -211,7 +212,7 @@ def test_explanations_past_their_places_get_503_before_their_body_is_read():
     async def get(name):
         return SimpleNamespace(explainer=explainer, limits=Limits())
 
-    one_model = SimpleNamespace(get=get)  # the repository, as the route asks it
+    one_model = SimpleNamespace(get=get, access=Access())  # the repository, as the route asks it
     app.include_router(explanations.create_router(one_model))
     places = explanations.EXPLANATIONS_AT_ONCE + explanations.EXPLANATIONS_WAITING
 

@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from classifier.images import Limits
 from classifier.serving import grpc_open_inference
+from classifier.serving.access import Access
 from classifier.serving.grpc_server import GrpcServer
 from classifier.serving.protocols import Served
 
@@ -27,8 +28,8 @@ class Ready:
 class OneModel:
     """The protocols' catalog (protocols.Catalog) of one Served, with no model behind it."""
 
-    def __init__(self, served: Served):
-        self.one, self.credentials, self.body_limit = served, served.credentials, served.body_limit
+    def __init__(self, served: Served, access: Access):
+        self.one, self.access, self.body_limit = served, access, served.body_limit
 
     async def served(self, name, version=None, load=True) -> Served:
         return self.one
@@ -44,8 +45,8 @@ def started_server(credentials=None, max_calls=100, max_connections=256):
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
 
     async def start() -> GrpcServer:
-        server = GrpcServer(OneModel(Served(None, Limits(), credentials, Ready())), "127.0.0.1", 0, max_calls=max_calls,
-                            max_connections=max_connections)
+        server = GrpcServer(OneModel(Served(None, Limits(), Ready()), Access(credentials)), "127.0.0.1", 0,
+                            max_calls=max_calls, max_connections=max_connections)
         await server.start()
         await server.ready()
         return server

@@ -92,7 +92,9 @@ def polled_conf(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def versioned_server(tmp_path):
-    running = Server("--conf", str(polled_conf(tmp_path)), "--auth", "ops:pw")  # a process: SIGHUP, its log
+    (tmp_path / "api-keys").write_text("key-before\n")
+    running = Server("--conf", str(polled_conf(tmp_path)), "--auth", "ops:pw",  # a process: SIGHUP, its log
+                     "--api-keys", str(tmp_path / "api-keys"))
     yield running, tmp_path
     running.stop()
 
@@ -128,12 +130,18 @@ def test_reload_by_endpoint_sighup_and_polling(versioned_server):
     assert label() == "blue"
     assert "refused the model" in running.output() and "still serving version 2" in running.output()
 
-    # SIGHUP.
+    # SIGHUP: the new version, and the key file read again (keys swapped without a restart).
     shutil.rmtree(tmp_path / "models" / "3")
     write_colour_graph(tmp_path / "models" / "4")
+    keyed = lambda key: curl("-H", f"Authorization: Bearer {key}", "-T", str(tmp_path / "red.png"),  # noqa: E731
+                             f"{running.url}/service")[0]
+    assert keyed("key-before") == 200 and keyed("key-after") == 401
+    (tmp_path / "api-keys").write_text("key-after\n")
     running.process.send_signal(signal.SIGHUP)
     assert wait_for(lambda: label() == "red")
     assert "now serving version 4" in running.output()
+    assert keyed("key-after") == 200 and keyed("key-before") == 401
+    assert "key-before" not in running.output() and "key-after" not in running.output()
 
     # Polling (conf: reload.poll_seconds = 1).
     write_colour_graph(tmp_path / "models" / "5")

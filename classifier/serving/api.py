@@ -16,12 +16,12 @@ from .repository import Repository
 
 def create_app(models: Repository, guard: GuardConf | None = None,
                allowed_hosts: list[str] | None = None, cors_origins: list[str] | None = None,
-               open_admin: bool = False, reloading: bool = True, **fastapi_kwargs: Any) -> FastAPI:
+               reloading: bool = True, **fastapi_kwargs: Any) -> FastAPI:
     """Every HTTP route but the page (app.py mounts the Gradio UI at / after these), each model by name from the
-    repository (`models`, which holds the login too), the default one where no name is given. The protocols
-    (KServe v2, TF Serving REST) run on each model's batcher and limits. guard: the middleware every request
-    passes first (inside the metrics, so that what it refuses is counted). reloading: offer /admin/reload (Ray
-    Serve's replicas do not).
+    repository (`models`, which holds who may call too: models.access), the default one where no name is given.
+    The protocols (KServe v2, TF Serving REST) run on each model's batcher and limits. guard: the middleware every
+    request passes first (inside the metrics, so that what it refuses is counted). reloading: offer /admin/reload
+    (Ray Serve's replicas do not).
 
     allowed_hosts: the Host names answered (Starlette's TrustedHostMiddleware: "*" any, "*.example.com"); any
     other gets 400, so that a page of another site whose name re-resolves to this server (DNS rebinding) is not
@@ -29,11 +29,10 @@ def create_app(models: Repository, guard: GuardConf | None = None,
     call this server from a browser; none by default, and then no CORS header is sent (Gradio's own CORS, which
     reflects any origin when Host is not localhost, stands aside for Starlette's when the app sets one)."""
     app = FastAPI(**{"title": "Image classifier", **fastapi_kwargs})
-    credentials = models.credentials
-    app.include_router(service.create_router(models, credentials, open_admin, reloading))
-    app.include_router(open_inference.create_router(models, open_admin))
+    app.include_router(service.create_router(models, reloading))
+    app.include_router(open_inference.create_router(models))
     app.include_router(tf_serving.create_router(models))
-    app.include_router(explain_router(models, credentials))
+    app.include_router(explain_router(models))
     app.add_middleware(CORSMiddleware, allow_origins=cors_origins or [], allow_credentials=bool(cors_origins),
                        allow_methods=["*"], allow_headers=["*"])
     if guard is not None:

@@ -8,9 +8,6 @@ from ..images import CorruptImage, EmptyImage, ImageError, ImageTooLarge, Unsupp
 from .batching import Overloaded
 
 RETRY_AFTER_SECONDS = 1
-# The 403 of an admin action (reload, load, unload, the Train tab's "Serve this model") on a server with no login.
-ADMIN_NEEDS_LOGIN = ("this action changes what the server serves, so it needs the login: start the server with "
-                     "--auth USER:PASS (or, on a machine of your own, --open-admin)")
 
 
 class UnknownModel(LookupError):

@@ -65,12 +65,12 @@ class Explainer:
         return Explanation(model.labels[index], float(whole[index]), heat(whole, masked, masks, index))
 
 
-def create_router(models: Any, credentials: tuple[str, str] | None = None) -> APIRouter:
+def create_router(models: Any) -> APIRouter:
     """POST /explain (the default model) and /explain/{name}. models: the repository (repository.Repository)."""
     router = APIRouter()
 
     async def explain_request(request: Request, name: str | None, label: str | None) -> Any:
-        if refused := unauthorised(request, credentials):
+        if refused := unauthorised(request, models.access):
             return refused
         try:
             core = await models.get(name)

@@ -7,6 +7,9 @@ Each reach, and why the public API does not do it:
   launch() sets it, mount_gradio_app does not (Gradio's own reload mode sets it the same way).
 - `logged_in`: the login cookie's names (`access-token-<cookie_id>`, its `-unsecure-` twin) and the app's
   tokens: the guard refuses a request without the login before its body is read, which Gradio checks only after.
+- `as_logged_in`: the same cookie, of a token of the server's own, added to a request the guard let in by its
+  Authorization header (a program's key, or Basic): Gradio's routes know only their cookie, and its
+  `auth_dependency`, which would take headers, cannot be used beside the page's login form (`auth`).
 - `current_blocks`: `gradio.context.LocalContext.blocks`, the Blocks an event runs in (its received uploads).
 - `delete_uploads`: `route_utils.delete_files_created_by_app`, Gradio's own deletion of uploads by age, run on
   the event loop (Gradio's delete_cache runs it in a thread, where it dies on a set changed during iteration).
@@ -19,6 +22,7 @@ Each reach, and why the public API does not do it:
 """
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable
 
 WRITTEN_AGAINST = "6.31"
@@ -48,6 +52,20 @@ def logged_in(gradio_app: Any, cookies: dict[str, str]) -> bool:
     token = (cookies.get(f"access-token-{gradio_app.cookie_id}")
              or cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
     return token is not None and token in gradio_app.tokens
+
+
+def as_logged_in(gradio_app: Any) -> Callable[[dict], dict]:
+    """A function of an ASGI scope: the scope with Gradio's login cookie added (after any the request sent, so it
+    is the one read), of a token registered once for the user "api" and never sent to any client."""
+    token = secrets.token_urlsafe(32)
+    gradio_app.tokens[token] = "api"
+    cookie = f"access-token-{gradio_app.cookie_id}={token}".encode()
+
+    def logged_in_scope(scope: dict) -> dict:
+        headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
+        sent = b"; ".join(value for name, value in scope["headers"] if name == b"cookie")
+        return {**scope, "headers": [*headers, (b"cookie", sent + b"; " + cookie if sent else cookie)]}
+    return logged_in_scope
 
 
 def stop(gradio_app: Any) -> None:

@@ -10,8 +10,8 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from . import metrics
-from .errors import ADMIN_NEEDS_LOGIN, code_for_status, refusal_for
-from .protocols import Busy, Catalog, ProtocolError
+from .errors import code_for_status, refusal_for
+from .protocols import Busy, Catalog, ProtocolError, admin_check
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +24,23 @@ def code_of(error: ProtocolError) -> grpc.StatusCode:
     return grpc.StatusCode[code_for_status(error.status)]
 
 
-async def admin_action(models: Catalog, open_admin: bool, action: Callable[..., Awaitable[Any]], *args: Any) -> None:
-    """A change of what every client is served (load, unload, a new model list): with a login (the interceptor
-    checked it) or open_admin, else PERMISSION_DENIED; the repository's refusals as their codes."""
-    if models.credentials is None and not open_admin:
-        raise ProtocolError(403, ADMIN_NEEDS_LOGIN)
+async def admin_action(models: Catalog, context: grpc.aio.ServicerContext, action: Callable[..., Awaitable[Any]],
+                       *args: Any) -> None:
+    """A change of what every client is served (load, unload, a new model list): by the login or an admin key in
+    the call's metadata (or on an --open-admin server), else PERMISSION_DENIED; the repository's refusals as their
+    codes."""
+    admin_check(models.access, authorization(context.invocation_metadata()))
     try:
         await action(*args)
     except Exception as exc:
         if refusal := refusal_for(exc):
             raise ProtocolError(refusal.status, refusal.message) from None
         raise
+
+
+def authorization(metadata: Any) -> str:
+    """The call's `authorization` metadata (as HTTP's Authorization header), or ""."""
+    return next((str(value) for key, value in metadata or () if key == "authorization"), "")
 
 
 def unary(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:

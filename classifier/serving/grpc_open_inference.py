@@ -27,8 +27,8 @@ class OpenInference:
     """The service's calls on the shared model. Errors are ProtocolErrors, as on the REST routes (grpc_server
     turns them into status codes); health and metadata calls are answered from the serving model as it is now."""
 
-    def __init__(self, models: Catalog, open_admin: bool = False):
-        self.models, self.open_admin = models, open_admin
+    def __init__(self, models: Catalog):
+        self.models = models
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -62,12 +62,12 @@ class OpenInference:
     async def repository_model_load(self, request: pb.RepositoryModelLoadRequest,
                                     context: Any) -> pb.RepositoryModelLoadResponse:
         """Loads (or loads again) a model while the others serve: an admin action, as over REST."""
-        await admin_action(self.models, self.open_admin, self.models.load, request.model_name)
+        await admin_action(self.models, context, self.models.load, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
                                       context: Any) -> pb.RepositoryModelUnloadResponse:
-        await admin_action(self.models, self.open_admin, self.models.unload, request.model_name)
+        await admin_action(self.models, context, self.models.unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     async def model_infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
@@ -166,8 +166,8 @@ def _value(parameter: pb.InferParameter) -> Any:
     return getattr(parameter, kind) if kind else None
 
 
-def handlers(models: Catalog, open_admin: bool = False) -> grpc.GenericRpcHandler:
-    service = OpenInference(models, open_admin)
+def handlers(models: Catalog) -> grpc.GenericRpcHandler:
+    service = OpenInference(models)
     return method_table(SERVICE, {
         "ServerLive": (service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": (service.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),

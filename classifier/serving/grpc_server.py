@@ -11,7 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import grpc_open_inference, grpc_tf_serving, metrics
-from .guard import authorization_ok
+from .access import Access
+from .grpc_calls import authorization
 from .protocols import Catalog
 
 log = logging.getLogger(__name__)
@@ -27,18 +28,18 @@ WATCH_SECONDS = 300  # the longest a Watch stream stays open (its client opens a
 
 
 class Login(grpc.aio.ServerInterceptor):
-    """--auth's login on every call but the probes: `authorization: Basic base64(user:password)` metadata, as the
-    HTTP header is (tritonclient's headers={…}, or metadata=[("authorization", …)] on a stub's call)."""
+    """The login or a key on every call but the probes, as `authorization` metadata in the HTTP header's form
+    (`Basic base64(user:password)` or `Bearer <key>`: tritonclient's headers={…}, or metadata=[("authorization",
+    …)] on a stub's call). Admin calls check for more themselves (grpc_calls.admin_action)."""
 
-    def __init__(self, credentials: tuple[str, str] | None):
-        self.credentials = credentials
+    def __init__(self, access: Access):
+        self.access = access
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None or details.method in OPEN_METHODS:
             return handler
-        metadata = dict(details.invocation_metadata or ())
-        if authorization_ok(str(metadata.get("authorization", "")), self.credentials):
+        if self.access.may_call(authorization(details.invocation_metadata)):
             return handler
         metrics.GRPC_REQUESTS.labels(details.method.lstrip("/"), "UNAUTHENTICATED").inc()
         return _refusal(handler)
@@ -48,7 +49,8 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind as the refused one (unary or streaming), answering UNAUTHENTICATED."""
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication required: send the --auth login as "
-                                                             "'authorization: Basic …' metadata")
+                                                             "'authorization: Basic …' metadata, or a key as "
+                                                             "'authorization: Bearer …'")
     options = {"request_deserializer": handler.request_deserializer,
                "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
@@ -100,13 +102,11 @@ class GrpcServer:
     file descriptor, and 1,100 idle ones ran the process out of them, HTTP included); a request message is at
     most the HTTP routes' body limit."""
 
-    def __init__(self, models: Catalog, host: str, port: int, max_calls: int, max_connections: int = 256,
-                 open_admin: bool = False):
+    def __init__(self, models: Catalog, host: str, port: int, max_calls: int, max_connections: int = 256):
         self.models, self.host, self.port = models, host, port
         self.health = BoundedHealth()
         self._services = [grpc_open_inference.SERVICE, *grpc_tf_serving.SERVICES]
-        self._handlers = [grpc_open_inference.handlers(models, open_admin),
-                          *grpc_tf_serving.handlers(models, open_admin)]
+        self._handlers = [grpc_open_inference.handlers(models), *grpc_tf_serving.handlers(models)]
         self._max_calls, self._max_connections = max_calls, max_connections
         self.server: grpc.aio.Server | None = None
 
@@ -114,7 +114,7 @@ class GrpcServer:
         """Listens; returns the port (the one asked for, or the one chosen for port 0)."""
         limit = self.models.body_limit
         self.server = grpc.aio.server(
-            interceptors=[Login(self.models.credentials)], maximum_concurrent_rpcs=self._max_calls,
+            interceptors=[Login(self.models.access)], maximum_concurrent_rpcs=self._max_calls,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0), ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
                      ("grpc.max_allowed_incoming_connections", self._max_connections)])

@@ -28,8 +28,8 @@ SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 class TFServing:
     """The two services' calls on the shared model; errors are ProtocolErrors (grpc_server maps their codes)."""
 
-    def __init__(self, models: Catalog, open_admin: bool = False):
-        self.models, self.open_admin = models, open_admin
+    def __init__(self, models: Catalog):
+        self.models = models
 
     async def _spec(self, spec: pb.ModelSpec, signature: str, load: bool = True) -> tuple[pb.ModelSpec, Served]:
         """The request's model, checked (name, version), and its spec answered back as TF Serving does: with the
@@ -164,7 +164,7 @@ class TFServing:
             confs = await asyncio.to_thread(models_of, request.config, Path.cwd(), "HandleReloadConfigRequest")
         except ConfError as exc:
             raise ProtocolError(400, str(exc)) from None
-        await admin_action(self.models, self.open_admin, self.models.reconfigure, confs)
+        await admin_action(self.models, context, self.models.reconfigure, confs)
         return pb.ReloadConfigResponse(status=pb.StatusProto(error_code=pb.StatusProto.OK))
 
 
@@ -179,8 +179,8 @@ def _dtype_name(dtype: int) -> str:
         return f"data type {dtype}"
 
 
-def handlers(models: Catalog, open_admin: bool = False) -> list[grpc.GenericRpcHandler]:
-    service = TFServing(models, open_admin)
+def handlers(models: Catalog) -> list[grpc.GenericRpcHandler]:
+    service = TFServing(models)
     return [method_table(PREDICTION_SERVICE, {
         "Predict": (service.predict, pb.PredictRequest, pb.PredictResponse),
         "Classify": (service.classify, pb.ClassificationRequest, pb.ClassificationResponse),

@@ -1,10 +1,9 @@
-"""What every request passes before a route reads it: the login, a body limit per route, a cap on open streams."""
+"""What every request passes before a route reads it: the login or a key, a body limit per route, a cap on open
+streams."""
 from __future__ import annotations
 
-import base64
 import json
 import re
-import secrets
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -14,11 +13,13 @@ from starlette.requests import HTTPConnection
 
 # Gradio's routes (its internals, named in one place): the page's login form and assets, its event streams, and
 # its uploads, kept on disk until the sweep deletes them.
+from .access import LOGIN_REQUIRED, Access
 from .bodies import too_large
 from .gradio_internals import ASSET_PREFIXES, LOGIN_PATHS, STREAM_PREFIXES, UPLOAD_PREFIX
 
 
-# Without the login, only these answer under --auth: the probes, and what the page needs to show its login form.
+# Without a login or key, only these answer on a server that takes them: the probes, and what the page needs to
+# show its login form.
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", *LOGIN_PATHS}
 PUBLIC_PREFIXES = ASSET_PREFIXES
 
@@ -56,23 +57,27 @@ class UploadBudget:
 
 @dataclass
 class GuardConf:
-    """credentials: --auth's (None: open). body_limits: (path prefix, bytes), the first match applies;
+    """access: who may call (the login, keys). body_limits: (path prefix, bytes), the first match applies;
     default_body_limit: every other route. logged_in: whether a request carries a valid Gradio login cookie.
+    as_logged_in: the request's scope with the page's login added, for Gradio's own check (which knows only its
+    cookie) of a request the guard let in by its Authorization header (None: Gradio has no login).
     uploads: the disk budget of the page's uploads (None: unbounded)."""
 
-    credentials: tuple[str, str] | None = None
+    access: Access = field(default_factory=Access)
     body_limits: list[tuple[str, int]] = field(default_factory=list)
     default_body_limit: int = 1024 * 1024
     streams_per_client: int = 32
     logged_in: Callable[[HTTPConnection], bool] = lambda connection: False
+    as_logged_in: Callable[[dict], dict] | None = None
     uploads: UploadBudget | None = None
 
 
 class Guard:
     """Pure ASGI middleware (no buffering: Gradio's event streams pass through untouched).
 
-    - Under --auth, a request outside PUBLIC_PATHS without the login (HTTP Basic, or Gradio's login cookie) is
-      answered 401 before a byte of its body is read: Gradio's own check runs only after it has parsed the body.
+    - With a login or keys set, a request outside PUBLIC_PATHS without one (HTTP Basic, a Bearer key, or Gradio's
+      login cookie) is answered 401 before a byte of its body is read: Gradio's own check runs only after it has
+      parsed the body.
     - A body is refused with 413 as soon as it passes its route's limit, by its Content-Length or while it
       streams in (chunked), and every 413 closes the connection: otherwise the server reads, and throws away, the
       rest of a body that may never end (as nginx does, the connection is closed instead).
@@ -88,8 +93,13 @@ class Guard:
             return await self.app(scope, receive, send)
         path = route_path(scope)
         connection = HTTPConnection(scope)
-        if self.conf.credentials and not self._public(path) and not self._authenticated(connection):
-            return await _refuse(send, 401, "authentication required", ("www-authenticate", LOGIN_CHALLENGE))
+        if self.conf.access.closed:
+            authorization = connection.headers.get("authorization", "")
+            if authorization and self.conf.access.may_call(authorization):
+                if self.conf.as_logged_in:  # the public /config too: gradio_client reads whether it is logged in
+                    scope = self.conf.as_logged_in(scope)
+            elif not self._public(path) and not self.conf.logged_in(connection):
+                return await _refuse(send, 401, LOGIN_REQUIRED, ("www-authenticate", self.conf.access.challenge()))
         limit = next((size for prefix, size in self.conf.body_limits if path.startswith(prefix)),
                      self.conf.default_body_limit)
         length = byte_count(connection.headers.get("content-length"))
@@ -160,11 +170,6 @@ class Guard:
     def _public(self, path: str) -> bool:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
-    def _authenticated(self, connection: HTTPConnection) -> bool:
-        if "authorization" in connection.headers and basic_auth_ok(connection, self.conf.credentials):
-            return True
-        return self.conf.logged_in(connection)
-
 
 def lax_cookies(start: dict) -> dict:
     """The response start with every cookie SameSite=Lax: Gradio sets its login cookie SameSite=None (for pages
@@ -199,30 +204,6 @@ async def _refuse(send: Callable, status: int, message: str, *headers: tuple[str
 async def _refuse_upload(send: Callable, why: str) -> None:
     """The 429 of an upload past its disk budget (UploadBudget says why)."""
     await _refuse(send, 429, f"upload refused: {why}; try again later", ("retry-after", "60"))
-
-
-# The WWW-Authenticate value of every 401 over HTTP: the login is HTTP Basic, one realm for the whole server.
-LOGIN_CHALLENGE = 'Basic realm="classifier"'
-
-
-def basic_auth_ok(request: HTTPConnection, credentials: tuple[str, str] | None) -> bool:
-    return authorization_ok(request.headers.get("authorization", ""), credentials)
-
-
-def authorization_ok(authorization: str, credentials: tuple[str, str] | None) -> bool:
-    """Whether an Authorization value (an HTTP header, gRPC metadata) holds the Basic login, if one is set."""
-    if credentials is None:
-        return True
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
-    except ValueError:
-        return False
-    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
-    return (secrets.compare_digest(user, credentials[0].encode()) &
-            secrets.compare_digest(password, credentials[1].encode()))
 
 
 def byte_count(text: str | None) -> int | None:

@@ -25,10 +25,10 @@ EXTENSIONS = ["binary_tensor_data", "classification"]  # Triton's names for the 
 PLATFORMS = {"frozen graph": "tensorflow_graphdef", "SavedModel": "tensorflow_savedmodel", "Keras": "keras"}
 
 
-def create_router(models: Catalog, open_admin: bool = False) -> APIRouter:
+def create_router(models: Catalog) -> APIRouter:
     """The KServe v2 routes, each model by name. Health needs no login (like /healthz); model metadata, infer and the
-    repository index need --auth's; loading and unloading change what every client is served, so they are admin
-    actions (the login, or --open-admin)."""
+    repository index need a login or key (models.access); loading and unloading change what every client is
+    served, so they are admin actions (the login, an admin key, or --open-admin)."""
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
 
     @router.get("")
@@ -81,7 +81,7 @@ def create_router(models: Catalog, open_admin: bool = False) -> APIRouter:
     @rest.protocol_route
     async def repository_change(request: Request, name: str) -> JSONResponse:
         """Loads (or loads again) or unloads a model while the others serve: an admin action."""
-        rest.check_admin(models, request, open_admin)
+        rest.check_admin(models, request)
         await rest.optional_json(request, "the request")
         action = models.load if request.url.path.endswith("/load") else models.unload
         await rest.refused_as_protocol_error(action(name))

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..conf import ArchJsonConfLoader
 from ..images import ENCODED_INPUT, Limits
+from .access import LOGIN_REQUIRED, Access
 from .batching import Batcher, Overloaded, Scores
 from .bodies import request_limit, too_large
 from .errors import refusal_for
@@ -30,6 +31,27 @@ class ProtocolError(Exception):
         self.status = status
 
 
+class Unauthenticated(ProtocolError):
+    """The 401 of a call without a login or key that the server takes: its challenges (WWW-Authenticate)."""
+
+    def __init__(self, message: str, challenge: str):
+        super().__init__(401, message)
+        self.challenge = challenge
+
+
+def admin_check(access: Access, authorization: str) -> None:
+    """The refusal, as a ProtocolError, of an admin action by whoever sent this Authorization value."""
+    if refusal := access.admin_refusal(authorization):
+        status, message = refusal
+        raise Unauthenticated(message, access.challenge()) if status == 401 else ProtocolError(status, message)
+
+
+def call_check(access: Access, authorization: str) -> None:
+    """The refusal, as a ProtocolError, of a call by whoever sent this Authorization value."""
+    if not access.may_call(authorization):
+        raise Unauthenticated(LOGIN_REQUIRED, access.challenge())
+
+
 class Busy(ProtocolError):
     """The 503 of a full queue: retry later (gRPC's RESOURCE_EXHAUSTED; a replaced model's 503 is UNAVAILABLE)."""
 
@@ -39,9 +61,8 @@ class Served:
     model_name) and the version folder that serves (hot reload changes it; a folder without versions is version 1).
     """
 
-    def __init__(self, batcher: Batcher, limits: Limits, credentials: tuple[str, str] | None, health: Any,
-                 name: str | None = None):
-        self.batcher, self.limits, self.credentials, self.health = batcher, limits, credentials, health
+    def __init__(self, batcher: Batcher, limits: Limits, health: Any, name: str | None = None):
+        self.batcher, self.limits, self.health = batcher, limits, health
         self.body_limit = request_limit(limits)  # a JSON body is held in memory whole
         self._fixed_name = name
         self._named: tuple[Any, str] | None = None  # (model, its name): read from its conf once per model
@@ -174,7 +195,7 @@ class Served:
 class Catalog(Protocol):
     """The models the protocols serve, by name (repository.Repository): what the routes of both transports ask."""
 
-    credentials: tuple[str, str] | None
+    access: Access  # who may call, and who may change what is served
     body_limit: int  # the largest request any of its models takes (the gRPC port's message limit)
 
     async def served(self, name: str | None, version: str | None = None, load: bool = True) -> Served:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -122,11 +121,9 @@ class Reloader:
         while not stop.wait(seconds):
             self.poll_once()
 
-    def reload_on_sighup(self) -> None:
-        def handler(signum, frame):
-            threading.Thread(target=self._reload_quietly, args=("SIGHUP",), daemon=True).start()
-
-        signal.signal(signal.SIGHUP, handler)
+    def reload_in_background(self, reason: str) -> None:
+        """A reload in a thread of its own (SIGHUP's: a signal handler must not wait); failures are logged."""
+        threading.Thread(target=self._reload_quietly, args=(reason,), daemon=True).start()
 
     def _reload_quietly(self, reason: str) -> None:
         try:

@@ -17,6 +17,7 @@ import classifier
 from ..conf import ArchJsonConfLoader, ConfError
 from ..loader import example_photos
 from . import metrics
+from .access import Access
 from .core import Core
 from .errors import ModelRefused, ModelUnavailable, UnknownModel, refusal_for
 from ..from_path import discover
@@ -50,7 +51,7 @@ class Repository:
     default). Each loaded model has its own core; loading one runs in a thread and never holds the others."""
 
     def __init__(self, confs: dict[str, Path], default: str | None, load: Callable[[str, Path], Core],
-                 credentials: tuple[str, str] | None = None, named_by_conf: bool = False, lazy: bool = False,
+                 access: Access | None = None, named_by_conf: bool = False, lazy: bool = False,
                  max_loaded: int | None = None, folder: Path | None = None, config_file: Path | None = None):
         """load(name, conf) → its Core (raises the library's errors for a broken model). default: None for the first
         by name that loads (load_at_start decides). named_by_conf: one model served under its conf's model_name,
@@ -58,7 +59,8 @@ class Repository:
         repository). lazy: load each model but the default on its first request. max_loaded: at most that many
         loaded at once; loading one more unloads the least recently used (never the default). folder: the
         --model-repository folder (its entries among confs), which rescan() looks at again. config_file: the
-        --model-config-file whose models confs are, which rescan() reads again."""
+        --model-config-file whose models confs are, which rescan() reads again. access: who may call (and change
+        what is served); by default anyone may call and nobody may change it."""
         if default is not None and default not in confs:
             raise ConfError(f"--default-model {default}: no model of that name (there are {', '.join(confs)})")
         if max_loaded is not None and max_loaded < 1:
@@ -70,17 +72,17 @@ class Repository:
         in_folder = {entry.stem if entry.is_file() else entry.name for entry in folder.iterdir()} if folder else set()
         self.entries = {name: Entry(name, conf, in_folder=name in in_folder)  # the index, by name
                         for name, conf in sorted(confs.items())}
-        self.default_name, self.credentials = default, credentials
+        self.default_name, self.access = default, access or Access()
         self._load, self._named_by_conf = load, named_by_conf
         self._locks: dict[str, asyncio.Lock] = {}
         self._polling = False  # each loaded model polls for new version folders (once the server runs)
         self._guard = threading.Lock()
 
     @classmethod
-    def of(cls, core: Core, credentials: tuple[str, str] | None = None) -> Repository:
+    def of(cls, core: Core, access: Access | None = None) -> Repository:
         """A repository of one model, loaded already (each Ray Serve replica's)."""
         name = ArchJsonConfLoader(core.model.conf).get_model_name()
-        repository = cls({name: core.conf_path}, name, lambda name, conf: core, credentials, named_by_conf=True)
+        repository = cls({name: core.conf_path}, name, lambda name, conf: core, access, named_by_conf=True)
         repository._serve(repository.entries[name], core)
         return repository
 
@@ -202,7 +204,7 @@ class Repository:
         if self._polling:
             core.poll()
         entry.core, entry.used = core, time.monotonic()
-        entry.served = Served(core.batcher, core.limits, self.credentials, core.health,
+        entry.served = Served(core.batcher, core.limits, core.health,
                               name=None if self._named_by_conf else entry.name)
         entry.state, entry.reason = READY, ""
 

@@ -8,9 +8,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from .bodies import too_large
-from .guard import LOGIN_CHALLENGE, basic_auth_ok
-from .protocols import Catalog, ProtocolError, Served, json_object
-from .errors import ADMIN_NEEDS_LOGIN, refusal_for
+from .protocols import Catalog, ProtocolError, Served, Unauthenticated, admin_check, call_check, json_object
+from .errors import refusal_for
 from .service import BodyTooLarge, error, error_for, read_limited
 
 OPTIONS_LIMIT = 64 * 1024  # a repository request's JSON options
@@ -19,21 +18,19 @@ OPTIONS_LIMIT = 64 * 1024  # a repository request's JSON options
 async def check(models: Catalog, request: Request, name: str, version: str | None, load: bool = True) -> Served:
     """The model the request names (loaded first if it waits for a request, unless `load` is false); the
     ProtocolError for a request without the login, or for a model or version that does not serve."""
-    if not basic_auth_ok(request, models.credentials):
-        raise ProtocolError(401, "authentication required")
+    check_login(models, request)
     return await models.served(name, version, load)
 
 
 def check_login(models: Catalog, request: Request) -> None:
-    if not basic_auth_ok(request, models.credentials):
-        raise ProtocolError(401, "authentication required")
+    """The 401 of a request without a login or key (the guard refuses it first; Ray's replicas have none)."""
+    call_check(models.access, request.headers.get("authorization", ""))
 
 
-def check_admin(models: Catalog, request: Request, open_admin: bool) -> None:
-    """The 401 without the login; the 403 of an admin action on a server with no login (unless --open-admin)."""
-    check_login(models, request)
-    if models.credentials is None and not open_admin:
-        raise ProtocolError(403, ADMIN_NEEDS_LOGIN)
+def check_admin(models: Catalog, request: Request) -> None:
+    """The 401 without a login or key; the 403 of an admin action by a program's key, or on a server with no way
+    to log in as an admin (unless --open-admin)."""
+    admin_check(models.access, request.headers.get("authorization", ""))
 
 
 async def optional_json(request: Request, what: str) -> dict:
@@ -67,8 +64,8 @@ async def body(served: Served, request: Request) -> bytes:
 def protocol_error(exc: ProtocolError) -> JSONResponse:
     """Both protocols answer errors as {"error": message} with the HTTP status (KServe v2 and TF Serving alike)."""
     headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = LOGIN_CHALLENGE
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = exc.challenge
     if exc.status == 503:
         headers["Retry-After"] = "1"
     return error(exc.status, str(exc), **headers)

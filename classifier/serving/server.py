@@ -13,6 +13,7 @@ import logging
 import resource
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 from contextlib import asynccontextmanager, suppress
@@ -26,6 +27,7 @@ from gradio import networking
 
 import classifier
 from ..loader import example_photos
+from .access import ADMIN_NEEDS_LOGIN, Access, KeyFile
 from .api import create_app
 from .connections import with_read_timeout
 from .core import Core, load_core
@@ -35,7 +37,7 @@ from . import gradio_internals
 from .guard import GuardConf, UploadBudget
 from .bodies import request_limit
 from . import logs
-from .errors import ADMIN_NEEDS_LOGIN, ModelRefused
+from .errors import ModelRefused
 from ..from_path import checked_name
 from .model_sources import moved_in, staged
 from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
@@ -71,7 +73,9 @@ class Settings:
     port: int = 8080
     grpc_port: int = 0
     root_path: str = ""  # "/classifier", or ""
-    credentials: tuple[str, str] | None = None
+    credentials: tuple[str, str] | None = None  # --auth: the page's login (and everything else's)
+    api_keys: Path | None = None  # programs' keys, one a line (access.KeyFile)
+    admin_keys: Path | None = None  # keys that also change what is served
     allowed_hosts: list[str] | None = field(default_factory=lambda: ["localhost", "127.0.0.1"])
     cors_origins: list[str] = field(default_factory=list)
     open_admin: bool = False
@@ -107,8 +111,7 @@ class Server:
         # this loop;
         # its connections: a quarter of the file limit (HTTP's --max-connections takes at most half), ≤ 256.
         self.grpc = GrpcServer(models, settings.host, settings.grpc_port, max_calls=settings.max_connections,
-                               max_connections=max(16, min(256, file_limit() // 4)),
-                               open_admin=settings.open_admin) if settings.grpc_port else None
+                               max_connections=max(16, min(256, file_limit() // 4))) if settings.grpc_port else None
         self.app = self._asgi_app()
 
     @property
@@ -118,8 +121,8 @@ class Server:
     async def serve_trained(self, trained: Path, name: str, replace: bool = False) -> str:
         """The Train tab's "Serve this model": the trained model served beside the others, as `name`; in the
         --model-repository folder if there is one it can write, else from the train folder. It changes what every
-        client is offered, so it needs the login (or open_admin); taking the place of a model of that name must be
-        asked for (replace), and the old one's requests finish first."""
+        client is offered, so it needs the login (or open_admin: admin keys are for programs); taking the place
+        of a model of that name must be asked for (replace), and the old one's requests finish first."""
         if not self.settings.credentials and not self.settings.open_admin:
             raise gr.Error(f"Serving a trained model from the page is off: {ADMIN_NEEDS_LOGIN}. The model is in "
                            "the train folder: download it, or serve it with --model.")
@@ -161,7 +164,7 @@ class Server:
         upload_limit = limits.max_bytes if settings.training_off else max(limits.max_bytes, MAX_ZIP_BYTES)
         # Before any route: the login, each route's body limit (first matching prefix), the open event streams,
         # the uploads' disk budget (kept as long as uploads are, and the sweep looks every minute).
-        guard = GuardConf(settings.credentials,
+        guard = GuardConf(self.models.access,
                           body_limits=[("/service", request_limit(limits)), ("/explain", limits.max_bytes),
                                        ("/v1/", request_limit(limits)), ("/v2/", request_limit(limits)),
                                        ("/gradio_api/upload", upload_limit + MULTIPART_OVERHEAD),
@@ -171,7 +174,7 @@ class Server:
                                                settings.upload_retention + 60))
         # /service, /explain, the protocols existing clients speak (KServe v2, TF Serving REST), probes, /metrics.
         app = create_app(self.models, guard, allowed_hosts=settings.allowed_hosts,
-                         cors_origins=settings.cors_origins, open_admin=settings.open_admin, lifespan=self._lifespan)
+                         cors_origins=settings.cors_origins, lifespan=self._lifespan)
         # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
         app = gr.mount_gradio_app(app, self.demo, path="/", auth=settings.credentials, max_file_size=upload_limit,
                                   css=CSS, root_path=settings.root_path or None, enable_monitoring=False,
@@ -179,6 +182,8 @@ class Server:
                                                                settings.train_dir], keep=[self.page_files]))
         self.gradio_app = gradio_internals.mounted_app(app)  # its login tokens, its stop event
         guard.logged_in = gradio_internals.login_check(self.gradio_app)
+        if settings.credentials:  # Gradio checks its own login: a program's key or Basic passes it as the page's
+            guard.as_logged_in = gradio_internals.as_logged_in(self.gradio_app)
         gradio_internals.mark_launched(self.demo)  # Gradio's own check of uploaded files waits for it
         return app
 
@@ -205,7 +210,7 @@ class Server:
         if settings.share:
             threading.Thread(target=open_share_link, args=(settings.port,), daemon=True).start()
         if threading.current_thread() is threading.main_thread():  # signals are for the main thread only
-            core.reloader.reload_on_sighup()
+            signal.signal(signal.SIGHUP, lambda signum, frame: self.on_sighup())
         self.models.start_polling()
         yield
         self.models.stop_polling()
@@ -220,6 +225,11 @@ class Server:
         for loaded in self.models.loaded():
             await loaded.batcher.close()
         shutil.rmtree(self.page_files, ignore_errors=True)
+
+    def on_sighup(self) -> None:
+        """SIGHUP: the key files read again, and the default model's conf (a new version, a new conf)."""
+        self.models.access.reload_keys()
+        self.core.reloader.reload_in_background("SIGHUP")
 
     def run(self) -> None:
         """Serves on settings.host:port until SIGTERM or Ctrl-C (uvicorn's graceful shutdown)."""
@@ -265,16 +275,23 @@ def repository_of(settings: Settings, core: Core | None = None) -> Repository:
         return load_core(conf, top_k=settings.top_k, name=name)
 
     if core is not None:
-        return Repository.of(core, settings.credentials)
+        return Repository.of(core, access_of(settings))
     if not settings.models:
-        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), settings.credentials)
+        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), access_of(settings))
     else:
         # The named one, else the only one, else the first by name that loads.
-        repository = Repository(settings.models, settings.default_model, load, settings.credentials,
+        repository = Repository(settings.models, settings.default_model, load, access_of(settings),
                                 lazy=settings.lazy_load, max_loaded=settings.max_loaded_models,
                                 folder=settings.model_repository, config_file=settings.model_config_file)
         repository.load_at_start()
     return repository
+
+
+def access_of(settings: Settings) -> Access:
+    """Who may call the server, and who may change what it serves; a key file that cannot be read raises
+    OSError (or ValueError for a malformed line), at start rather than at the first request."""
+    return Access(settings.credentials, KeyFile(settings.api_keys) if settings.api_keys else None,
+                  KeyFile(settings.admin_keys) if settings.admin_keys else None, settings.open_admin)
 
 
 def blocked_paths(folders: list[Path], keep: list[Path]) -> list[str]:

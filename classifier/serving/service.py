@@ -14,8 +14,9 @@ from .. import describe
 from ..images import Limits
 from .batching import Batcher
 from .bodies import MAX_FILES, request_limit, too_large
-from .errors import ADMIN_NEEDS_LOGIN, RETRY_AFTER_SECONDS, refusal_for
-from .guard import LOGIN_CHALLENGE, basic_auth_ok, byte_count
+from .access import LOGIN_REQUIRED, Access
+from .errors import RETRY_AFTER_SECONDS, refusal_for
+from .guard import byte_count
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +55,33 @@ class Health:
 
 
 
-def create_router(models: Any, credentials: tuple[str, str] | None = None, open_admin: bool = False,
-                  reloading: bool = True) -> APIRouter:
+def create_router(models: Any, reloading: bool = True) -> APIRouter:
     """/service (the default model) and /service/{name}, /admin/reload and the probes. models: the repository
-    (repository.Repository). open_admin: let /admin/reload answer without --auth (else it is refused with 403 when
-    there is no login). reloading: offer /admin/reload (Ray Serve's replicas do not: it would reload only one)."""
+    (repository.Repository), which holds who may call (models.access). reloading: offer /admin/reload (Ray Serve's
+    replicas do not: it would reload only one)."""
     router = APIRouter()
-    router.include_router(service_router(models, credentials))
+    router.include_router(service_router(models))
     if reloading:
-        router.include_router(admin_router(models, credentials, open_admin))
+        router.include_router(admin_router(models))
     router.include_router(probes_router(models))
     return router
 
 
-def unauthorised(request: Request, credentials: tuple[str, str] | None) -> JSONResponse | None:
-    """The 401 for a request without the login (the guard refuses it first in app.py; Ray's replicas have none)."""
-    if basic_auth_ok(request, credentials):
+def unauthorised(request: Request, access: Access) -> JSONResponse | None:
+    """The 401 for a request without a login or key (the guard refuses it first in app.py; Ray's replicas have
+    none)."""
+    if access.may_call(request.headers.get("authorization", "")):
         return None
-    return error(401, "authentication required", **{"WWW-Authenticate": LOGIN_CHALLENGE})
+    return error(401, LOGIN_REQUIRED, **{"WWW-Authenticate": access.challenge()})
 
 
-def service_router(models: Any, credentials: tuple[str, str] | None) -> APIRouter:
+def service_router(models: Any) -> APIRouter:
     """POST|PUT /service: UAI's contract, on the default model; /service/{name}: the same, on a model by name."""
     router = APIRouter()
 
     async def classify_request(request: Request, name: str | None) -> Any:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
-        if refused := unauthorised(request, credentials):
+        if refused := unauthorised(request, models.access):
             return refused
         try:
             core = await models.get(name)
@@ -161,17 +162,17 @@ async def classify_multipart(request: Request, classify: Callable[[bytes], Await
     return json_response(results)
 
 
-def admin_router(models: Any, credentials: tuple[str, str] | None, open_admin: bool) -> APIRouter:
-    """POST /admin/reload: what changes the served model (the default), behind the login."""
+def admin_router(models: Any) -> APIRouter:
+    """POST /admin/reload: what changes the served model (the default), behind the login or an admin key."""
     router = APIRouter()
 
     @router.post("/admin/reload")
     async def admin_reload(request: Request) -> JSONResponse:
         """Loads the conf's model again (the highest version folder), beside the serving one, and swaps it in."""
-        if refused := unauthorised(request, credentials):
-            return refused
-        if credentials is None and not open_admin:
-            return error(403, ADMIN_NEEDS_LOGIN)
+        if refusal := models.access.admin_refusal(request.headers.get("authorization", "")):
+            status, message = refusal
+            challenge = {"WWW-Authenticate": models.access.challenge()} if status == 401 else {}
+            return error(status, message, **challenge)
         try:  # a reload already under way is joined, not repeated
             model = await asyncio.wrap_future(models.default.reloader.reload_shared("POST /admin/reload"))
         except Exception as exc:
