@@ -83,6 +83,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="without --auth or --admin-keys, still allow what changes the served model (POST "
                              "/admin/reload, the Train tab's Serve this model); for a machine of your own (default: "
                              "they need --auth or an admin key)")
+    parser.add_argument("--no-mcp", action="store_true",
+                        help="turn off the MCP server (/gradio_api/mcp: the classify_photo tool for LLM agents, under "
+                             "the same login, keys and limits)")
     parser.add_argument("--top-k", type=int, default=None, help="labels per image (default: conf's top_k)")
     parser.add_argument("--flagging-dir", type=Path, default=ROOT / "flagged",
                         help="where the Flag button saves photos and their labels (default: ./flagged)")
@@ -208,7 +211,7 @@ def settings_from(args: argparse.Namespace):
         training_off=why_training_is_off(args, credentials), upload_retention=args.upload_retention,
         upload_quota=args.upload_quota_mb * 2 ** 20, max_uploads=args.max_uploads_mb * 2 ** 20,
         read_timeout=args.read_timeout, max_connections=args.max_connections, log_format=args.log_format,
-        streams_per_client=args.streams_per_client, blocked=(ROOT, Path.cwd()))
+        streams_per_client=args.streams_per_client, mcp=not args.no_mcp, blocked=(ROOT, Path.cwd()))
 
 
 def models_by_name(repository: Path | None, models: list[str], config_file: Path | None = None) -> dict:
@@ -295,6 +298,8 @@ def print_banner(server, say=lambda line: print(line, flush=True)) -> None:
         say(f"* Models:  {listed}; each at /service/NAME, /v2/models/NAME, /v1/models/NAME")
     say(f"* Page:    http://{shown}:{settings.port}/")
     say(f"* Service: curl -T photo.jpg http://{shown}:{settings.port}/service")
+    if settings.mcp:
+        say(f"* MCP:     http://{shown}:{settings.port}{settings.root_path}/gradio_api/mcp/ (the classify_photo tool)")
     if settings.grpc_port:
         say(f"* gRPC:    {shown}:{settings.grpc_port} (KServe v2, TF Serving, grpc.health.v1)")
     if settings.root_path:

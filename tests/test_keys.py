@@ -145,3 +145,20 @@ def test_gradios_api_takes_a_key_and_the_page_keeps_its_login(keyed, tmp_path):
         assert browser.get("/gradio_api/info").status_code == 401
         assert browser.post("/login", data={"username": "ann", "password": "pw"}).status_code == 200
         assert browser.get("/gradio_api/info").status_code == 200
+
+
+def test_the_mcp_tool_takes_a_key_and_names_a_model(keyed):
+    import base64
+    import json
+
+    from test_agent_tool import use_the_tool
+
+    red = base64.b64encode(RED).decode()
+    _, [answer] = use_the_tool(keyed.url, [{"photo": red, "model_name": "b"}], headers=bearer(PROGRAM))
+    assert json.loads(answer.content[0].text)["labels"][0]["label"] == "red"
+    _, [unknown] = use_the_tool(keyed.url, [{"photo": red, "model_name": "nope"}], headers=bearer(PROGRAM))
+    assert unknown.isError and "nope" in unknown.content[0].text
+    with httpx.Client(base_url=keyed.url, timeout=30) as client:  # refused before the MCP server reads a byte
+        refused = client.post("/gradio_api/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                              headers={**bearer("wrong"), "Accept": "application/json, text/event-stream"})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")

@@ -17,6 +17,8 @@ Each reach, and why the public API does not do it:
   its data classes (file_gate reads the file values of events).
 - `Blocks.preprocess_data`, `Blocks.postprocess_data`, `Blocks.temp_file_sets`: every event passes the first two;
   the third holds the files received (file_gate.GatedBlocks overrides and reads them).
+- `offer_only`: `Blocks.mcp_server_obj.tool_to_endpoint`, the MCP server's tools by endpoint: Gradio offers
+  every public API endpoint as a tool (training and serving a model too), and 6.31 has no per-event switch.
 - The paths below: Gradio's routes that the guard names (public ones, long-lived event streams).
 `missing()` lists what the installed Gradio lacks of these; a test fails with that list.
 """
@@ -68,6 +70,13 @@ def as_logged_in(gradio_app: Any) -> Callable[[dict], dict]:
     return logged_in_scope
 
 
+def offer_only(blocks: Any, api_name: str) -> None:
+    """The MCP server of these Blocks (mcp_server=True) offers the one tool of that API endpoint, and no other."""
+    server = blocks.mcp_server_obj
+    server.tool_to_endpoint = {tool: endpoint for tool, endpoint in server.tool_to_endpoint.items()
+                               if endpoint == f"/{api_name}"}
+
+
 def stop(gradio_app: Any) -> None:
     """Ends the mounted app's event streams (heartbeats) at once, as launch()'s own shutdown does."""
     gradio_app.stop_event.set()
@@ -106,14 +115,15 @@ def gradio_models() -> tuple[type, ...]:
 def missing() -> list[str]:
     """What the installed Gradio lacks of the reaches above (empty: all there)."""
     import gradio
-    from gradio import context, data_classes, route_utils, routes, utils
+    from gradio import context, data_classes, mcp, route_utils, routes, utils
 
     wanted = [(gradio.Blocks, "preprocess_data"), (gradio.Blocks, "postprocess_data"),
               (context.LocalContext, "blocks"), (route_utils, "delete_files_created_by_app"),
               (utils, "get_upload_folder"), (utils, "is_in_or_equal"), (data_classes, "GradioModel"),
               (data_classes, "GradioRootModel"), (gradio.Blocks(), "temp_file_sets"),
               (gradio.Blocks(), "has_launched"), (routes.App(), "tokens"), (routes.App(), "cookie_id"),
-              (routes.App(), "stop_event")]
+              (routes.App(), "stop_event"), (gradio.Blocks(), "mcp_server_obj"),
+              (mcp.GradioMCPServer, "get_tool_to_endpoint")]  # whose result is the tool_to_endpoint attribute
     return [f"{getattr(owner, '__name__', type(owner).__name__ + '()')}.{name}" for owner, name in wanted
             if not hasattr(owner, name)]
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import warnings
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from . import logs
 from .errors import ModelRefused
 from ..from_path import checked_name
 from .model_sources import moved_in, staged
-from .ui import CSS, FlagBudget, build_demo, delete_old_uploads
+from .ui import CSS, TOOL, FlagBudget, build_demo, delete_old_uploads
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Settings:
     read_timeout: float = 30
     max_connections: int = 1000
     log_format: str = "text"  # or "json": one JSON object a line (logs.py)
+    mcp: bool = True  # Gradio's MCP server (/gradio_api/mcp), offering the Classify tool to LLM agents
     streams_per_client: int = 32
     blocked: tuple[Path, ...] = ()  # folders Gradio must never serve a file from (app.py: its own, the cwd)
 
@@ -103,7 +105,9 @@ class Server:
         self.settings, self.models = settings, models
         self.core = core = models.default
         # What the page gives out (CSVs, thumbnails, model zips) is written here, and nothing else is given out.
-        self.page_files = Path(tempfile.mkdtemp(prefix="classifier-page-"))
+        # Deleted when the server stops, or when it is dropped or the process exits without having run.
+        self._page_files = tempfile.TemporaryDirectory(prefix="classifier-page-")
+        self.page_files = Path(self._page_files.name)
         self.demo = build_demo(models, example_photos(), settings.flagging_dir, settings.train_dir,
                                self.serve_trained, settings.training_off, settings.flag_budget, self.page_files)
         self.demo.queue(max_size=core.batcher.conf.max_queue)
@@ -176,15 +180,22 @@ class Server:
         app = create_app(self.models, guard, allowed_hosts=settings.allowed_hosts,
                          cors_origins=settings.cors_origins, lifespan=self._lifespan)
         # Gradio is mounted last: a mount at "/" takes every path that no route above has claimed.
-        app = gr.mount_gradio_app(app, self.demo, path="/", auth=settings.credentials, max_file_size=upload_limit,
-                                  css=CSS, root_path=settings.root_path or None, enable_monitoring=False,
-                                  blocked_paths=blocked_paths([*settings.blocked, settings.flagging_dir,
-                                                               settings.train_dir], keep=[self.page_files]))
+        # Gradio's MCP server at /gradio_api/mcp offers the one tool (ui.TOOL), behind the guard as every route.
+        # Its warning about events with state is of tools it will not offer (offer_only, below).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This MCP server includes a tool that has a gr.State input")
+            app = gr.mount_gradio_app(app, self.demo, path="/", auth=settings.credentials, mcp_server=settings.mcp,
+                                      max_file_size=upload_limit, css=CSS, root_path=settings.root_path or None,
+                                      enable_monitoring=False,
+                                      blocked_paths=blocked_paths([*settings.blocked, settings.flagging_dir,
+                                                                   settings.train_dir], keep=[self.page_files]))
         self.gradio_app = gradio_internals.mounted_app(app)  # its login tokens, its stop event
         guard.logged_in = gradio_internals.login_check(self.gradio_app)
         if settings.credentials:  # Gradio checks its own login: a program's key or Basic passes it as the page's
             guard.as_logged_in = gradio_internals.as_logged_in(self.gradio_app)
         gradio_internals.mark_launched(self.demo)  # Gradio's own check of uploaded files waits for it
+        if settings.mcp:
+            gradio_internals.offer_only(self.demo, TOOL)
         return app
 
     @asynccontextmanager
@@ -224,7 +235,7 @@ class Server:
             await sweeping  # its last act: the uploads still in the cache are deleted
         for loaded in self.models.loaded():
             await loaded.batcher.close()
-        shutil.rmtree(self.page_files, ignore_errors=True)
+        self._page_files.cleanup()
 
     def on_sighup(self) -> None:
         """SIGHUP: the key files read again, and the default model's conf (a new version, a new conf)."""

@@ -8,6 +8,7 @@ from typing import Awaitable, Callable
 import gradio as gr
 
 from ...images import limits_of
+from .agent_tool import TOOL, add_agent_tool
 from .batch import batch_tab
 from .classify import classify_tab
 from .file_gate import GatedBlocks
@@ -16,7 +17,7 @@ from .picker import OneModel, PageModels, model_picker, refreshed
 from .train import train_tab
 from .uploads import delete_old_uploads
 
-__all__ = ["CSS", "FlagBudget", "OneModel", "build_demo", "delete_old_uploads"]
+__all__ = ["CSS", "TOOL", "FlagBudget", "OneModel", "build_demo", "delete_old_uploads"]
 
 # Pictures and text fit their boxes at any width (the Train tab's matrix and curve were cropped and its summary
 # ran past the panel).
@@ -34,8 +35,10 @@ def build_demo(models: PageModels, examples: list[Path], flagging_dir: Path, tra
     replace): the Train tab's "Serve this model". training_off: why the Train tab is disabled (None: enabled).
     output_folder: where the page writes the files it gives out (CSVs, thumbnails, model zips); every event's
     files are gated (file_gate)."""
-    output_folder = output_folder or Path(tempfile.mkdtemp(prefix="classifier-page-"))
+    own_folder = None if output_folder else tempfile.TemporaryDirectory(prefix="classifier-page-")
+    output_folder = output_folder or Path(own_folder.name)
     with GatedBlocks(title="Image classifier") as demo:
+        demo.own_output_folder = own_folder  # deleted with the page (or at exit)
         demo.output_folders = [output_folder.resolve()]
         picker = model_picker(models)
         if picker is not None:
@@ -50,4 +53,5 @@ def build_demo(models: PageModels, examples: list[Path], flagging_dir: Path, tra
             else:
                 train_tab(train_dir, flagging_dir, serve_trained, picker, models,
                           lambda: limits_of(models.default.batcher.model), output_folder)
+        add_agent_tool(models)  # an API endpoint, not shown: the tool Gradio's MCP server offers (mcp_server=True)
     return demo
