@@ -28,7 +28,8 @@ else
   fi
 fi
 
-python3 -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt
+# The tests' lock: every package of serving, Ray Serve and the tests, pinned (tools/lock.sh makes it from pyproject.toml).
+python3 -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 python3 -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 # Two workers (pytest-xdist; -n 0 for one process): many tests wait on a server, a browser or the clock, so two
 # overlap well even on two cores. Each module with a module-scoped fixture runs on one worker (loadgroup).

@@ -59,6 +59,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--conf", type=Path, default=ROOT / "conf.json")
     args = parser.parse_args()
+    # LitServe 0.2.19 starts its MCP server when the `mcp` package is installed (ours is, for Gradio's MCP server)
+    # but imports it only when `fastmcp` is too, so it dies on a NameError; this peer offers no MCP tool anyway.
+    import litserve.server
+
+    litserve.server._MCP_AVAILABLE = False
     api = ClassifierAPI(args.conf.resolve(), max_batch_size=16, batch_timeout=0.005)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=2)
     server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")

@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from . import quiet  # noqa: F401  (first: TensorFlow's log level must be set before anything imports it)
-from . import uai_modules
+from . import bundled, uai_modules
 from .conf import (ArchJsonConfLoader, Conf, ConfError, JsonConfLoader, RetrainJsonConfLoader, TFJsonConfLoader,
                    read_conf)
 from .images import ImageError, Limits
@@ -25,8 +25,8 @@ __all__ = ["load", "describe", "AiUcloudModel", "TFAiUcloudModel", "RetrainedCla
            "TFJsonConfLoader", "RetrainJsonConfLoader", "Conf", "read_conf", "ConfError", "ModelError",
            "LabelsError", "ImageError", "Limits"]
 
-# A conf.json beside the package, used when the current folder has none (e.g. `python -m classifier` elsewhere).
-DEFAULT_CONF = Path(__file__).resolve().parent.parent / "conf.json"
+# The embedded model's conf.json, used when the current folder has none (e.g. `python -m classifier` elsewhere).
+DEFAULT_CONF = bundled.DEFAULT_CONF
 
 
 def __getattr__(name: str) -> Any:

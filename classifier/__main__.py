@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m classifier", description="Classify images with the model "
+def parse_args(argv: list[str] | None, prog: str = "python -m classifier") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="Classify images with the model "
                                      "that conf.json names; print the top-k labels of each.")
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     parser.add_argument("--conf", type=Path, default=None,
@@ -45,10 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m classifier") -> int:
     from . import ConfError, LabelsError, load, quiet
 
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     if args.retime or args.convert:
         import logging
         import os

@@ -14,14 +14,14 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from . import engines, formats, images, labels, quiet
+from . import bundled, engines, formats, images, labels, quiet
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 TEACHABLE_MACHINE = images.InputConvention(mean=127.5, std=127.5, resize="center_crop")  # its own snippet's
 
 # Photos shipped with the project: an engine must agree with TensorFlow on them (and views of them) to serve.
-CHECK_PHOTOS = Path(__file__).resolve().parent.parent / "examples"
+CHECK_PHOTOS = bundled.EXAMPLES
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 # The runtimes that run a model as it was loaded, unconverted: its own framework's.
 REFERENCES = ("tensorflow", "onnxruntime")

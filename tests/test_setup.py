@@ -1,7 +1,9 @@
-"""A stranger's machine: requirements.txt names every import, the core runs without the server, a quiet start."""
+"""A stranger's machine: pyproject.toml names every import, the locks hold, the core runs without the server, a quiet
+start."""
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 import re
@@ -60,37 +62,108 @@ def unnamed_imports(paths: list[Path], allowed_for, module_level_only: bool = Fa
     return missing
 
 
-def test_requirements_txt_names_every_package_the_app_and_library_import():
-    required = requirement_names(ROOT / "requirements.txt")
-    missing = unnamed_imports(
-        [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
-        lambda path: required | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set()))
-    assert not missing, "requirements.txt does not name: " + "; ".join(missing)
+def project() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def test_requirements_serve_txt_names_what_importing_the_app_needs():
-    """The serving-only install (the Docker image's runtime stage) has no TensorFlow: every module of the app and
-    the library must import with requirements-serve.txt alone; TensorFlow, Keras and NNCF are imported only
-    inside the functions that convert or retrain."""
-    serve = requirement_names(ROOT / "requirements-serve.txt")
-    assert not serve & {"tensorflow-cpu", "tensorflow", "keras", "nncf", "matplotlib"}
-    pinned = [line.split("#", 1)[0].strip() for line in (ROOT / "requirements-serve.txt").read_text().splitlines()]
-    everything = {line.split("#", 1)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()}
-    assert [pin for pin in pinned if pin and pin not in everything] == []  # the same pins in both files
-    missing = unnamed_imports(
-        [ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
-        lambda path: serve | (requirement_names(ROOT / OPTIONAL[path]) if path in OPTIONAL else set()),
-        module_level_only=True)
-    assert not missing, "requirements-serve.txt does not name: " + "; ".join(missing)
+def names_of(requirements: list[str]) -> set[str]:
+    """The distributions a list of requirements (pyproject.toml's) names."""
+    from packaging.requirements import Requirement
+
+    return {canonical(Requirement(line).name) for line in requirements}
 
 
-def test_the_test_requirements_name_every_package_the_tests_and_benchmark_import():
-    allowed = set().union(*(requirement_names(ROOT / name) for name in
-                            ("requirements.txt", "requirements-dev.txt", "requirements-ray.txt",
-                             "requirements-nodeps.txt")))
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def direct(part: str) -> set[str]:
+    """The distributions pyproject.toml names for a part: "dependencies", an extra ("ray") or a group ("test")."""
+    meta = project()
+    if part == "dependencies":
+        return names_of(meta["project"]["dependencies"])
+    if part in meta["project"]["optional-dependencies"]:
+        return names_of(meta["project"]["optional-dependencies"][part])
+    return names_of(meta["dependency-groups"][part])
+
+
+def test_pyproject_names_every_package_the_app_and_library_import():
+    required, ray = direct("dependencies"), direct("ray")
+    missing = unnamed_imports([ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
+                              lambda path: required | (ray if path in OPTIONAL else set()))
+    assert not missing, "pyproject.toml's dependencies do not name: " + "; ".join(missing)
+
+
+def test_the_runtime_group_names_what_importing_the_app_needs():
+    """The serving-only install (the Docker image's runtime stage: requirements-serve.txt, the "runtime" group's
+    lock) has no TensorFlow: every module of the app and the library must import with it alone; TensorFlow,
+    Keras and NNCF are imported only inside the functions that convert or retrain."""
+    runtime = direct("runtime")
+    assert not runtime & {"tensorflow-cpu", "tensorflow", "keras", "nncf", "matplotlib"}
+    assert not set(pins(ROOT / "requirements-serve.txt")) & {"tensorflow-cpu", "tensorflow", "keras", "nncf"}
+    # A part of the whole, with the same ranges.
+    assert set(project()["dependency-groups"]["runtime"]) <= set(project()["project"]["dependencies"])
+    missing = unnamed_imports([ROOT / "app.py", *sorted((ROOT / "classifier").rglob("*.py"))],
+                              lambda path: runtime | (direct("ray") if path in OPTIONAL else set()),
+                              module_level_only=True)
+    assert not missing, "the runtime group does not name: " + "; ".join(missing)
+
+
+def test_the_test_group_names_every_package_the_tests_and_benchmark_import():
+    allowed = direct("dependencies") | direct("ray") | direct("test") | requirement_names(
+        ROOT / "requirements-nodeps.txt")
     missing = unnamed_imports(sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]),
                               lambda path: allowed)
-    assert not missing, "requirements-dev.txt does not name: " + "; ".join(missing)
+    assert not missing, "pyproject.toml's test group does not name: " + "; ".join(missing)
+
+
+LOCKS = {"requirements.txt": ["dependencies"], "requirements-serve.txt": ["runtime"],
+         "requirements-ray.txt": ["dependencies", "ray"], "requirements-dev.txt": ["dependencies", "ray", "test"]}
+
+
+def pins(path: Path) -> dict[str, str]:
+    """A lock's pins: {distribution: version}."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^]]*\])?==([^\s;]+)", line):
+            found[canonical(match.group(1))] = match.group(3)
+    return found
+
+
+def test_the_locks_agree_with_pyproject_with_each_other_and_with_what_the_tests_run():
+    """Each lock (tools/lock.sh) pins every package its part of pyproject.toml names, within its range; a package
+    in two locks has one version (so installing requirements-ray.txt after requirements.txt changes nothing); a
+    lock holds each of its packages' own requirements (a lock that holds: nothing left for pip to choose); and
+    this environment, which ./test.sh installed from requirements-dev.txt, runs what it pins."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    meta = project()
+    parts = {"dependencies": meta["project"]["dependencies"], "ray": meta["project"]["optional-dependencies"]["ray"],
+             **meta["dependency-groups"]}
+    locks = {name: pins(ROOT / name) for name in LOCKS}
+    for name, wanted in LOCKS.items():
+        for line in [line for part in wanted for line in parts[part]]:
+            requirement = Requirement(line)
+            pinned = locks[name].get(canonical(requirement.name))
+            assert pinned and requirement.specifier.contains(pinned, prereleases=True), (name, line, pinned)
+    for (one, a), (other, b) in itertools.combinations(locks.items(), 2):
+        assert {n: (v, b[n]) for n, v in a.items() if n in b and b[n] != v} == {}, (one, other)
+    assert "grpcio-reflection" in locks["requirements-ray.txt"]  # the package that broke `import ray.serve`
+    for name, pinned in locks.items():
+        for package in pinned:
+            try:
+                installed = distribution(package)
+            except PackageNotFoundError:
+                raise AssertionError(f"{package} ({name}) is not installed: run ./test.sh") from None
+            assert installed.version == pinned[package], (name, package, installed.version)
+            for line in installed.requires or []:
+                requirement = Requirement(line)
+                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                    assert canonical(requirement.name) in pinned, f"{name}: {package} needs {requirement.name}"
 
 
 def test_the_core_loads_and_classifies_without_any_serving_module(tmp_path):
@@ -117,7 +190,8 @@ print(json.dumps({{"top": result[0][0], "cli_exit": code, "serving_modules": loa
 
 
 def test_the_core_never_imports_serving_code():
-    for path in sorted((ROOT / "classifier").glob("*.py")):
+    # cli.py is the `classifier` command, above every part as app.py is: each subcommand imports its own.
+    for path in sorted(p for p in (ROOT / "classifier").glob("*.py") if p.name != "cli.py"):
         text = path.read_text()
         assert not re.search(r"^\s*from \.(serving|retrain)\b|^\s*import classifier\.(serving|retrain)", text, re.M), \
             f"{path.name} (the core) imports serving or retraining code"

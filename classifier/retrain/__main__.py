@@ -12,9 +12,9 @@ from .report import format_summary
 from .training import retrain
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
+def parse_args(argv: list[str] | None = None, prog: str = "python -m classifier.retrain") -> Options:
     defaults = Options(image_dir=Path(), output_dir=Path())
-    parser = argparse.ArgumentParser(prog="python -m classifier.retrain", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_dir", type=Path, required=True, help="one subfolder of photos per class")
     parser.add_argument("--output_dir", type=Path, required=True, help="the checkpoint_dir to write")
@@ -41,9 +41,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(**vars(parser.parse_args(argv)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m classifier.retrain") -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    options = parse_args(argv)
+    options = parse_args(argv, prog)
     try:
         summary = retrain(options)
     except RetrainError as exc:

@@ -5,8 +5,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_BASE_MODEL = PROJECT_ROOT / "checkpoint_dir"
+from .. import bundled
+
+DEFAULT_BASE_MODEL = bundled.CHECKPOINT_DIR
 SPLITS = ("training", "validation", "testing")
 
 
