@@ -178,7 +178,7 @@ def guarded(tmp_path_factory):
 # ./test.sh run them all.
 SLOW_MODULES = {"test_bench", "test_browser", "test_browser_camera", "test_retrain", "test_train_tab",
                 "test_ray_cluster", "test_resources", "test_engine_choice", "test_front_door", "test_proxy",
-                "test_operations", "test_conventions", "test_docker"}
+                "test_operations", "test_conventions", "test_docker", "test_package"}
 SLOW_TESTS = {"test_short_soak", "test_the_server_starts_quietly", "test_app_py_prints_the_model_it_serves",
               "test_auth_protects_page_api_and_service", "test_uai_code_served_by_app_py",
               "test_a_batch_zip_of_large_members_is_read_a_chunk_at_a_time",

@@ -205,3 +205,30 @@ def test_bf16_serves_where_the_cpu_runs_it_and_keeps_the_answers(tmp_path, caplo
     assert model.runtime.engine.startswith("OpenVINO") and "bf16" in model.runtime.engine
     photos = sorted(PHOTOS.glob("*.*g"))
     assert [r[0][0] for r in model.execute(photos)] == [r[0][0] for r in default_model.execute(photos)]
+
+
+def test_each_litert_layout_gives_the_same_answers_and_lean_holds_one_interpreter_fewer(tmp_path):
+    import threading
+
+    write_colour_graph(tmp_path / "model")
+    classifier.load(write_conf(tmp_path))  # converts it: the .tflite is cached beside the model
+    [tflite] = [p for p in (tmp_path / "model").rglob("*.tflite") if "int8" not in p.name]
+    rng = np.random.default_rng(0)
+    inputs = {"batch": rng.random((5, 8, 8, 3), np.float32), "lone": rng.random((1, 8, 8, 3), np.float32)}
+    shared = litert.LiteRTPredictor(tflite, 2, "shared")
+    expected = {kind: shared(images) for kind, images in inputs.items()}
+    lanes = {}
+    for layout in ("per-core", "lean"):
+        predictor, answers = litert.LiteRTPredictor(tflite, 2, layout), []
+        calls = [threading.Thread(target=lambda kind=kind: answers.append((kind, predictor(inputs[kind]))))
+                 for kind in ("batch", "lone") * 4]
+        for call in calls:  # lone images and batches at once: each lane takes one image at a time
+            call.start()
+        for call in calls:
+            call.join()
+        assert len(answers) == 8
+        for kind, answer in answers:
+            np.testing.assert_allclose(answer, expected[kind], atol=1e-6)
+        held = {id(predictor._lone): predictor._lone, id(predictor._batch): predictor._batch}.values()
+        lanes[layout] = sum(len(lanes_of.queue) for lanes_of in held)
+    assert lanes == {"per-core": 3, "lean": 2}  # the lone image's, and one a core (in "lean", the lone one too)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,9 +62,13 @@ def load(tflite: Path, precision: str = "fp32") -> "LiteRTPredictor":
 class LiteRTPredictor:
     """Runs a .tflite model in the layout that was fastest on the 2-core CI machine kind when compared.
 
-    A lone image runs on one interpreter that uses every core (lowest latency). A batch is spread image by image
-    over one single-threaded interpreter per core, in parallel: in that comparison (EfficientNet-Lite0) 197
-    img/s, where one interpreter with 2 threads peaked at 170 (batch 4) and fell at larger batches.
+    Each image runs alone on a lane, an interpreter taken by one image at a time. "per-core" (the default): a lone
+    image runs on a lane whose interpreter uses every core (lowest latency), a batch image by image over one
+    single-threaded lane per core, in parallel: in the comparison that chose it (EfficientNet-Lite0), 197 img/s
+    where one interpreter with 2 threads peaked at 170 (batch 4). "lean": the lone image's lane is also one of
+    the batch's, so a model holds one interpreter fewer, each a packed copy of the weights (~26 MB for
+    EfficientNet-Lite0): for servers of many models, at some cost under load (docs/performance.md). "shared":
+    the whole batch on one interpreter of `threads` threads. With one core, the lone lane is the batch's too.
     """
 
     def __init__(self, model_path: Path, threads: int, layout: str = "per-core", precision: str = "fp32"):
@@ -73,35 +78,45 @@ class LiteRTPredictor:
         self.path = Path(model_path)
         content = self.path.read_bytes()
         self._make = lambda n_threads: Interpreter(model_content=content, num_threads=n_threads)
-        self.threads, self.per_core = threads, layout == "per-core"
+        self.threads, self.per_core = threads, layout in ("per-core", "lean")
         # The precision is named as OpenVINO's engine names it: logs, /readyz and the Train tab's report read it.
         self.engine = (f"LiteRT XNNPACK {precision}, {threads} threads"
-                       + ("" if self.per_core else " (one interpreter)"))
+                       + {"per-core": "", "lean": " (lean)"}.get(layout, " (one interpreter)"))
         with native_stderr_filtered():  # the first interpreter announces XNNPACK when its tensors are allocated
             probe = self._make(threads)
             probe.allocate_tensors()
         given, wanted = probe.get_input_details()[0], probe.get_output_details()[0]
-        self.input_shape, self.input_dtype = tuple(given["shape"]), given["dtype"]
+        self.input_shape, self.input_dtype = tuple(int(n) for n in given["shape"]), given["dtype"]
         # A quantized model's int8 input is a float scaled: q = x / scale + zero_point. uint8 inputs take the
         # pixels as they are (the image convention gives them); a quantized output is turned back into floats.
         self._input_scale = given["quantization"] if self.input_dtype == np.int8 else None
         self._output_scale = wanted["quantization"] if wanted["dtype"] in (np.int8, np.uint8) else None
-        # By input shape. The probe is the lone image's interpreter at the model's own shape: one interpreter fewer
-        # in memory (each holds its own copy of the packed weights: ~26 MB for EfficientNet-Lite0).
-        self._solo: dict[tuple, Callable[[np.ndarray], np.ndarray]] = {self.input_shape: runner(probe)}
-        self._solo_lock = threading.Lock()  # an interpreter is not thread-safe
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="litert")
-        self._local = threading.local()  # each pool thread's own single-threaded interpreters
+        one = (1, *self.input_shape[1:])
+        first = runner(probe) if self.input_shape == one else self._sized(threads, one)
+        # The lanes, by preference (the one of every core first): a lone image's and a batch's (the same queue in
+        # "lean"); the single-threaded ones are made when a batch first needs them.
+        self._lone: queue.PriorityQueue = queue.PriorityQueue()
+        self._lone.put((0, first))
+        lean = layout == "lean" or threads == 1
+        self._batch = self._lone if lean else queue.PriorityQueue()
+        for lane in range(1 if lean else 0, threads if self.per_core else 0):
+            self._batch.put((lane + 1, None))
+        self._one = one
+        self._whole: dict[tuple, Callable[[np.ndarray], np.ndarray]] = {}  # "shared": by batch shape
+        self._whole_lock = threading.Lock()  # an interpreter is not thread-safe
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="litert") if self.per_core else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = self._as_input(batch)
-        if len(batch) == 1 or self.threads == 1 or not self.per_core:
-            with self._solo_lock:
-                out = (np.concatenate([self._prepared(self._solo, self.threads, image[None])(image[None])
-                                       for image in batch]) if self.per_core
-                       else self._prepared(self._solo, self.threads, batch)(batch))
+        if not self.per_core:
+            with self._whole_lock:
+                run = self._whole.get(batch.shape) or self._whole.setdefault(
+                    batch.shape, self._sized(self.threads, batch.shape))
+                out = run(batch)
+        elif len(batch) == 1:
+            out = self._on_a_lane(self._lone, batch)
         else:
-            out = np.concatenate(list(self._pool.map(self._run_alone, batch)))
+            out = np.concatenate(list(self._pool.map(lambda image: self._on_a_lane(self._batch, image[None]), batch)))
         if self._output_scale is not None:
             scale, zero_point = self._output_scale
             out = (out.astype(np.float32) - zero_point) * scale
@@ -113,20 +128,22 @@ class LiteRTPredictor:
             batch = np.clip(np.round(np.asarray(batch, np.float32) / scale + zero_point), -128, 127)
         return np.ascontiguousarray(batch, dtype=self.input_dtype)
 
-    def _run_alone(self, image: np.ndarray) -> np.ndarray:
-        if not hasattr(self._local, "interpreters"):
-            self._local.interpreters = {}
-        return self._prepared(self._local.interpreters, 1, image[None])(image[None])
+    def _on_a_lane(self, lanes: queue.PriorityQueue, image: np.ndarray) -> np.ndarray:
+        """One image on the first free lane of these (the one of every core first, when it is among them)."""
+        order, run = lanes.get()
+        try:
+            if run is None:
+                run = self._sized(1, self._one)
+            return run(image)
+        finally:
+            lanes.put((order, run))
 
-    def _prepared(self, cache: dict, n_threads: int, batch: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        """An interpreter sized for batch's shape, as a function; made once per shape and kept in cache."""
-        run = cache.get(batch.shape)
-        if run is None:
-            interpreter = self._make(n_threads)
-            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
-            interpreter.allocate_tensors()
-            run = cache[batch.shape] = runner(interpreter)
-        return run
+    def _sized(self, n_threads: int, shape: tuple) -> Callable[[np.ndarray], np.ndarray]:
+        """A new interpreter allocated for inputs of this shape, as a function."""
+        interpreter = self._make(n_threads)
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape)
+        interpreter.allocate_tensors()
+        return runner(interpreter)
 
 
 def runner(interpreter: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -7,7 +7,8 @@ import os
 # Measured by bench/engine_settings.py (README's Performance section: the table and the machines).
 DEFAULTS = {
     # "per-core": a batch is spread image by image over one single-threaded interpreter per core, a lone image
-    # runs on one interpreter with every core; "shared": one interpreter with every core runs each whole batch.
+    # runs on one interpreter with every core; "lean": the same with that interpreter also one of the batch's (one
+    # fewer a model; for servers of many models); "shared": one interpreter with every core runs each whole batch.
     "litert": {"layout": "per-core"},
     # OpenVINO's own properties, passed to compile_model as they are.
     "openvino": {"PERFORMANCE_HINT": "LATENCY"},
