@@ -80,7 +80,8 @@ def canonical(name: str) -> str:
 
 
 def direct(part: str) -> set[str]:
-    """The distributions pyproject.toml names for a part: "dependencies", an extra ("ray") or a group ("test")."""
+    """The distributions pyproject.toml names for a part: "dependencies", an extra ("ray", "dev") or a group
+    ("runtime")."""
     meta = project()
     if part == "dependencies":
         return names_of(meta["project"]["dependencies"])
@@ -111,16 +112,16 @@ def test_the_runtime_group_names_what_importing_the_app_needs():
     assert not missing, "the runtime group does not name: " + "; ".join(missing)
 
 
-def test_the_test_group_names_every_package_the_tests_and_benchmark_import():
-    allowed = direct("dependencies") | direct("ray") | direct("test") | requirement_names(
+def test_the_dev_extra_names_every_package_the_tests_and_benchmark_import():
+    allowed = direct("dependencies") | direct("ray") | direct("dev") | requirement_names(
         ROOT / "requirements-nodeps.txt")
     missing = unnamed_imports(sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]),
                               lambda path: allowed)
-    assert not missing, "pyproject.toml's test group does not name: " + "; ".join(missing)
+    assert not missing, "pyproject.toml's dev extra does not name: " + "; ".join(missing)
 
 
 LOCKS = {"requirements.txt": ["dependencies"], "requirements-serve.txt": ["runtime"],
-         "requirements-ray.txt": ["dependencies", "ray"], "requirements-dev.txt": ["dependencies", "ray", "test"]}
+         "requirements-ray.txt": ["dependencies", "ray"], "requirements-dev.txt": ["dependencies", "ray", "dev"]}
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -142,7 +143,7 @@ def test_the_locks_agree_with_pyproject_with_each_other_and_with_what_the_tests_
     from packaging.requirements import Requirement
 
     meta = project()
-    parts = {"dependencies": meta["project"]["dependencies"], "ray": meta["project"]["optional-dependencies"]["ray"],
+    parts = {"dependencies": meta["project"]["dependencies"], **meta["project"]["optional-dependencies"],
              **meta["dependency-groups"]}
     locks = {name: pins(ROOT / name) for name in LOCKS}
     for name, wanted in LOCKS.items():

@@ -8,7 +8,7 @@
 #   requirements.txt        serving, conversion and retraining: `pip install .`'s dependencies
 #   requirements-serve.txt  serving a converted model, no TensorFlow (the Docker image's runtime; group "runtime")
 #   requirements-ray.txt    requirements.txt with Ray Serve (the "ray" extra)
-#   requirements-dev.txt    requirements-ray.txt with the tests' packages (group "test"): what ./test.sh installs
+#   requirements-dev.txt    requirements-ray.txt with the tests' packages (the "dev" extra): what ./test.sh installs
 # For Linux on x86-64 with Python 3.11, what CI and the Docker image run; elsewhere pip resolves pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,4 @@ common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-c
 uv pip compile pyproject.toml "${common[@]}" -o requirements.txt
 uv pip compile --group pyproject.toml:runtime -c requirements.txt "${common[@]}" -o requirements-serve.txt
 uv pip compile pyproject.toml --extra ray -c requirements.txt "${common[@]}" -o requirements-ray.txt
-uv pip compile pyproject.toml --extra ray --group pyproject.toml:test -c requirements-ray.txt "${common[@]}" \
-    -o requirements-dev.txt
+uv pip compile pyproject.toml --extra ray --extra dev -c requirements-ray.txt "${common[@]}" -o requirements-dev.txt
