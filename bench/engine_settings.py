@@ -19,6 +19,8 @@ from bench.server import JPEGS, ServerProcess, conf_variant, cpu_name
 
 SETTINGS = {
     "LiteRT, one single-threaded interpreter per core (per-core)": ("litert", {"litert": {"layout": "per-core"}}),
+    "LiteRT, per-core with the lone image's interpreter one of the batch's (lean)": ("litert", {"litert": {
+        "layout": "lean"}}),
     "LiteRT, one interpreter with every core (shared)": ("litert", {"litert": {"layout": "shared"}}),
     "OpenVINO, PERFORMANCE_HINT LATENCY": ("openvino", {"openvino": {"PERFORMANCE_HINT": "LATENCY"}}),
     "OpenVINO, PERFORMANCE_HINT THROUGHPUT": ("openvino", {"openvino": {"PERFORMANCE_HINT": "THROUGHPUT"}}),
@@ -33,12 +35,15 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10, help="per wrk run (default: 10)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: 2)")
+    parser.add_argument("--engine", choices=sorted({engine for engine, _ in SETTINGS.values()}), default=None,
+                        help="only this engine's settings (default: every engine's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
-    figures: dict[str, dict[str, list[float]]] = {name: {"c1": [], "c16": []} for name in SETTINGS}
+    chosen = {name: setting for name, setting in SETTINGS.items() if args.engine in (None, setting[0])}
+    figures: dict[str, dict[str, list[float]]] = {name: {"c1": [], "c16": []} for name in chosen}
     with tempfile.TemporaryDirectory() as folder:
         for number in range(args.rounds):
-            for name, (engine, override) in SETTINGS.items():
+            for name, (engine, override) in chosen.items():
                 scratch = Path(folder) / f"{number}-{len(figures[name]['c1'])}-{engine}-{abs(hash(name))}"
                 scratch.mkdir()
                 conf = conf_variant(scratch, tensorflow={"runtime": engine})

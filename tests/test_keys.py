@@ -61,6 +61,15 @@ def test_who_may_call_and_who_may_change_what_is_served(tmp_path):
     assert Access(("ann", "pw")).challenge() == 'Basic realm="classifier"'  # as before keys existed
 
 
+def test_a_key_file_that_cannot_be_read_stops_start_up_before_the_model_loads(tmp_path):
+    import app
+
+    for keys, why in ((tmp_path / "missing", "No such file"), (key_file(tmp_path / "bad", "sha256:12"), "line 1")):
+        with pytest.raises(SystemExit) as stopped:
+            app.build(["--conf", str(tmp_path / "no-conf.json"), "--grpc-port", "0", "--api-keys", str(keys)])
+        assert str(stopped.value).startswith("error: cannot start: key file") and why in str(stopped.value)
+
+
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
     """A server of two colour models with the login, a program's key and an admin's key."""
@@ -81,13 +90,13 @@ def bearer(key: str) -> dict:
 
 
 def test_every_rest_route_a_program_calls_takes_a_key(keyed):
-    calls = [("POST", "/service", RED), ("POST", "/service/b", RED), ("POST", "/explain", RED),
-             ("GET", "/v2/models/a", None), ("GET", "/v1/models/a", None),
-             ("POST", "/v1/models/a:predict", b'{"instances": [{"b64": ""}]}')]
+    calls = [("POST", "/service", RED, 200), ("POST", "/service/b", RED, 200), ("POST", "/explain", RED, 200),
+             ("GET", "/v2/models/a", None, 200), ("GET", "/v1/models/a", None, 200),
+             ("POST", "/v1/models/a:predict", b'{"instances": [{"b64": ""}]}', 400)]  # the empty image, past the login
     with httpx.Client(base_url=keyed.url, timeout=60) as client:
-        for method, path, body in calls:
+        for method, path, body, status in calls:
             right = client.request(method, path, content=body, headers=bearer(PROGRAM))
-            assert right.status_code in (200, 400), (path, right.text)  # 400: the empty image, past the login
+            assert right.status_code == status, (path, right.text)
             for headers in (bearer("wrong"), {}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {PROGRAM}"}):
                 refused = client.request(method, path, content=body, headers=headers)
                 assert refused.status_code == 401, (path, headers, refused.text)

@@ -91,27 +91,29 @@ class LiteRTPredictor:
         # pixels as they are (the image convention gives them); a quantized output is turned back into floats.
         self._input_scale = given["quantization"] if self.input_dtype == np.int8 else None
         self._output_scale = wanted["quantization"] if wanted["dtype"] in (np.int8, np.uint8) else None
-        one = (1, *self.input_shape[1:])
-        first = runner(probe) if self.input_shape == one else self._sized(threads, one)
-        # The lanes, by preference (the one of every core first): a lone image's and a batch's (the same queue in
-        # "lean"); the single-threaded ones are made when a batch first needs them.
+        self._one = (1, *self.input_shape[1:])
+        # The probe, with every core, runs a lone image (at one image's shape: made anew if the model's is another).
+        first = runner(probe) if self.input_shape == self._one else self._sized(threads, self._one)
+        self._whole = {self._one: first}  # "shared": an interpreter by batch shape
+        self._whole_lock = threading.Lock()  # an interpreter is not thread-safe
+        # The lanes, by preference: the lone image's, and the batch's single-threaded ones (made when a batch first
+        # needs them), in one queue in "lean" or on one core.
         self._lone: queue.PriorityQueue = queue.PriorityQueue()
         self._lone.put((0, first))
         lean = layout == "lean" or threads == 1
         self._batch = self._lone if lean else queue.PriorityQueue()
-        for lane in range(1 if lean else 0, threads if self.per_core else 0):
-            self._batch.put((lane + 1, None))
-        self._one = one
-        self._whole: dict[tuple, Callable[[np.ndarray], np.ndarray]] = {}  # "shared": by batch shape
-        self._whole_lock = threading.Lock()  # an interpreter is not thread-safe
+        singles = (threads - 1 if lean else threads) if self.per_core else 0  # beside the lone image's lane
+        for order in range(1, singles + 1):
+            self._batch.put((order, None))
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="litert") if self.per_core else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = self._as_input(batch)
         if not self.per_core:
             with self._whole_lock:
-                run = self._whole.get(batch.shape) or self._whole.setdefault(
-                    batch.shape, self._sized(self.threads, batch.shape))
+                run = self._whole.get(batch.shape)
+                if run is None:
+                    run = self._whole[batch.shape] = self._sized(self.threads, batch.shape)
                 out = run(batch)
         elif len(batch) == 1:
             out = self._on_a_lane(self._lone, batch)

@@ -36,6 +36,10 @@ class Role(IntEnum):
     ADMIN = 2  # also change what is served
 
 
+class KeyFileError(ValueError):
+    """A key file that cannot be read, or a malformed line of one: the message names the file (and the line)."""
+
+
 class KeyFile:
     """Keys read from a file: one a line, or `sha256:<64 hex digits>` of one (so that the file need not hold the
     key itself); blank lines and lines starting with # are skipped. Only the digests are kept."""
@@ -48,7 +52,7 @@ class KeyFile:
         """Reads the file again; an unreadable or malformed file keeps the keys held (and says why in the log)."""
         try:
             self.digests = read_digests(self.path)
-        except (OSError, ValueError) as exc:
+        except KeyFileError as exc:
             log.error("%s was not read again, its previous keys still hold: %s", self.path, exc)
         else:
             log.info("%s read again: %d keys", self.path, len(self.digests))
@@ -63,9 +67,14 @@ class KeyFile:
 
 
 def read_digests(path: Path) -> list[bytes]:
-    """The SHA-256 digests of a key file's keys; ValueError names the line of a malformed hash."""
+    """The SHA-256 digests of a key file's keys; KeyFileError for a file that cannot be read, or naming the line
+    of a malformed hash."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     digests = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -75,7 +84,7 @@ def read_digests(path: Path) -> list[bytes]:
             except ValueError:
                 digest = b""
             if len(digest) != 32:
-                raise ValueError(f"{path}, line {number}: {HASHED} must be followed by 64 hex digits")
+                raise KeyFileError(f"key file {path}, line {number}: {HASHED} must be followed by 64 hex digits")
             digests.append(digest)
         else:
             digests.append(hashlib.sha256(line.encode()).digest())

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import bundled
+from . import logs  # the standard library's logging only: importing this module still loads nothing
 
 log = logging.getLogger("app")  # the banner's logger, as when this was app.py
 FLAG_PHOTOS, FLAG_MB = 1000, 500  # the flagging folder's default bounds (classifier.serving.ui.FlagBudget's)
@@ -119,7 +120,7 @@ def parse_args(argv: list[str], prog: str | None = None) -> argparse.Namespace:
     parser.add_argument("--streams-per-client", type=int, default=32,
                         help="Gradio event streams one client address may hold open (a browser tab or a "
                              "gradio_client holds two or three); more get 429 (default: 32)")
-    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("CLASSIFIER_LOG_FORMAT",
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=os.environ.get("CLASSIFIER_LOG_FORMAT",
                                                                                        "text"),
                         help="text lines (default: $CLASSIFIER_LOG_FORMAT, else text), or one JSON object a line "
                              "for log pipelines: time, level, logger, message, and for each request route, path, "
@@ -246,26 +247,25 @@ def models_by_name(repository: Path | None, models: list[str], config_file: Path
 
 def build(argv: list[str]):
     """The server argv asks for, built (the model loaded, no port bound); SystemExit with a clear message and exit
-    code 1 for a broken conf or model, or a gRPC port in use."""
+    code 1 for a broken conf, model or key file, or a gRPC port in use."""
+    return built(parse_args(argv))
+
+
+def built(args: argparse.Namespace):
+    """build()'s, from argv already parsed."""
     import classifier
-    from classifier.serving.access import read_digests
+    from classifier.serving.access import KeyFileError
     from classifier.serving.grpc_server import port_in_use
     from classifier.serving.server import build_server
 
-    settings = settings_from(parse_args(argv))
+    settings = settings_from(args)
     if settings.grpc_port and port_in_use(settings.host, settings.grpc_port):  # before the model loads: fail fast
         sys.exit(f"error: cannot start: the gRPC port {settings.grpc_port} is in use (another server?); choose "
                  "another with --grpc-port PORT, or --grpc-port 0 for none")
-    for flag, keys in (("--api-keys", settings.api_keys), ("--admin-keys", settings.admin_keys)):
-        try:  # before the model loads: fail fast
-            if keys is not None:
-                read_digests(keys)
-        except (OSError, ValueError) as exc:
-            sys.exit(f"error: cannot start: {flag}: {exc}")
     remove_unfinished_training(settings.train_dir)
     try:
         return build_server(settings)
-    except (classifier.ConfError, classifier.ModelError, classifier.LabelsError) as exc:
+    except (classifier.ConfError, classifier.ModelError, classifier.LabelsError, KeyFileError) as exc:
         sys.exit(f"error: cannot start: {exc}")
 
 
@@ -275,12 +275,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if "--verbose" in argv:  # before the model's imports load TensorFlow, which reads its log level once
         quiet.set_verbose()
-    from classifier.serving import logs
-
-    log_format = parse_args(argv).log_format
-    logs.configure(log_format)  # before the model loads: its lines are in the chosen format too
-    server = build(argv)
-    if log_format == "json":  # every line a JSON object, the banner's too
+    args = parse_args(argv)
+    logs.configure(args.log_format)  # before the model loads: its lines are in the chosen format too
+    server = built(args)
+    if args.log_format == "json":  # every line a JSON object, the banner's too
         print_banner(server, log.info)
     else:
         print_banner(server)

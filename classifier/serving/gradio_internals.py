@@ -38,6 +38,7 @@ ASSET_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
 STREAM_PREFIXES = ("/gradio_api/heartbeat/", "/gradio_api/queue/data", "/gradio_api/call/", "/gradio_api/stream/",
                    "/gradio_api/upload_progress")
 UPLOAD_PREFIX = "/gradio_api/upload"
+API_PREFIX = "/gradio_api/"  # Gradio's own routes (its API, events, uploads, the MCP server); /config is a LOGIN_PATH
 
 
 def mounted_app(app: Any) -> Any:

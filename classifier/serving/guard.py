@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection
 # its uploads, kept on disk until the sweep deletes them.
 from .access import LOGIN_REQUIRED, Access
 from .bodies import too_large
-from .gradio_internals import ASSET_PREFIXES, LOGIN_PATHS, STREAM_PREFIXES, UPLOAD_PREFIX
+from .gradio_internals import API_PREFIX, ASSET_PREFIXES, LOGIN_PATHS, STREAM_PREFIXES, UPLOAD_PREFIX
 
 
 # Without a login or key, only these answer on a server that takes them: the probes, and what the page needs to
@@ -96,7 +96,9 @@ class Guard:
         if self.conf.access.closed:
             authorization = connection.headers.get("authorization", "")
             if authorization and self.conf.access.may_call(authorization):
-                if self.conf.as_logged_in:  # the public /config too: gradio_client reads whether it is logged in
+                # Gradio's routes only (its API, and the public /config, where gradio_client reads whether it is
+                # logged in); our own routes check the header themselves.
+                if self.conf.as_logged_in and (path.startswith(API_PREFIX) or path in LOGIN_PATHS):
                     scope = self.conf.as_logged_in(scope)
             elif not self._public(path) and not self.conf.logged_in(connection):
                 return await _refuse(send, 401, LOGIN_REQUIRED, ("www-authenticate", self.conf.access.challenge()))

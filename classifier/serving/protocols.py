@@ -145,14 +145,7 @@ class Served:
 
     def image(self, encoded: Any, where: str) -> bytes:
         """An image sent as base64 text (JSON has no bytes), checked against the size limit."""
-        if not isinstance(encoded, str):
-            raise ProtocolError(400, f"{where}: an image must be a base64 string, not {type(encoded).__name__}")
-        if len(encoded) * 3 // 4 > self.limits.max_bytes + 3:
-            raise ProtocolError(413, f"{where}: the image is larger than the limit of {self.limits.max_bytes} bytes")
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError(400, f"{where}: not valid base64; send the image's bytes base64-encoded") from None
+        return base64_image(encoded, self.limits.max_bytes, where)
 
     def tensors(self, values: Any, where: str) -> np.ndarray:
         """Ready model inputs, [N, H, W, 3] as the model's preprocess makes them (its input convention). The count
@@ -211,6 +204,19 @@ class Catalog(Protocol):
 
     async def reconfigure(self, confs: dict[str, Path]) -> None:
         """The models served become confs' (TF Serving's HandleReloadConfigRequest)."""
+
+
+def base64_image(encoded: Any, max_bytes: int, where: str) -> bytes:
+    """An image sent as base64 text (JSON has no bytes; the MCP tool's argument too), refused before it is
+    decoded when it would be larger than max_bytes."""
+    if not isinstance(encoded, str):
+        raise ProtocolError(400, f"{where}: an image must be a base64 string, not {type(encoded).__name__}")
+    if len(encoded) * 3 // 4 > max_bytes + 3:
+        raise ProtocolError(413, f"{where}: the image is larger than the limit of {max_bytes} bytes")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(400, f"{where}: not valid base64; send the image's bytes base64-encoded") from None
 
 
 def check_count(count: int, where: str) -> None:

@@ -5,12 +5,11 @@ import functools
 from typing import Any, Awaitable, Callable
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from .bodies import too_large
-from .protocols import Catalog, ProtocolError, Served, Unauthenticated, admin_check, call_check, json_object
+from .protocols import Catalog, ProtocolError, Served, admin_check, call_check, json_object
 from .errors import refusal_for
-from .service import BodyTooLarge, error, error_for, read_limited
+from .service import BodyTooLarge, error_for, protocol_error, read_limited
 
 OPTIONS_LIMIT = 64 * 1024  # a repository request's JSON options
 
@@ -59,16 +58,6 @@ async def body(served: Served, request: Request) -> bytes:
     except BodyTooLarge:
         raise ProtocolError(413, too_large("the request body", served.body_limit)) from None
     return served.decoded(sent, request.headers.get("content-encoding", "identity"))
-
-
-def protocol_error(exc: ProtocolError) -> JSONResponse:
-    """Both protocols answer errors as {"error": message} with the HTTP status (KServe v2 and TF Serving alike)."""
-    headers = {}
-    if isinstance(exc, Unauthenticated):
-        headers["WWW-Authenticate"] = exc.challenge
-    if exc.status == 503:
-        headers["Retry-After"] = "1"
-    return error(exc.status, str(exc), **headers)
 
 
 def protocol_route(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -285,13 +285,14 @@ def repository_of(settings: Settings, core: Core | None = None) -> Repository:
     def load(name: str, conf: Path) -> Core:
         return load_core(conf, top_k=settings.top_k, name=name)
 
+    access = access_of(settings)  # first: a key file that cannot be read stops start-up before any model loads
     if core is not None:
-        return Repository.of(core, access_of(settings))
+        return Repository.of(core, access)
     if not settings.models:
-        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), access_of(settings))
+        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), access)
     else:
         # The named one, else the only one, else the first by name that loads.
-        repository = Repository(settings.models, settings.default_model, load, access_of(settings),
+        repository = Repository(settings.models, settings.default_model, load, access,
                                 lazy=settings.lazy_load, max_loaded=settings.max_loaded_models,
                                 folder=settings.model_repository, config_file=settings.model_config_file)
         repository.load_at_start()
@@ -299,8 +300,8 @@ def repository_of(settings: Settings, core: Core | None = None) -> Repository:
 
 
 def access_of(settings: Settings) -> Access:
-    """Who may call the server, and who may change what it serves; a key file that cannot be read raises
-    OSError (or ValueError for a malformed line), at start rather than at the first request."""
+    """Who may call the server, and who may change what it serves; a key file that cannot be read, or a malformed
+    one, raises access.KeyFileError."""
     return Access(settings.credentials, KeyFile(settings.api_keys) if settings.api_keys else None,
                   KeyFile(settings.admin_keys) if settings.admin_keys else None, settings.open_admin)
 

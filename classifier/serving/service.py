@@ -14,9 +14,10 @@ from .. import describe
 from ..images import Limits
 from .batching import Batcher
 from .bodies import MAX_FILES, request_limit, too_large
-from .access import LOGIN_REQUIRED, Access
+from .access import Access
 from .errors import RETRY_AFTER_SECONDS, refusal_for
 from .guard import byte_count
+from .protocols import ProtocolError, Unauthenticated, admin_check, call_check
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,25 @@ def create_router(models: Any, reloading: bool = True) -> APIRouter:
     return router
 
 
-def unauthorised(request: Request, access: Access) -> JSONResponse | None:
+def unauthorised(request: Request, access: Access, admin: bool = False) -> JSONResponse | None:
     """The 401 for a request without a login or key (the guard refuses it first in app.py; Ray's replicas have
-    none)."""
-    if access.may_call(request.headers.get("authorization", "")):
-        return None
-    return error(401, LOGIN_REQUIRED, **{"WWW-Authenticate": access.challenge()})
+    none), or, for an admin action, also the 403 of a sender who may not make it; None if they may."""
+    try:
+        (admin_check if admin else call_check)(access, request.headers.get("authorization", ""))
+    except ProtocolError as exc:
+        return protocol_error(exc)
+    return None
+
+
+def protocol_error(exc: ProtocolError) -> JSONResponse:
+    """A ProtocolError as every route answers it: {"error": message} with its HTTP status (KServe v2 and TF
+    Serving alike), the challenges of a 401, Retry-After of a 503."""
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = exc.challenge
+    if exc.status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return error(exc.status, str(exc), **headers)
 
 
 def service_router(models: Any) -> APIRouter:
@@ -169,10 +183,8 @@ def admin_router(models: Any) -> APIRouter:
     @router.post("/admin/reload")
     async def admin_reload(request: Request) -> JSONResponse:
         """Loads the conf's model again (the highest version folder), beside the serving one, and swaps it in."""
-        if refusal := models.access.admin_refusal(request.headers.get("authorization", "")):
-            status, message = refusal
-            challenge = {"WWW-Authenticate": models.access.challenge()} if status == 401 else {}
-            return error(status, message, **challenge)
+        if refused := unauthorised(request, models.access, admin=True):
+            return refused
         try:  # a reload already under way is joined, not repeated
             model = await asyncio.wrap_future(models.default.reloader.reload_shared("POST /admin/reload"))
         except Exception as exc:
