@@ -10,7 +10,10 @@ c. POST /service end to end on a real server (loopback) under wrk (bench/wrk.py:
 d. Gradio's API through gradio_client, c1 and c8, beside Gradio's own floor (bench/gradio_floor.py);
 e. the naive demo (bench/naive_app.py: Keras model.predict per request) under the same wrk;
 f. POST /explain on a 224×224 photo, one at a time;
-g. the peer: LitServe serving the same engine with its own batching (bench/litserve_app.py), under the same wrk.
+g. the peer: LitServe serving the same engine with its own batching (bench/litserve_app.py), under the same wrk;
+h. many models by name on one server (bench/many_models.py);
+i. the floor: /service on a model that costs nothing (bench/floor.py), c1 and c16, and each served precision's
+   share of what decoding plus the model allow (bench/limit.py).
 Writes bench/results/latest.json and prints README's tables (bench/report.py).
 """
 from __future__ import annotations
@@ -30,10 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench import decode, grpc_load, many_models, wrk
+from bench import decode, grpc_load, limit, many_models, wrk
+from bench.floor import serving_floor
 from bench.load import drive_gradio
 from bench.report import markdown
 from bench.server import JPEGS, ROOT, ServerProcess, conf_variant, cpu_name
+from bench.under_load import under_load
 
 PHOTOS = ROOT / "tests" / "photos"
 ENGINES = {"tensorflow fp32": {"runtime": "tensorflow"}, "litert fp32": {"runtime": "litert"},
@@ -104,26 +109,6 @@ def naive_saved_model(folder: Path) -> Path:
     return folder / "saved_model"
 
 
-def settle(url: str, path: str) -> None:
-    """One POST of a real JPEG, waited for. Behind requests already queued, it returns when the server is idle;
-    without it a slow server's warm-up backlog (the naive demo's: seconds a request) ate the first timed run."""
-    request = urllib.request.Request(url.rstrip("/") + path, data=JPEGS[0].read_bytes(),
-                                     headers={"Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        response.read()
-
-
-def under_load(server: ServerProcess, levels: tuple[int, ...], seconds: float, path: str = "/service") -> dict:
-    """wrk at each concurrency, after a short warm-up; the server's memory when it was ready and after."""
-    settle(server.url, path)  # its first call's work (graph tracing, lazy imports) is not timed
-    wrk.drive(server.url, JPEGS, 4, 1, path)
-    settle(server.url, path)  # wrk stops sending, not the server computing: let the warm-up's backlog drain
-    runs = {f"c{c}": wrk.drive(server.url, JPEGS, c, seconds, path) for c in levels}
-    return {**runs, "ready_s": round(server.ready_s, 1), "ready_rss_mb": round(server.ready_rss_mb),
-            "ready_pss_mb": round(server.ready_pss_mb), "rss_mb": round(server.rss_mb()[0]),
-            "pss_mb": round(server.pss_mb())}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +132,9 @@ def main() -> int:
     import classifier
 
     report["decode"] = decode.compare(classifier.load(ROOT / "conf.json"), JPEGS, 1 if args.smoke else 5 if quick else 30)
+
+    print("i. the floor …", file=sys.stderr)  # the stack's own cost: a model that costs nothing, an 8×8 JPEG
+    report["floor"] = serving_floor(work / "floor", (1, 16), seconds)
 
     print("c. /service …", file=sys.stderr)
     server = ServerProcess()  # the model was converted and checked by a.: it serves without TensorFlow
@@ -193,12 +181,21 @@ def main() -> int:
                "ready_rss_mb": forced["ready_rss_mb"], "rss_after_mb": forced["rss_mb"]}
         report["many_models"] = many_models.compared(one, many_models.three_models(work, "litert", seconds))
 
+    # Every reduced precision the guard allowed: the fastest at c1, c16 and c64, the others (not in a smoke run)
+    # at c1 and c16, for their shares of the limit (bench/limit.py).
     precision = report["ceiling"]["fastest_precision"]
-    if precision:
-        (work / "reduced").mkdir()
-        reduced = ServerProcess("--conf", str(conf_variant(work / "reduced", tensorflow={"precision": precision})))
+    others = [] if args.smoke else [ENGINES[name]["precision"] for name, e in report["ceiling"]["engines"].items()
+                                    if e["allowed"] and "precision" in ENGINES[name]
+                                    and ENGINES[name]["precision"] != precision]
+    for served in ([precision] if precision else []) + others:
+        (work / f"reduced-{served}").mkdir()
+        reduced = ServerProcess("--conf", str(conf_variant(work / f"reduced-{served}",
+                                                           tensorflow={"precision": served})))
         try:
-            report["service_reduced"] = {"precision": precision, **under_load(reduced, (1, 16, 64), seconds)}
+            if served == precision:
+                report["service_reduced"] = {"precision": served, **under_load(reduced, (1, 16, 64), seconds)}
+            else:
+                report.setdefault("service_other_precisions", {})[served] = under_load(reduced, (1, 16), seconds)
         finally:
             reduced.stop()
     (work / "unbatched").mkdir()
@@ -226,6 +223,7 @@ def main() -> int:
             report["naive"] = under_load(naive, (1, 16), max(seconds, 4))
         finally:
             naive.stop()
+    report["limit"] = limit.shares(report)
     report["targets"] = targets(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -249,6 +247,9 @@ def targets(r: dict) -> dict:
     best = max((runs["c16"]["img_s"] for runs in r.get("service_engines", {}).values()), default=None)
     if best:
         found["auto_c16_over_best_forced_engine_c16"] = round(c16 / best, 2)
+    for label, share in r["limit"].items():
+        found[f"{label.split(' (')[0].replace(' ', '_')}_c16_share_of_limit"] = share["share"]
+    found["floor_c16_requests_per_s"] = r["floor"]["c16"]["img_s"]
     if "many_models" in r:
         found["three_models_c16_over_one_c16"] = r["many_models"]["three_over_one_c16"]
     if "service_reduced" in r:

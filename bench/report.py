@@ -15,9 +15,11 @@ def load_rows(r: dict) -> list[str]:
                 "client CPU"), row(*["---"] * 9)]
     reduced = r.get("service_reduced", {})
     forced = [(f"ours, {name} forced", "POST /service", runs) for name, runs in r.get("service_engines", {}).items()]
+    others = [(f"ours, precision {precision}", "POST /service", runs)
+              for precision, runs in r.get("service_other_precisions", {}).items()]
     for name, path, runs in (
             (f"ours, default: auto ({r['ceiling']['default_engine']})", "POST /service", r["service"]), *forced,
-            (f"ours, precision {reduced.get('precision')}", "POST /service", reduced),
+            (f"ours, precision {reduced.get('precision')}", "POST /service", reduced), *others,
             ("ours, batching off", "POST /service", r["service_unbatched"]),
             ("LitServe, same engine, its batching", "POST /predict", r["litserve"]),
             ("naive demo (Keras model.predict per request)", "POST /service", r["naive"])):
@@ -74,6 +76,12 @@ def many_rows(r: dict) -> list[str]:
             "", rows(r["many_models"]), ""]
 
 
+def limit_rows(r: dict) -> list[str]:
+    from bench.limit import rows  # bench/limit.py: the section's own table
+
+    return rows(r) if "floor" in r else []
+
+
 def markdown(r: dict) -> str:
     m, t = r["memory"], r["targets"]
     return "\n".join(
@@ -83,6 +91,8 @@ def markdown(r: dict) -> str:
          f"Memory under load: {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after {m['requests']} more "
          f"requests at c16 (peak {m['rss_peak_mb']} MB, {m['non_2xx']} non-2xx).", "",
          "JPEG decode + resize + scale, per photo (median):", "", *decode_rows(r), "",
+         "The stack's own cost: each served precision against what decoding plus the model allow (bench/limit.py), "
+         "and the floor:", "", *limit_rows(r), "",
          *many_rows(r),
          f"POST /explain of a 224×224 photo, one at a time: median {r['explain']['median_s']} s, worst "
          f"{r['explain']['max_s']} s over {r['explain']['requests']} requests.", "",

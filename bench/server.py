@@ -28,7 +28,7 @@ def conf_variant(folder: Path, tensorflow: dict | None = None, **sections: dict)
     """The project's conf.json with its model_dir made absolute, `tensorflow` keys changed and other
     http_server sections (batching, limits, …) set, written as folder/conf.json."""
     conf = json.loads((ROOT / "conf.json").read_text())
-    conf["http_server"]["tensorflow"].update(model_dir=str(ROOT / "checkpoint_dir"), **(tensorflow or {}))
+    conf["http_server"]["tensorflow"].update({"model_dir": str(ROOT / "checkpoint_dir"), **(tensorflow or {})})
     conf["http_server"].update(sections)
     path = Path(folder) / "conf.json"
     path.write_text(json.dumps(conf))
@@ -105,6 +105,17 @@ class ServerProcess:
             except OSError:  # the process ended meanwhile
                 continue
         return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server and every process it started have used so far, from /proc."""
+        tick, total = os.sysconf("SC_CLK_TCK"), 0
+        for pid in self.processes():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        return total / tick
 
     def pss_mb(self) -> float:
         """Proportional set size of the server and every process it started, in MB: shared pages counted once

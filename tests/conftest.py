@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.null_model import COLOURS, colour_logits, write_colour_graph  # noqa: F401  (the tests' tiny model)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Gradio's upload cache for this run, set before Gradio is imported (it reads it once): the in-process servers'
@@ -23,7 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "tests" / "photos"
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
 COFFEE_LABELS = {"espresso", "cup", "coffee mug"}
-COLOURS = ["red", "green", "blue"]
 
 
 def require_debian_package(path: Path, package: str) -> None:
@@ -59,31 +60,6 @@ def write_conf(folder: Path, model_dir: str = "model", size: int = 8, main_file:
                                            "input_height": str(size), **tensorflow_keys}}}
     path = folder / "conf.json"
     path.write_text(json.dumps(conf))
-    return path
-
-
-def colour_logits(images):
-    """The tiny test models' whole computation: the mean of each channel, ×20, is the logit of that colour."""
-    import tensorflow as tf
-
-    return tf.reduce_mean(images, axis=[1, 2]) * 20.0
-
-
-def write_colour_graph(folder: Path, input_name: str = "Placeholder", output_name: str = "final_result",
-                       size: int = 8, extra_placeholder: bool = False) -> Path:
-    """A frozen GraphDef with retrain.py's conventions: float [None, H, W, 3] in [0, 1] → Softmax, 3 classes."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name=input_name)
-        if extra_placeholder:
-            tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="another_input")
-        tf.nn.softmax(colour_logits(images), name=output_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "frozen_inference_graph.pb"
-    path.write_bytes(graph.as_graph_def().SerializeToString())
-    (folder / "label_map.txt").write_text("\n".join(COLOURS) + "\n")
     return path
 
 

@@ -39,6 +39,15 @@ def test_quick_benchmark_runs(tmp_path):
     assert result["gradio"]["c8"]["img_s"] > 0 and result["gradio_floor"]["c8"]["img_s"] > 0
     assert "c16_over_litserve" in result["targets"] and "| POST /service | 16 |" in run.stdout
     assert 0 < result["explain"]["median_s"] <= result["explain"]["max_s"] and "POST /explain" in run.stdout
+    floor = result["floor"]  # the stack's own cost: a model that costs nothing, on an 8×8 JPEG
+    assert floor["photo_bytes"] < 1000 and floor["c16"]["non_2xx"] == 0 and floor["c16"]["requests"] > 0
+    assert all(floor[level]["server_core_ms"] > 0 for level in ("c1", "c16"))
+    shares = result["limit"]  # each served precision's share of what decoding plus the model allow
+    precision = result["service_reduced"]["precision"]
+    assert {label.split(" (")[0] for label in shares} == {"default", f"openvino {precision}"}
+    for share in shares.values():
+        assert 0 < share["share"] and share["limit_img_s"] > share["model_core_ms"] > 0 and share["decode_ms"] > 0
+    assert "| floor: null model" in run.stdout and "default_c16_share_of_limit" in result["targets"]
     many = result["many_models"]  # three models by name on one server; figures, not thresholds (a second's runs)
     assert set(many["three"]["by_model"]) == {"a", "b", "c"} and many["non_2xx"] == 0 and many["load_seconds"] > 0
     assert isinstance(many["rss_per_added_model_mb"], int) and "three_models_c16_over_one_c16" in result["targets"]
