@@ -18,6 +18,9 @@ def serving_floor(folder: Path, levels: tuple[int, ...], seconds: float) -> dict
     conf = conf_variant(folder, tensorflow={"model_dir": str(folder / "model"), "input_width": "8",
                                             "input_height": "8", "runtime": "litert", "top_k": 3})
     photo = tiny_jpeg(folder / "red.jpeg")
+    import classifier
+
+    classifier.load(conf)  # converted and checked here, where TensorFlow is loaded: the server starts without it
     server = ServerProcess("--conf", str(conf), "--no-train")
     try:
         return {"photo_bytes": photo.stat().st_size, **under_load(server, levels, seconds, photos=[photo])}

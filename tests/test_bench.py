@@ -22,7 +22,7 @@ def test_quick_benchmark_runs(tmp_path):
     assert result["ceiling"]["default_img_s"] > 0 and "cat.jpeg" in result["decode"]
     assert any(name.endswith("_4032x3024.jpeg") for name in result["decode"])  # a camera-sized JPEG
     for server in ("service", "litserve", "naive"):
-        for level in ("c1", "c16") + (("c64",) if server != "naive" else ()):
+        for level in ("c1", "c16"):  # (and c64, but not in a smoke run)
             run_ = result[server][level]
             assert run_["requests"] > 0 and run_["non_2xx"] == 0 and run_["socket_errors"] == 0, (server, run_)
             assert 0 < run_["client_cpu_share"] < 0.5
@@ -32,7 +32,10 @@ def test_quick_benchmark_runs(tmp_path):
             run_ = result["grpc"][protocol][level]
             assert run_["requests"] > 0 and run_["failed"] == 0 and 0 < run_["client_cpu_share"] < 0.5, run_
     assert "| gRPC KServe v2 ModelInfer | 16 |" in run.stdout and "grpc_kserve_c16_over_rest_c16" in result["targets"]
-    assert set(result["service_engines"]) == {"litert fp32", "openvino fp32"}  # each engine forced, beside auto
+    # Each engine forced beside auto (a smoke run skips the one auto chose: the default's server is it).
+    chosen = next(name for name, e in engines.items() if e["engine"] == result["ceiling"]["default_engine"])
+    assert chosen not in result["service_engines"]
+    assert set(result["service_engines"]) | {chosen} == {"litert fp32", "openvino fp32"}
     assert all(runs["c16"]["non_2xx"] == 0 for runs in result["service_engines"].values())
     assert "auto_c16_over_best_forced_engine_c16" in result["targets"]
     assert result["memory"]["non_2xx"] == 0 and result["memory"]["requests"] > 0
