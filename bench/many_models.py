@@ -1,5 +1,6 @@
 """python -m bench.many_models [--seconds S]: one server of three models against a server of one, in one run
-(also a section of python -m bench, its one-model server the LiteRT-forced one).
+(also a section of python -m bench). Both serve their models by name, so both hold LiteRT in the layout of a
+server of many models (classifier/serving/server.py's MANY_MODELS_ENGINES: "lean").
 
 a. POST /service c16 on a server of one model;
 b. c16 spread over three models by name (/service/NAME: three wrk clients, 6 + 5 + 5 connections) on a server of

@@ -72,7 +72,7 @@ def many_rows(r: dict) -> list[str]:
         return []
     from bench.many_models import rows  # bench/many_models.py: the section's own table
 
-    return ["Many models (three EfficientNet-Lite0s by name on one server, beside the LiteRT-forced server of one):",
+    return ["Many models (three EfficientNet-Lite0s by name on one server, beside a server of one by name; LiteRT):",
             "", rows(r["many_models"]), ""]
 
 

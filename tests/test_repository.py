@@ -267,6 +267,55 @@ def test_a_model_is_unloaded_and_loaded_again_while_the_others_serve(served):
     assert refused.status_code == 404 and "'tm'" in refused.json()["error"]
 
 
+def colour_model(folder: Path, labels: list[str]) -> Path:
+    """A tiny colour model of its own labels, its conf.json naming LiteRT (conftest.write_conf)."""
+    write_colour_graph(folder / "model")
+    (folder / "model" / "label_map.txt").write_text("\n".join(labels) + "\n")
+    return write_conf(folder)
+
+
+def test_a_model_added_to_a_server_of_one_conf_is_served_as_itself(tmp_path):
+    """The Train tab's "Serve this model" on a server of one conf (python app.py, no repository) adds that model;
+    until 2026-12-05 the name was given the default model instead."""
+    import asyncio
+
+    from classifier.serving.server import repository_of
+
+    default = colour_model(tmp_path / "default", ["red", "green", "blue"])
+    added = colour_model(tmp_path / "added", ["rot", "gruen", "blau"])
+    models = repository_of(app.settings_from(app.parse_args(["--conf", str(default)])))
+
+    async def add_and_classify() -> list:
+        await models.add("added", added)
+        core = await models.get("added")
+        assert core is not models.default and core.conf_path == added
+        return await core.batcher.classify(RED)
+
+    assert asyncio.run(add_and_classify())[0][0] == "rot"
+    assert models.default.model.labels == ["red", "green", "blue"]
+
+
+def test_models_by_name_hold_litert_lean_and_a_server_of_one_per_core(tmp_path, monkeypatch):
+    """A server of models by name loads LiteRT in the lean layout (one interpreter fewer a model), a reload too;
+    a server of one conf keeps the per-core layout; $CLASSIFIER_ENGINE_SETTINGS overrides both."""
+    from classifier.serving.server import repository_of
+
+    conf = colour_model(tmp_path / "colours", ["red", "green", "blue"])
+
+    def engine(*args: str) -> str:
+        models = repository_of(app.settings_from(app.parse_args(list(args))))
+        return models.default.model.runtime.engine, models.default
+
+    lean, core = engine("--model", f"colours={conf.parent}")
+    assert lean.endswith("(lean)"), lean
+    assert core.reloader.reload("a test").runtime.engine.endswith("(lean)")  # in the reload's own thread
+    single, _ = engine("--conf", str(conf))
+    assert single.startswith("LiteRT") and "(" not in single, single  # per-core: no suffix
+    monkeypatch.setenv("CLASSIFIER_ENGINE_SETTINGS", '{"litert": {"layout": "per-core"}}')
+    overridden, _ = engine("--model", f"colours={conf.parent}")
+    assert "(" not in overridden, overridden
+
+
 def test_loading_and_unloading_are_admin_actions(tmp_path):
     write_colour_graph(tmp_path / "repository" / "a" / "model")
     write_conf(tmp_path / "repository" / "a")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import classifier
 from ..images import Limits, limits_of
+from ..engines.settings import preferring
 from ..loader import example_photos
 from . import metrics
 from .batching import Batcher, BatchForming
@@ -55,13 +56,15 @@ class Core:
 
 def load_core(conf_path: Path, top_k: int | None = None,
               serve_batching: Callable[[int], BatchForming] | None = None, name: str | None = None,
-              **batching: Any) -> Core:
+              engine_defaults: dict | None = None, **batching: Any) -> Core:
     """The model conf_path names, loaded (and described in /metrics under `name`, else its conf's model_name),
     with its batcher (batching: overrides of the conf's batching; serve_batching(max_batch_size): another way to
-    form its batches, Ray Serve's), explainer and reloader. Raises the library's errors (ConfError, ModelError,
+    form its batches, Ray Serve's), explainer and reloader. engine_defaults: the engines' settings this model and
+    its reloads prefer (engines.settings.preferring). Raises the library's errors (ConfError, ModelError,
     LabelsError) for a broken conf or model."""
     started = time.monotonic()
-    model = classifier.load(conf_path)
+    with preferring(engine_defaults):
+        model = classifier.load(conf_path)
     name = name or classifier.JsonConfLoader(model.conf).get_model_name()
     metrics.describe_model(model, time.monotonic() - started, name)
     if top_k:
@@ -71,6 +74,6 @@ def load_core(conf_path: Path, top_k: int | None = None,
     batcher = Batcher(model, settings, forming=serve_batching(settings.max_batch_size) if serve_batching else None,
                       name=name)
     metrics.count_queue(batcher, name)
-    reloader = Reloader(Path(conf_path), batcher, example_photos()[0], name)
+    reloader = Reloader(Path(conf_path), batcher, example_photos()[0], name, engine_defaults)
     return Core(Path(conf_path), batcher, Explainer(batcher), reloader,
                 Health(), conf.get_reload_poll_seconds())

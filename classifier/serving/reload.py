@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import describe, load
 from ..conf import JsonConfLoader
+from ..engines.settings import preferring
 from ..formats import latest_version
 from . import metrics
 from .batching import Batcher
@@ -25,9 +26,11 @@ class Reloader:
     photo is refused with a log line, and the old one keeps serving.
     """
 
-    def __init__(self, conf_path: Path, batcher: Batcher, warm_up_photo: Path, name: str | None = None):
-        """name: the model's name in /metrics (its repository name; by default its conf's model_name)."""
-        self.conf_path, self.name = Path(conf_path), name
+    def __init__(self, conf_path: Path, batcher: Batcher, warm_up_photo: Path, name: str | None = None,
+                 engine_defaults: dict | None = None):
+        """name: the model's name in /metrics (its repository name; by default its conf's model_name).
+        engine_defaults: the engines' settings each model loaded here prefers, as the first one did (load_core)."""
+        self.conf_path, self.name, self.engine_defaults = Path(conf_path), name, engine_defaults
         self.batcher = batcher
         self.warm_up_photo = warm_up_photo
         self._lock = threading.Lock()  # one switch at a time
@@ -48,7 +51,8 @@ class Reloader:
         with self._lock:
             started = time.monotonic()
             try:
-                model = load(conf_path)
+                with preferring(self.engine_defaults):  # in this thread's context: a reload's thread has none
+                    model = load(conf_path)
                 [result] = model.execute([self.warm_up_photo], 1)
                 if isinstance(result, dict):
                     raise ValueError(f"the warm-up photo fails: {result['error']}")

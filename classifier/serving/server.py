@@ -280,16 +280,25 @@ def build_server(settings: Settings, core: Core | None = None) -> Server:
     return Server(settings, repository_of(settings, core))
 
 
+# The engines' settings of a server of models by name (--model-repository, --model-config-file, --model NAME=PATH):
+# LiteRT's lean layout, one interpreter fewer a model. bench.many_models, 2026-12-04: 78 MB added by each
+# EfficientNet-Lite0 against 105 MB in the per-core layout, for ~5 % of one model's c16 (docs/performance.md).
+MANY_MODELS_ENGINES = {"litert": {"layout": "lean"}}
+
+
 def repository_of(settings: Settings, core: Core | None = None) -> Repository:
-    """The server's models: settings.models by name, or settings.conf alone (named by its conf, as before)."""
+    """The server's models: settings.models by name, or settings.conf alone (named by its conf, as before). A
+    model the Train tab adds is loaded as the models by name are."""
+    many = bool(settings.models)
+
     def load(name: str, conf: Path) -> Core:
-        return load_core(conf, top_k=settings.top_k, name=name)
+        return load_core(conf, top_k=settings.top_k, name=name, engine_defaults=MANY_MODELS_ENGINES if many else None)
 
     access = access_of(settings)  # first: a key file that cannot be read stops start-up before any model loads
     if core is not None:
-        return Repository.of(core, access)
-    if not settings.models:
-        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), access)
+        return Repository.of(core, access, load)
+    if not many:
+        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), access, load)
     else:
         # The named one, else the only one, else the first by name that loads.
         repository = Repository(settings.models, settings.default_model, load, access,
