@@ -19,13 +19,10 @@ def served(report: dict) -> dict[str, tuple[str, dict]]:
     """Each precision served under load: its label → (its row in the ceiling, its /service runs)."""
     engines = report["ceiling"]["engines"]
     default = next(name for name, e in engines.items() if e["engine"] == report["ceiling"]["default_engine"])
-    found = {f"default ({default})": (default, report["service"])}
-    if "service_reduced" in report:
-        found[f"openvino {report['service_reduced']['precision']}"] = (
-            f"openvino {report['service_reduced']['precision']}", report["service_reduced"])
-    for precision, runs in report.get("service_other_precisions", {}).items():
-        found[f"openvino {precision}"] = (f"openvino {precision}", runs)
-    return found
+    reduced = {runs["precision"]: runs for runs in [report.get("service_reduced")] if runs}
+    reduced |= report.get("service_other_precisions", {})
+    return {f"default ({default})": (default, report["service"]),
+            **{f"openvino {precision}": (f"openvino {precision}", runs) for precision, runs in reduced.items()}}
 
 
 def shares(report: dict) -> dict:
@@ -49,11 +46,12 @@ def shares(report: dict) -> dict:
 
 
 def rows(report: dict) -> list[str]:
-    """The table docs/performance.md shows: one row per served precision, the floor below."""
+    """The table docs/performance.md shows, from the run's shares (report["limit"]): one row per served
+    precision, the floor below."""
     lines = ["| served | model core ms/img (b8) | decode ms | limit img/s | /service c16 img/s | share of limit "
              "| server core ms/req at c16 | of which the stack's | c1 p50 ms | c1 p50 over decode + b1 ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, s in shares(report).items():
+    for label, s in report["limit"].items():
         lines.append(f"| {label} | {s['model_core_ms']} | {s['decode_ms']} | {s['limit_img_s']} | {s['c16_img_s']} "
                      f"| {s['share']:.0%} | {s['server_core_ms']} | {s['stack_core_ms']} | {s['c1_p50_ms']} "
                      f"| {s['c1_p50_over_decode_and_b1_ms']} |")

@@ -79,7 +79,7 @@ def many_rows(r: dict) -> list[str]:
 def limit_rows(r: dict) -> list[str]:
     from bench.limit import rows  # bench/limit.py: the section's own table
 
-    return rows(r) if "floor" in r else []
+    return rows(r) if "limit" in r else []  # a run before 2026-12-05 has none
 
 
 def markdown(r: dict) -> str:

@@ -17,9 +17,7 @@ USAGE = """usage: classifier COMMAND [ARGS...]   (classifier COMMAND --help: tha
 def serve(argv: list[str]) -> int:
     from .serving import command
 
-    if "-h" in argv or "--help" in argv:
-        command.parse_args(argv, prog="classifier serve")
-    command.main(argv)
+    command.main(argv, prog="classifier serve")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -302,7 +303,7 @@ def test_models_by_name_hold_litert_lean_and_a_server_of_one_per_core(tmp_path, 
 
     conf = colour_model(tmp_path / "colours", ["red", "green", "blue"])
 
-    def engine(*args: str) -> str:
+    def engine(*args: str) -> tuple[str, Any]:
         models = repository_of(app.settings_from(app.parse_args(list(args))))
         return models.default.model.runtime.engine, models.default
 

@@ -269,13 +269,13 @@ def built(args: argparse.Namespace):
         sys.exit(f"error: cannot start: {exc}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     from classifier import quiet
 
     if "--verbose" in argv:  # before the model's imports load TensorFlow, which reads its log level once
         quiet.set_verbose()
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     logs.configure(args.log_format)  # before the model loads: its lines are in the chosen format too
     server = built(args)
     if args.log_format == "json":  # every line a JSON object, the banner's too

@@ -62,9 +62,12 @@ def load_core(conf_path: Path, top_k: int | None = None,
     form its batches, Ray Serve's), explainer and reloader. engine_defaults: the engines' settings this model and
     its reloads prefer (engines.settings.preferring). Raises the library's errors (ConfError, ModelError,
     LabelsError) for a broken conf or model."""
+    def load_model(conf: Path) -> Any:  # this one, and each reload's (in the reload's own thread)
+        with preferring(engine_defaults):
+            return classifier.load(conf)
+
     started = time.monotonic()
-    with preferring(engine_defaults):
-        model = classifier.load(conf_path)
+    model = load_model(conf_path)
     name = name or classifier.JsonConfLoader(model.conf).get_model_name()
     metrics.describe_model(model, time.monotonic() - started, name)
     if top_k:
@@ -74,6 +77,6 @@ def load_core(conf_path: Path, top_k: int | None = None,
     batcher = Batcher(model, settings, forming=serve_batching(settings.max_batch_size) if serve_batching else None,
                       name=name)
     metrics.count_queue(batcher, name)
-    reloader = Reloader(Path(conf_path), batcher, example_photos()[0], name, engine_defaults)
+    reloader = Reloader(Path(conf_path), batcher, example_photos()[0], name, load_model)
     return Core(Path(conf_path), batcher, Explainer(batcher), reloader,
                 Health(), conf.get_reload_poll_seconds())

@@ -136,7 +136,7 @@ class Classifier:
                              max_batch_wait_ms=batch_wait_ms, name=name)
 
         self.core = load(None, Path(conf_path))
-        self.models = Repository.of(self.core)
+        self.models = Repository.of(self.core, load)
         if model_repository:
             more, default = discover(Path(model_repository)), self.models.default_name
             if default in more:

@@ -6,11 +6,10 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import describe, load
 from ..conf import JsonConfLoader
-from ..engines.settings import preferring
 from ..formats import latest_version
 from . import metrics
 from .batching import Batcher
@@ -27,10 +26,11 @@ class Reloader:
     """
 
     def __init__(self, conf_path: Path, batcher: Batcher, warm_up_photo: Path, name: str | None = None,
-                 engine_defaults: dict | None = None):
+                 load_model: Callable[[Path], Any] | None = None):
         """name: the model's name in /metrics (its repository name; by default its conf's model_name).
-        engine_defaults: the engines' settings each model loaded here prefers, as the first one did (load_core)."""
-        self.conf_path, self.name, self.engine_defaults = Path(conf_path), name, engine_defaults
+        load_model(conf): how each new model is loaded, as the first one was (load_core's); by default
+        classifier.load."""
+        self.conf_path, self.name, self.load_model = Path(conf_path), name, load_model
         self.batcher = batcher
         self.warm_up_photo = warm_up_photo
         self._lock = threading.Lock()  # one switch at a time
@@ -51,8 +51,7 @@ class Reloader:
         with self._lock:
             started = time.monotonic()
             try:
-                with preferring(self.engine_defaults):  # in this thread's context: a reload's thread has none
-                    model = load(conf_path)
+                model = (self.load_model or load)(conf_path)
                 [result] = model.execute([self.warm_up_photo], 1)
                 if isinstance(result, dict):
                     raise ValueError(f"the warm-up photo fails: {result['error']}")

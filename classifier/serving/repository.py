@@ -18,7 +18,7 @@ from ..conf import ArchJsonConfLoader, ConfError
 from ..loader import example_photos
 from . import metrics
 from .access import Access
-from .core import Core, load_core
+from .core import Core
 from .errors import ModelRefused, ModelUnavailable, UnknownModel, refusal_for
 from ..from_path import discover
 from .model_sources import read_model_config
@@ -79,13 +79,11 @@ class Repository:
         self._guard = threading.Lock()
 
     @classmethod
-    def of(cls, core: Core, access: Access | None = None,
-           load: Callable[[str, Path], Core] | None = None) -> Repository:
+    def of(cls, core: Core, load: Callable[[str, Path], Core], access: Access | None = None) -> Repository:
         """A repository of one model, loaded already (a server of one conf; each Ray Serve replica's). load(name,
-        conf): how a model added later (the Train tab's) is loaded; by default load_core."""
+        conf): how a model added later (the Train tab's) is loaded, as the server loads its models."""
         name = ArchJsonConfLoader(core.model.conf).get_model_name()
-        repository = cls({name: core.conf_path}, name, load or (lambda name, conf: load_core(conf, name=name)),
-                         access, named_by_conf=True)
+        repository = cls({name: core.conf_path}, name, load, access, named_by_conf=True)
         repository._serve(repository.entries[name], core)
         return repository
 

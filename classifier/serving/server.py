@@ -281,7 +281,7 @@ def build_server(settings: Settings, core: Core | None = None) -> Server:
 
 
 # The engines' settings of a server of models by name (--model-repository, --model-config-file, --model NAME=PATH):
-# LiteRT's lean layout, one interpreter fewer a model. bench.many_models, 2026-12-04: 78 MB added by each
+# LiteRT's lean layout, one interpreter fewer a model. bench.many_models, 2026-12-05: 78 MB added by each
 # EfficientNet-Lite0 against 105 MB in the per-core layout, for ~5 % of one model's c16 (docs/performance.md).
 MANY_MODELS_ENGINES = {"litert": {"layout": "lean"}}
 
@@ -296,9 +296,9 @@ def repository_of(settings: Settings, core: Core | None = None) -> Repository:
 
     access = access_of(settings)  # first: a key file that cannot be read stops start-up before any model loads
     if core is not None:
-        return Repository.of(core, access, load)
+        return Repository.of(core, load, access)
     if not many:
-        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), access, load)
+        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), load, access)
     else:
         # The named one, else the only one, else the first by name that loads.
         repository = Repository(settings.models, settings.default_model, load, access,

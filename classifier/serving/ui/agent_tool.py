@@ -26,9 +26,9 @@ def add_agent_tool(models: PageModels) -> None:
             model_name: the model to ask, by name; empty for the server's default model.
         """
         model = await picked(models, model_name)
-        encoded = photo.strip()
+        encoded = photo.strip() if isinstance(photo, str) else photo  # anything else: base64_image says what
         try:  # a data URL's base64 is after its comma
-            body = base64_image(encoded.partition(",")[2] if encoded.startswith("data:") else encoded,
+            body = base64_image(encoded.partition(",")[2] if str(encoded).startswith("data:") else encoded,
                                 limits_of(model.batcher.model).max_bytes, "photo")
             pairs = await model.batcher.classify(body)
         except Exception as exc:  # what the protocols and /service say: not base64, too large, not an image …
