@@ -201,14 +201,16 @@ def test_a_kill_while_training_keeps_the_previous_model_and_leaves_no_half_check
 
     from classifier import retrain
     from conftest import ROOT
-    from test_retrain import make_dataset
+    from test_retrain import make_dataset, tiny_base
 
     data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    base = tiny_base(tmp_path / "base")  # the kill's subject is the checkpoint, not the features
     command = [sys.executable, "-m", "classifier.retrain", "--image_dir", str(data), "--output_dir",
-               str(tmp_path / "model"), "--bottleneck_dir", str(tmp_path / "cache"), "--no_int8"]  # not its subject
+               str(tmp_path / "model"), "--bottleneck_dir", str(tmp_path / "cache"), "--no_int8",  # not its subject
+               "--base_model_dir", str(base)]
     # The model it must keep: trained here, in this process (a second TensorFlow start would cost ~8 s).
     retrain.retrain(retrain.Options(image_dir=data, output_dir=tmp_path / "model", bottleneck_dir=tmp_path / "cache",
-                                    how_many_training_steps=50, int8=False))
+                                    how_many_training_steps=50, int8=False, base_model_dir=base))
     before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir() if p.is_file()}
 
     second = subprocess.Popen(command + ["--how_many_training_steps", "200000"], cwd=ROOT,
@@ -221,7 +223,7 @@ def test_a_kill_while_training_keeps_the_previous_model_and_leaves_no_half_check
     second.send_signal(signal.SIGKILL)
     second.wait(30)
     assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir() if p.is_file()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model", "photos"]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "cache", "model", "photos"]  # no staging folder left
 
     # A fresh start from what the kill left.
     restarted = InProcessServer("--conf", str(tmp_path / "model" / "conf.json"), "--no-train")

@@ -19,6 +19,7 @@ import classifier.__main__
 from classifier import retrain
 from conftest import PHOTOS, ROOT, encode, require_debian_package, solid
 from in_process import InProcessServer
+from classifier.retrain.bottlenecks import FEATURE_TENSOR
 from classifier.retrain.data import split_of
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -45,7 +46,7 @@ def tuxpaint_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tuxpaint_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    # No int8 twin: quantizing and checking it is 35 of a 58 s run; test_train_tab.py makes one (the page's box).
+    # No int8 twin: quantizing and checking it is 35 of a 58 s run; a test below makes one on a tiny base.
     options = retrain.Options(image_dir=tuxpaint_dir / "classes", output_dir=out / "model",
                               bottleneck_dir=out / "bottlenecks", int8=False, other_dir=tuxpaint_dir / "other")
     return options, retrain.retrain(options)
@@ -198,9 +199,28 @@ def make_dataset(folder: Path, classes: dict[str, tuple[int, int, int]], count: 
     return folder
 
 
+def tiny_base(folder: Path, size: int = 16) -> Path:
+    """A base model of a few hundred bytes for the tests of retraining's own logic (the cache, the split, bad
+    files, interruptions), where EfficientNet's features would add seconds a run and test nothing more: the
+    conventions retraining asks of a base (a fixed-size "Placeholder", a "feature_vector"), each photo's mean and
+    brightest colour as its features. The real base model is retrained on real photos above and by the Train tab."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        photos = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="Placeholder")
+        tf.concat([tf.reduce_mean(photos, [1, 2]), tf.reduce_max(photos, [1, 2])], 1,
+                  name=FEATURE_TENSOR)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Deterministic: the bottleneck cache is keyed by the base graph's bytes, and a map's order may vary.
+    (folder / "frozen_inference_graph.pb").write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
+    return folder
+
+
 def small_options(tmp_path: Path, image_dir: Path, **kwargs) -> retrain.Options:
     kwargs.setdefault("how_many_training_steps", 200)
-    kwargs.setdefault("int8", False)  # the int8 twin is tested through the Train tab (test_train_tab.py)
+    kwargs.setdefault("int8", False)  # the int8 twin has its own test, below
+    kwargs.setdefault("base_model_dir", tiny_base(tmp_path / "base"))
     return retrain.Options(image_dir=image_dir, output_dir=tmp_path / "out", bottleneck_dir=tmp_path / "cache",
                            **kwargs)
 
@@ -268,18 +288,36 @@ def test_interrupted_run_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         retrain.retrain(small_options(tmp_path, data, how_many_training_steps=7))
     assert (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "photos"]  # no half-written folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "cache", "out", "photos"]  # no half-written folder
+
+
+def test_the_int8_twin_is_written_into_the_engines_cache_and_served_by_precision_int8(tmp_path):
+    data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
+    # Trained until its answers are far from a tie, so that int8 keeps the top-1 of nearly every check photo.
+    summary = retrain.retrain(small_options(tmp_path, data, int8=True, none_of_these=False, learning_rate=1.0,
+                                            how_many_training_steps=1000))
+    assert summary.int8.startswith("written (") and " int8" in summary.int8, summary.int8
+    assert summary.int8_test_accuracy == 1.0
+    conf = json.loads((tmp_path / "out" / "conf.json").read_text())
+    conf["http_server"]["tensorflow"].update(model_dir=str(tmp_path / "out"), precision="int8")
+    (tmp_path / "int8.json").write_text(json.dumps(conf))
+    served = classifier.load(tmp_path / "int8.json")  # from the cache the run wrote, as the Train tab's box serves it
+    assert "int8" in served.runtime.engine and served.execute([encode(noisy((0, 0, 210), 7))], 1)[0][0][0] == "blue"
+    # With the "none of these" score, int8 is not made, and the summary says why.
+    again = retrain.retrain(small_options(tmp_path / "open", data, int8=True))
+    assert again.int8.startswith("not made: int8 loses the \"none of these\" score"), again.int8
 
 
 def test_command_line(tmp_path):
     data = make_dataset(tmp_path / "photos", {"red": (200, 0, 0), "blue": (0, 0, 200)})
     run = subprocess.run([sys.executable, "-m", "classifier.retrain", "--image_dir", str(data), "--output_dir",
                           str(tmp_path / "model"), "--bottleneck_dir", str(tmp_path / "cache"), "--epochs", "5",
-                          "--no_int8"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "--no_int8", "--base_model_dir", str(tiny_base(tmp_path / "base"))],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "Trained on 24 photos in 2 classes (blue 12, red 12)" in run.stdout
     assert "Test accuracy:" in run.stdout and "Serve it: python app.py --conf" in run.stdout
-    assert "int8 model: " not in run.stdout  # --no_int8; the int8 twin is tested through the Train tab
+    assert "int8 model: " not in run.stdout  # --no_int8
     run = subprocess.run([sys.executable, "-m", "classifier.retrain", "--image_dir", str(tmp_path / "nope"),
                           "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 2 and "error: --image_dir" in run.stderr and "Traceback" not in run.stderr
@@ -298,7 +336,7 @@ def test_a_run_killed_between_its_two_renames_is_put_back_by_the_next(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         retrain.retrain(small_options(tmp_path, data, how_many_training_steps=7))
     assert (tmp_path / "out" / "frozen_inference_graph.pb").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "photos"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "cache", "out", "photos"]
 
 
 def names_in(split: str, count: int, prefix: str) -> list[str]:

@@ -114,10 +114,11 @@ def test_label_flagged_photos_and_train_on_them(training_server, flagged_dir, tm
     for row in table["data"]:
         row[2] = "greenish" if "greenish" in row[0] else "purplish"  # the user types the right label
     table["data"][0][2] = ""  # and leaves one out
-    report, _, _ = client.predict(None, table, 300, True, False, api_name="/train")  # int8 ticked, so not this
+    # Both boxes ticked: int8 cannot keep "none of these", and the report says so (the int8 twin itself, written
+    # and served, is test_retrain.py's; quantizing EfficientNet here would add ~20 s and test the same code).
+    report, _, _ = client.predict(None, table, 300, True, True, api_name="/train")
     assert "Trained on 23 photos in 2 classes (greenish 11, purplish 12)" in report
-    # The int8 twin, calibrated on the training photos, tested on the same test photos (or refused by the guard).
-    assert "int8 model: written" in report or "int8 model: refused by the precision guard" in report, report
+    assert 'int8 model: not made: int8 loses the "none of these" score' in report, report
     green = tmp_path / "green.png"
     green.write_bytes(encode(noisy((40, 210, 40), 5)))
     served, _ = client.predict("flagged", False, api_name="/serve_trained")  # a name of this test's own
