@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -100,8 +101,17 @@ def test_page_shows_the_model_and_no_analytics(server):
     assert config["analytics_enabled"] is False
 
 
-def test_app_py_prints_the_model_it_serves(server_process):
+def test_app_py_prints_the_model_it_serves_and_one_line_a_request(server_process):
     assert "* Model: frozen graph · 1000 labels · 224×224 input" in server_process.output()
+    # Text logs: uvicorn's access line, once; the request log's own line is JSON mode's (test_operations.py).
+    logged = len(server_process.output())
+    assert curl(f"{server_process.url}/healthz")[0] == 200
+    deadline = time.monotonic() + 10
+    while "/healthz" not in server_process.output()[logged:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # a second line, if there were one
+    lines = [line for line in server_process.output()[logged:].splitlines() if "/healthz" in line]
+    assert len(lines) == 1 and '"GET /healthz HTTP/1.1" 200' in lines[0], lines
 
 
 def test_share_without_internet_keeps_serving():
@@ -109,8 +119,6 @@ def test_share_without_internet_keeps_serving():
     try:
         status, result, _ = curl(f"{running.url}/service", "-T", str(PHOTOS / "chelsea.png"))
         assert status == 200 and result[0][0] in CAT_LABELS
-        import time
-
         deadline = time.monotonic() + 60
         while "share link" not in running.output() and time.monotonic() < deadline:
             time.sleep(0.5)
