@@ -18,4 +18,4 @@ if __name__ == "__main__":
 elif os.environ.get("GRADIO_WATCH_MODULE_NAME"):  # `gradio app.py`, Gradio's reload mode, imports this for `demo`
     from classifier.serving.command import build
 
-    demo = build(sys.argv[1:]).demo
+    demo = build(sys.argv[1:], strict=False).demo  # the command line is Gradio's: ours are the flags it knows

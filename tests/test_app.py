@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import CAT_LABELS, COFFEE_LABELS, PHOTOS, Server, encode, solid
+from conftest import CAT_LABELS, COFFEE_LABELS, PHOTOS, ROOT, Server, encode, solid
 from in_process import InProcessServer
 
 
@@ -112,6 +113,12 @@ def test_app_py_prints_the_model_it_serves_and_one_line_a_request(server_process
     time.sleep(0.3)  # a second line, if there were one
     lines = [line for line in server_process.output()[logged:].splitlines() if "/healthz" in line]
     assert len(lines) == 1 and '"GET /healthz HTTP/1.1" 200' in lines[0], lines
+
+
+def test_an_unknown_flag_is_an_error_not_ignored():
+    run = subprocess.run([sys.executable, "app.py", "--prot", "8080"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "unrecognized arguments: --prot 8080" in run.stderr, run.stderr[-500:]
 
 
 def test_share_without_internet_keeps_serving():

@@ -19,7 +19,10 @@ log = logging.getLogger("app")  # the banner's logger, as when this was app.py
 FLAG_PHOTOS, FLAG_MB = 1000, 500  # the flagging folder's default bounds (classifier.serving.ui.FlagBudget's)
 
 
-def parse_args(argv: list[str], prog: str | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str], prog: str | None = None, strict: bool = True) -> argparse.Namespace:
+    """The command line, as settings_from reads it. strict: an unknown flag is an error (exit 2), so that a typo
+    (--prot 8080) is not a server started on another port; not strict only under `gradio app.py` (reload mode),
+    where the command line is Gradio's."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--conf", type=Path, default=None,
                         help="conf.json to serve (default: --model's, else $UAI_SERVICE_CONFIG, else the project's "
@@ -127,8 +130,7 @@ def parse_args(argv: list[str], prog: str | None = None) -> argparse.Namespace:
                              "method, model, status, images, ms, client (the access log)")
     parser.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's and LiteRT's own start-up lines (or set CLASSIFIER_VERBOSE=1)")
-    # parse_known_args: under `gradio app.py` (reload mode) the command line is Gradio's, not ours.
-    return parser.parse_known_args(argv)[0]
+    return parser.parse_args(argv) if strict else parser.parse_known_args(argv)[0]
 
 
 def why_training_is_off(args: argparse.Namespace, credentials: tuple[str, str] | None) -> str | None:
@@ -245,10 +247,10 @@ def models_by_name(repository: Path | None, models: list[str], config_file: Path
     return found
 
 
-def build(argv: list[str]):
+def build(argv: list[str], strict: bool = True):
     """The server argv asks for, built (the model loaded, no port bound); SystemExit with a clear message and exit
-    code 1 for a broken conf, model or key file, or a gRPC port in use."""
-    return built(parse_args(argv))
+    code 1 for a broken conf, model or key file, or a gRPC port in use (2 for an unknown flag, when strict)."""
+    return built(parse_args(argv, strict=strict))
 
 
 def built(args: argparse.Namespace):
