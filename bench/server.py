@@ -57,11 +57,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """A server's start failed because a port chosen for it was taken meanwhile."""
+
+
 class ServerProcess:
     """`python <script> --host 127.0.0.1 --port <free> <args>`, waited on until `ready_path` answers 200."""
 
     def __init__(self, *args: str, script: Path = ROOT / "app.py", env: dict | None = None,
                  ready_path: str = "/readyz", timeout: float = 180):
+        # A free port may be taken by another process between free_port() and the server's bind (the tests run
+        # servers on two workers at once): a start that failed on a port this chose is tried again on new ones.
+        for attempt in range(1, 4):
+            try:
+                return self._start(args, script, env, ready_path, timeout)
+            except PortTaken:
+                if attempt == 3:
+                    raise
+
+    def _start(self, args: tuple[str, ...], script: Path, env: dict | None, ready_path: str, timeout: float) -> None:
         started = time.perf_counter()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -82,7 +96,9 @@ class ServerProcess:
         except RuntimeError as exc:
             output = self.output()  # before stop() deletes the log
             self.stop()
-            raise RuntimeError(f"{script.name}: {exc}:\n{output}") from None
+            ours = [port for port in (self.port, self.grpc_port) if port]
+            taken = [line for line in output.splitlines() if "in use" in line and any(str(p) in line for p in ours)]
+            raise (PortTaken if taken else RuntimeError)(f"{script.name}: {exc}:\n{output}") from None
 
     @property
     def pid(self) -> int:
