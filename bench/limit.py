@@ -19,8 +19,9 @@ def served(report: dict) -> dict[str, tuple[str, dict]]:
     """Each precision served under load: its label → (its row in the ceiling, its /service runs)."""
     engines = report["ceiling"]["engines"]
     default = next(name for name, e in engines.items() if e["engine"] == report["ceiling"]["default_engine"])
-    reduced = {runs["precision"]: runs for runs in [report.get("service_reduced")] if runs}
-    reduced |= report.get("service_other_precisions", {})
+    reduced = dict(report.get("service_other_precisions", {}))
+    if "service_reduced" in report:  # the fastest reduced precision, first
+        reduced = {report["service_reduced"]["precision"]: report["service_reduced"], **reduced}
     return {f"default ({default})": (default, report["service"]),
             **{f"openvino {precision}": (f"openvino {precision}", runs) for precision, runs in reduced.items()}}
 

@@ -18,8 +18,9 @@ def colour_logits(images):
 
 
 def write_colour_graph(folder: Path, input_name: str = "Placeholder", output_name: str = "final_result",
-                       size: int = 8, extra_placeholder: bool = False) -> Path:
-    """A frozen GraphDef with retrain.py's conventions: float [None, H, W, 3] in [0, 1] → Softmax, 3 classes."""
+                       size: int = 8, extra_placeholder: bool = False, probabilities: bool = True) -> Path:
+    """A frozen GraphDef with retrain.py's conventions: float [None, H, W, 3] in [0, 1] → Softmax, 3 classes.
+    probabilities=False: the logits themselves under output_name (a base model's features, for retraining)."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -27,10 +28,13 @@ def write_colour_graph(folder: Path, input_name: str = "Placeholder", output_nam
         images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name=input_name)
         if extra_placeholder:
             tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="another_input")
-        tf.nn.softmax(colour_logits(images), name=output_name)
+        logits = colour_logits(images)
+        tf.nn.softmax(logits, name=output_name) if probabilities else tf.identity(logits, name=output_name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "frozen_inference_graph.pb"
-    path.write_bytes(graph.as_graph_def().SerializeToString())
+    # Deterministic: the same graph, the same bytes (a protobuf map's order may vary), so that what is keyed by the
+    # model's bytes (the engines' cache, retraining's bottleneck cache) finds a graph written again.
+    path.write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
     (folder / "label_map.txt").write_text("\n".join(COLOURS) + "\n")
     return path
 

@@ -97,7 +97,7 @@ class ServerProcess:
             output = self.output()  # before stop() deletes the log
             self.stop()
             ours = [port for port in (self.port, self.grpc_port) if port]
-            taken = [line for line in output.splitlines() if "in use" in line and any(str(p) in line for p in ours)]
+            taken = any("in use" in line and any(str(port) in line for port in ours) for line in output.splitlines())
             raise (PortTaken if taken else RuntimeError)(f"{script.name}: {exc}:\n{output}") from None
 
     @property

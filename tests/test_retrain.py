@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 import classifier
 import classifier.__main__
 from classifier import retrain
-from conftest import PHOTOS, ROOT, encode, require_debian_package, solid
+from conftest import PHOTOS, ROOT, encode, require_debian_package, solid, write_colour_graph
 from in_process import InProcessServer
 from classifier.retrain.bottlenecks import FEATURE_TENSOR
 from classifier.retrain.data import split_of
@@ -199,21 +199,13 @@ def make_dataset(folder: Path, classes: dict[str, tuple[int, int, int]], count: 
     return folder
 
 
-def tiny_base(folder: Path, size: int = 16) -> Path:
+def tiny_base(folder: Path) -> Path:
     """A base model of a few hundred bytes for the tests of retraining's own logic (the cache, the split, bad
-    files, interruptions), where EfficientNet's features would add seconds a run and test nothing more: the
-    conventions retraining asks of a base (a fixed-size "Placeholder", a "feature_vector"), each photo's mean and
-    brightest colour as its features. The real base model is retrained on real photos above and by the Train tab."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        photos = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="Placeholder")
-        tf.concat([tf.reduce_mean(photos, [1, 2]), tf.reduce_max(photos, [1, 2])], 1,
-                  name=FEATURE_TENSOR)
-    folder.mkdir(parents=True, exist_ok=True)
-    # Deterministic: the bottleneck cache is keyed by the base graph's bytes, and a map's order may vary.
-    (folder / "frozen_inference_graph.pb").write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
+    files, interruptions), where EfficientNet's features would add seconds a run and test nothing more: the tests'
+    colour model (bench/null_model.py), its colour logits as the features retraining asks a base for (logits, not
+    probabilities: these keep int8's top-1 on every check photo). The real base is retrained on real photos above
+    and by the Train tab."""
+    write_colour_graph(folder, output_name=FEATURE_TENSOR, probabilities=False)
     return folder
 
 

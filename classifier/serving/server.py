@@ -288,17 +288,17 @@ MANY_MODELS_ENGINES = {"litert": {"layout": "lean"}}
 
 def repository_of(settings: Settings, core: Core | None = None) -> Repository:
     """The server's models: settings.models by name, or settings.conf alone (named by its conf, as before). A
-    model the Train tab adds is loaded as the models by name are."""
+    model the Train tab adds is loaded as the server's own are (load)."""
     many = bool(settings.models)
 
-    def load(name: str, conf: Path) -> Core:
+    def load(name: str | None, conf: Path) -> Core:  # None: named by its conf
         return load_core(conf, top_k=settings.top_k, name=name, engine_defaults=MANY_MODELS_ENGINES if many else None)
 
     access = access_of(settings)  # first: a key file that cannot be read stops start-up before any model loads
     if core is not None:
         return Repository.of(core, load, access)
     if not many:
-        repository = Repository.of(load_core(settings.conf, top_k=settings.top_k), load, access)
+        repository = Repository.of(load(None, settings.conf), load, access)
     else:
         # The named one, else the only one, else the first by name that loads.
         repository = Repository(settings.models, settings.default_model, load, access,

@@ -3,6 +3,7 @@ limits (the guard is in front of /gradio_api/mcp as of every Gradio route)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import gradio as gr
 
@@ -11,6 +12,15 @@ from ..protocols import base64_image
 from .picker import PageModels, picked
 
 TOOL = "classify_photo"  # the one tool offered (gradio_internals.offer_only): never training or serving a model
+
+
+def data_url_base64(photo: Any) -> Any:
+    """The base64 of a photo sent as text: a data URL's is after its comma. Anything but text is passed on as it is,
+    for base64_image to refuse with its message."""
+    if not isinstance(photo, str):
+        return photo
+    photo = photo.strip()
+    return photo.partition(",")[2] if photo.startswith("data:") else photo
 
 
 def add_agent_tool(models: PageModels) -> None:
@@ -26,10 +36,8 @@ def add_agent_tool(models: PageModels) -> None:
             model_name: the model to ask, by name; empty for the server's default model.
         """
         model = await picked(models, model_name)
-        encoded = photo.strip() if isinstance(photo, str) else photo  # anything else: base64_image says what
-        try:  # a data URL's base64 is after its comma
-            body = base64_image(encoded.partition(",")[2] if str(encoded).startswith("data:") else encoded,
-                                limits_of(model.batcher.model).max_bytes, "photo")
+        try:
+            body = base64_image(data_url_base64(photo), limits_of(model.batcher.model).max_bytes, "photo")
             pairs = await model.batcher.classify(body)
         except Exception as exc:  # what the protocols and /service say: not base64, too large, not an image …
             raise gr.Error(str(exc)) from None
