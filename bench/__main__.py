@@ -10,7 +10,9 @@ c. POST /service end to end on a real server (loopback) under wrk (bench/wrk.py:
 d. Gradio's API through gradio_client, c1 and c8, beside Gradio's own floor (bench/gradio_floor.py);
 e. the naive demo (bench/naive_app.py: Keras model.predict per request) under the same wrk;
 f. POST /explain on a 224×224 photo, one at a time;
-g. the peer: LitServe serving the same engine with its own batching (bench/litserve_app.py), under the same wrk;
+g. the peers: LitServe serving the same engine with its own batching (bench/litserve_app.py), under the same wrk;
+   KServe's ModelServer in its own environment beside our Open Inference door, the same JSON requests
+   (bench/peers/);
 h. many models by name on one server (bench/many_models.py);
 i. the floor: /service on a model that costs nothing (bench/floor.py), c1 and c16, and each served precision's
    share of what decoding plus the model allow (bench/limit.py).
@@ -33,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench import decode, grpc_load, limit, many_models, wrk
+from bench import decode, grpc_load, limit, many_models, peers, wrk
 from bench.floor import serving_floor
 from bench.load import drive_gradio
 from bench.report import markdown
@@ -146,6 +148,8 @@ def main() -> int:
         print("c. gRPC …", file=sys.stderr)  # the same server, its gRPC port: right after its REST rows
         report["grpc"] = {protocol: {f"c{c}": grpc_load.drive(server.grpc_target, JPEGS, protocol, c, seconds)
                                      for c in (1, 16)} for protocol in grpc_load.METHODS}
+        print("g. KServe …", file=sys.stderr)  # beside this server's Open Inference door
+        report["kserve"] = peers.kserve_beside(server, (1, 16), seconds, work / "v2-requests")
         report["memory"] = {"rss_before_mb": round(server.rss_mb()[0])}
         longer = wrk.drive(server.url, JPEGS, 16, seconds if args.smoke else 3 * seconds)
         report["memory"].update(requests=longer["requests"], non_2xx=longer["non_2xx"],
@@ -255,6 +259,10 @@ def targets(r: dict) -> dict:
                                                 / r["service_unbatched"]["c1"]["p50_ms"], 2)}
     if "c64" in r["service"]:  # not in a smoke run
         found["c64_over_litserve"] = round(r["service"]["c64"]["img_s"] / r["litserve"]["c64"]["img_s"], 2)
+    if "kserve" in r["kserve"]:  # its environment could be made
+        for level in ("c1", "c16"):
+            found[f"v2_{level}_over_kserve"] = round(r["kserve"]["ours"][level]["img_s"]
+                                                     / r["kserve"]["kserve"][level]["img_s"], 2)
     if "grpc" in r:
         for protocol, runs in r["grpc"].items():
             found[f"grpc_{protocol}_c16_over_rest_c16"] = round(runs["c16"]["img_s"] / c16, 2)

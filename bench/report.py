@@ -27,6 +27,13 @@ def load_rows(r: dict) -> list[str]:
             if level.startswith("c"):
                 rows.append(row(name, path, s["concurrency"], s["img_s"], s["p50_ms"], s["p90_ms"], s["p99_ms"],
                                 s["non_2xx"] + s["socket_errors"], f"{s['client_cpu_share']:.0%}"))
+    v2 = r.get("kserve", {})
+    for name, key in (("ours, default", "ours"), ("KServe ModelServer (2 workers), same engine", "kserve")):
+        for s in v2.get(key, {}).values():  # the Open Inference REST protocol, a base64 JPEG in JSON
+            if isinstance(s, dict) and "concurrency" in s:
+                rows.append(row(name, "POST /v2/…/infer (JSON)", s["concurrency"], s["img_s"], s["p50_ms"],
+                                s["p90_ms"], s["p99_ms"], s["non_2xx"] + s["socket_errors"],
+                                f"{s['client_cpu_share']:.0%}"))
     methods = {"kserve": "gRPC KServe v2 ModelInfer", "tf_serving": "gRPC TF Serving Predict"}
     for protocol, runs in r.get("grpc", {}).items():  # bench/grpc_load.py: its failed calls in the non-2xx column
         for s in runs.values():
@@ -60,9 +67,10 @@ def memory_rows(r: dict) -> list[str]:
     rows = [row("server", "start to ready s", "RSS MB at ready", "PSS MB at ready", "RSS MB after its load runs",
                 "PSS MB after"), row(*["---"] * 6)]
     for name, key in (("ours, default", "service"), ("ours, reduced precision", "service_reduced"),
-                      ("LitServe (2 workers; PSS counts all its processes)", "litserve"), ("naive demo", "naive")):
-        if key in r:
-            s = r[key]
+                      ("LitServe (2 workers; PSS counts all its processes)", "litserve"),
+                      ("KServe ModelServer (2 workers; PSS counts all its processes)", "kserve"), ("naive demo", "naive")):
+        s = r.get(key, {}).get("kserve") if key == "kserve" else r.get(key)
+        if s:
             rows.append(row(name, s["ready_s"], s["ready_rss_mb"], s["ready_pss_mb"], s["rss_mb"], s["pss_mb"]))
     return rows
 

@@ -65,17 +65,18 @@ class ServerProcess:
     """`python <script> --host 127.0.0.1 --port <free> <args>`, waited on until `ready_path` answers 200."""
 
     def __init__(self, *args: str, script: Path = ROOT / "app.py", env: dict | None = None,
-                 ready_path: str = "/readyz", timeout: float = 180):
+                 ready_path: str = "/readyz", timeout: float = 180, python: str | Path = sys.executable):
         # A free port may be taken by another process between free_port() and the server's bind (the tests run
         # servers on two workers at once): a start that failed on a port this chose is tried again on new ones.
         for attempt in range(1, 4):
             try:
-                return self._start(args, script, env, ready_path, timeout)
+                return self._start(args, script, env, ready_path, timeout, python)
             except PortTaken:
                 if attempt == 3:
                     raise
 
-    def _start(self, args: tuple[str, ...], script: Path, env: dict | None, ready_path: str, timeout: float) -> None:
+    def _start(self, args: tuple[str, ...], script: Path, env: dict | None, ready_path: str, timeout: float,
+               python: str | Path) -> None:
         started = time.perf_counter()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -87,7 +88,7 @@ class ServerProcess:
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [str(python), str(script), "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         try:
             wait_until_ready(self.url + ready_path, self.process, timeout)

@@ -1,0 +1,43 @@
+"""The peers' own environments: a venv for each, installed by uv from its lock in this folder, kept between runs.
+
+A peer whose pins conflict with our lock (KServe's) cannot share our environment, so it gets its own, made once
+(uv: about a second from its cache, the downloads the first time) under $CLASSIFIER_BENCH_CACHE or
+~/.cache/classifier-bench, named by its lock's hash so that a changed lock makes a new one. Without a package
+index (offline), the peer is left out of the run and the reason printed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def cache_folder() -> Path:
+    given = os.environ.get("CLASSIFIER_BENCH_CACHE")
+    return Path(given) if given else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "classifier-bench"
+
+
+def python_for(peer: str) -> Path:
+    """The peer's venv's python, made from HERE/<peer>.txt if it is not there yet. Raises RuntimeError (with
+    uv's words) when it cannot be made."""
+    lock = HERE / f"{peer}.txt"
+    venv = cache_folder() / f"{peer}-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    partial = venv.with_name(venv.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for step in (["venv", "-q", "--python", sys.executable, str(partial)],
+                 ["pip", "install", "-q", "--python", str(partial / "bin" / "python"), "-r", str(lock)]):
+        run = subprocess.run([sys.executable, "-m", "uv", *step], capture_output=True, text=True)
+        if run.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RuntimeError(f"{peer}'s environment could not be made: {run.stderr.strip()[-500:]}")
+    # uv writes the venv's absolute path into its scripts; renamed, only `bin/python -m …` is used, which works.
+    partial.rename(venv)
+    return python
