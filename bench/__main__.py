@@ -11,8 +11,8 @@ d. Gradio's API through gradio_client, c1 and c8, beside Gradio's own floor (ben
 e. the naive demo (bench/naive_app.py: Keras model.predict per request) under the same wrk;
 f. POST /explain on a 224×224 photo, one at a time;
 g. the peers: LitServe serving the same engine with its own batching (bench/litserve_app.py), under the same wrk;
-   KServe's ModelServer in its own environment beside our Open Inference door, the same JSON requests
-   (bench/peers/);
+   KServe's ModelServer beside our Open Inference door (the same JSON requests) and BentoML (its multipart
+   forms, beside our /service), each in its own environment (bench/peers/);
 h. many models by name on one server (bench/many_models.py);
 i. the floor: /service on a model that costs nothing (bench/floor.py), c1 and c16, and each served precision's
    share of what decoding plus the model allow (bench/limit.py).
@@ -150,6 +150,8 @@ def main() -> int:
                                      for c in (1, 16)} for protocol in grpc_load.METHODS}
         print("g. KServe …", file=sys.stderr)  # beside this server's Open Inference door
         report["kserve"] = peers.kserve_beside(server, (1, 16), seconds, work / "v2-requests")
+        print("g. BentoML …", file=sys.stderr)
+        report["bentoml"] = peers.bentoml_beside(server, (1, 16), seconds, work / "bentoml")
         report["memory"] = {"rss_before_mb": round(server.rss_mb()[0])}
         longer = wrk.drive(server.url, JPEGS, 16, seconds if args.smoke else 3 * seconds)
         report["memory"].update(requests=longer["requests"], non_2xx=longer["non_2xx"],
@@ -263,6 +265,10 @@ def targets(r: dict) -> dict:
         for level in ("c1", "c16"):
             found[f"v2_{level}_over_kserve"] = round(r["kserve"]["ours"][level]["img_s"]
                                                      / r["kserve"]["kserve"][level]["img_s"], 2)
+    if "bentoml" in r["bentoml"]:
+        for level in ("c1", "c16"):
+            peer = r["bentoml"]["bentoml"][level]["img_s"]
+            found[f"{level}_over_bentoml"] = round(r["service"][level]["img_s"] / peer, 2)
     if "grpc" in r:
         for protocol, runs in r["grpc"].items():
             found[f"grpc_{protocol}_c16_over_rest_c16"] = round(runs["c16"]["img_s"] / c16, 2)

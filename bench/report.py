@@ -22,6 +22,8 @@ def load_rows(r: dict) -> list[str]:
             (f"ours, precision {reduced.get('precision')}", "POST /service", reduced), *others,
             ("ours, batching off", "POST /service", r["service_unbatched"]),
             ("LitServe, same engine, its batching", "POST /predict", r["litserve"]),
+            ("BentoML (2 workers), same engine, its batching", "POST /classify (multipart)",
+             r.get("bentoml", {}).get("bentoml", {})),
             ("naive demo (Keras model.predict per request)", "POST /service", r["naive"])):
         for level, s in runs.items():
             if level.startswith("c"):
@@ -68,8 +70,9 @@ def memory_rows(r: dict) -> list[str]:
                 "PSS MB after"), row(*["---"] * 6)]
     for name, key in (("ours, default", "service"), ("ours, reduced precision", "service_reduced"),
                       ("LitServe (2 workers; PSS counts all its processes)", "litserve"),
-                      ("KServe ModelServer (2 workers; PSS counts all its processes)", "kserve"), ("naive demo", "naive")):
-        s = r.get(key, {}).get("kserve") if key == "kserve" else r.get(key)
+                      ("KServe ModelServer (2 workers; PSS counts all its processes)", "kserve"),
+                      ("BentoML (2 workers; PSS counts all its processes)", "bentoml"), ("naive demo", "naive")):
+        s = r.get(key, {}).get(key) if key in ("kserve", "bentoml") else r.get(key)
         if s:
             rows.append(row(name, s["ready_s"], s["ready_rss_mb"], s["ready_pss_mb"], s["rss_mb"], s["pss_mb"]))
     return rows

@@ -1,4 +1,5 @@
-"""The HTTP load generator: Debian's wrk, cycling real JPEG bodies (jpeg_bodies.lua), and its own CPU share."""
+"""The HTTP load generator: Debian's wrk, cycling real JPEG bodies (jpeg_bodies.lua) or request files made from them
+(request_files.lua), and its own CPU share."""
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,11 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-LUA = Path(__file__).with_name("jpeg_bodies.lua")  # raw JPEG bodies: POST /service, LitServe's, BentoML's
-V2_LUA = Path(__file__).with_name("v2_bodies.lua")  # Open Inference (KServe v2) REST: v2_requests' JSON files
+LUA = Path(__file__).with_name("jpeg_bodies.lua")  # raw JPEG bodies: POST /service, LitServe's
+FILES_LUA = Path(__file__).with_name("request_files.lua")  # RequestFiles
+BOUNDARY = "classifier-bench-boundary"
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -20,15 +23,25 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def drive(url: str, photos: list[Path], concurrency: int, seconds: float, path: str = "/service",
-          script: Path = LUA) -> dict:
-    """POSTs for `seconds` over `concurrency` keep-alive connections from one wrk thread. Returns images/s, the
-    latency percentiles wrk measured, the non-2xx and socket-error counts, and the share of the machine's CPU
-    that wrk itself used (so a reader can tell the server was measured, not its client)."""
+class RequestFiles(NamedTuple):
+    """Ready request bodies, one file each, and their content type (v2_requests, multipart_requests)."""
+
+    content_type: str
+    paths: list[Path]
+
+
+def drive(url: str, photos: list[Path] | RequestFiles, concurrency: int, seconds: float,
+          path: str = "/service") -> dict:
+    """POSTs for `seconds` over `concurrency` keep-alive connections from one wrk thread: the photos as raw bodies,
+    or request files as they are. Returns images/s, the latency percentiles wrk measured, the non-2xx and
+    socket-error counts, and the share of the machine's CPU that wrk itself used (so a reader can tell the server
+    was measured, not its client)."""
+    script, given = ((FILES_LUA, [photos.content_type, *photos.paths]) if isinstance(photos, RequestFiles)
+                     else (LUA, photos))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     run = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "--latency",
-                          "-s", str(script), url.rstrip("/") + path, "--", *map(str, photos)],
+                          "-s", str(script), url.rstrip("/") + path, "--", *map(str, given)],
                          capture_output=True, text=True, timeout=seconds + 60, check=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -37,8 +50,8 @@ def drive(url: str, photos: list[Path], concurrency: int, seconds: float, path: 
             "client_cpu_share": round(cpu / (wall * (os.cpu_count() or 1)), 3)}
 
 
-def v2_requests(photos: list[Path], folder: Path) -> list[Path]:
-    """Each photo as an Open Inference REST request in JSON, written to folder for v2_bodies.lua: the JPEG base64
+def v2_requests(photos: list[Path], folder: Path) -> RequestFiles:
+    """Each photo as an Open Inference REST request in JSON, written to folder: the JPEG base64
     in one BYTES element of the input "image", the top 5 asked for as Triton's classification extension gives
     them. JSON, not the binary tensor extension: KServe's own server decodes binary BYTES as UTF-8 text, so
     JSON is how its documentation sends images."""
@@ -49,7 +62,19 @@ def v2_requests(photos: list[Path], folder: Path) -> list[Path]:
                    "outputs": [{"name": "probabilities", "parameters": {"classification": 5}}]}
         paths.append(Path(folder) / f"{photo.stem}.json")
         paths[-1].write_text(json.dumps(request))
-    return paths
+    return RequestFiles("application/json", paths)
+
+
+def multipart_requests(photos: list[Path], field: str, folder: Path) -> RequestFiles:
+    """Each photo as a multipart/form-data form with the JPEG as its one file, in `field`, written to folder: how
+    BentoML's clients send a file to an API (its image classification examples)."""
+    paths = []
+    for photo in photos:
+        head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{photo.name}"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n").encode()
+        paths.append(Path(folder) / f"{photo.stem}.form")
+        paths[-1].write_bytes(head + photo.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode())
+    return RequestFiles(f"multipart/form-data; boundary={BOUNDARY}", paths)
 
 
 def parse(output: str) -> dict:

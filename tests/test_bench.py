@@ -50,6 +50,11 @@ def test_quick_benchmark_runs(tmp_path):
         for level in ("c1", "c16"):
             assert v2[server][level]["requests"] > 0 and v2[server][level]["non_2xx"] == 0, (server, v2[server])
     assert "v2_c16_over_kserve" in result["targets"] and "| KServe ModelServer (2 workers), same engine |" in run.stdout
+    bentoml = result["bentoml"]  # BentoML, in its own environment too: its multipart forms, the same top 5
+    assert "error" not in bentoml, bentoml.get("error")
+    assert bentoml["same_top5"] is True and "c16_over_bentoml" in result["targets"]
+    for level in ("c1", "c16"):
+        assert bentoml["bentoml"][level]["requests"] > 0 and bentoml["bentoml"][level]["non_2xx"] == 0, bentoml
     assert 0 < result["explain"]["median_s"] <= result["explain"]["max_s"] and "POST /explain" in run.stdout
     floor = result["floor"]  # the stack's own cost: a model that costs nothing, on an 8×8 JPEG
     assert floor["photo_bytes"] < 1000 and floor["c16"]["non_2xx"] == 0 and floor["c16"]["requests"] > 0

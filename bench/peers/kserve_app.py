@@ -1,12 +1,12 @@
 """The peer KServe: its own Python ModelServer serving our model with the same engine, for the benchmark only.
 
-python bench/peers/kserve_app.py --host 127.0.0.1 --port 8001 [--conf conf.json] (in the venv bench/peers/envs.py
-makes from kserve.txt); POST /v2/models/classifier/infer in the Open Inference REST protocol, the JPEG base64 in one BYTES
-element (bench/wrk.py's v2_requests). The answer: the top 5 as "probability:index:label" strings, what our own
-/v2 door gives for the same request.
+python bench/peers/kserve_app.py --host 127.0.0.1 --port 8001 [--conf conf.json] (in the venv
+bench/peers/envs.py makes from kserve.txt); POST /v2/models/classifier/infer in the Open Inference REST protocol,
+the JPEG base64 in one BYTES element (bench/wrk.py's v2_requests). The answer: the top 5 as
+"probability:index:label" strings, what our own /v2 door gives for the same request.
 
 Laid out as KServe's documentation shows a custom model (a kserve.Model with load and a synchronous predict,
-started by kserve.ModelServer), with its `--workers 2` (uvicorn processes) for the two cores and one
+started by kserve.ModelServer), with 2 workers (uvicorn processes) for the two cores and one
 single-threaded engine each, as the LitServe peer's winning layout has. KServe's Python server has no batching of
 its own: its batcher is the Kubernetes agent's sidecar, outside this process, so each request is its own batch.
 """
