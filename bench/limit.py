@@ -41,7 +41,7 @@ def shares(report: dict) -> dict:
                        "limit_img_s": round(limit, 1), "c16_img_s": c16["img_s"],
                        "share": round(c16["img_s"] / limit, 2), "server_core_ms": c16["server_core_ms"],
                        "stack_core_ms": round(c16["server_core_ms"] - model_core_ms - decode, 2),
-                       "c1_p50_ms": c1["p50_ms"],
+                       "c16_by_thread": c16.get("server_core_ms_by_thread", {}), "c1_p50_ms": c1["p50_ms"],
                        "c1_p50_over_decode_and_b1_ms": round(c1["p50_ms"] - decode - 1000 / ceiling["b1"], 2)}
     return rows
 
@@ -50,16 +50,24 @@ def rows(report: dict) -> list[str]:
     """The table docs/performance.md shows, from the run's shares (report["limit"]): one row per served
     precision, the floor below."""
     lines = ["| served | model core ms/img (b8) | decode ms | limit img/s | /service c16 img/s | share of limit "
-             "| server core ms/req at c16 | of which the stack's | c1 p50 ms | c1 p50 over decode + b1 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| server core ms/req at c16 | of which the stack's | by thread: loop · decode · model · other "
+             "| c1 p50 ms | c1 p50 over decode + b1 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in report["limit"].items():
         lines.append(f"| {label} | {s['model_core_ms']} | {s['decode_ms']} | {s['limit_img_s']} | {s['c16_img_s']} "
-                     f"| {s['share']:.0%} | {s['server_core_ms']} | {s['stack_core_ms']} | {s['c1_p50_ms']} "
+                     f"| {s['share']:.0%} | {s['server_core_ms']} | {s['stack_core_ms']} "
+                     f"| {by_thread(s.get('c16_by_thread', {}))} | {s['c1_p50_ms']} "
                      f"| {s['c1_p50_over_decode_and_b1_ms']} |")
     floor = report.get("floor")
     if floor:
         for level in ("c1", "c16"):
             f = floor[level]
             lines.append(f"| floor: null model, {floor['photo_bytes']}-byte JPEG, {level} | — | — | — | {f['img_s']} "
-                         f"| — | {f['server_core_ms']} | {f['server_core_ms']} | {f['p50_ms']} | — |")
+                         f"| — | {f['server_core_ms']} | {f['server_core_ms']} "
+                         f"| {by_thread(f.get('server_core_ms_by_thread', {}))} | {f['p50_ms']} | — |")
     return lines
+
+
+def by_thread(split: dict[str, float]) -> str:
+    """A run's core ms a request by thread (bench/under_load.py), as the table's "loop · decode · model · other"."""
+    return " · ".join(str(split.get(role, 0)) for role in ("event loop", "decode", "model", "other")) if split else "—"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 JPEGS = sorted((ROOT / "examples").glob("*.jp*g"))  # real photos, 35–112 KB, 451×300 to 741×497
+THREAD_ROLES = {"decode": "decode", "model": "model", "litert": "model"}  # our pools' thread name prefixes
 
 
 def cpu_name() -> str:
@@ -133,6 +134,27 @@ class ServerProcess:
                 continue
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
         return total / tick
+
+    def cpu_seconds_by_thread(self) -> dict[str, float]:
+        """The server process's CPU time so far by what its threads do, told apart by their names in the OS
+        (classifier/os_threads.py): "event loop" (the main thread: HTTP, routing, batching, JSON), "decode",
+        "model" (the model calls, and LiteRT's lanes), "other" (the engine's own thread pools, gRPC's, asyncio's
+        to_thread pool …). Living threads only; {} for a server whose threads carry no such names (the peers)."""
+        tick, roles = os.sysconf("SC_CLK_TCK"), {}
+        try:
+            tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
+        except OSError:
+            return {}
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            role = ("event loop" if task.name == str(self.pid) else
+                    THREAD_ROLES.get(name.rsplit("_", 1)[0], "other") if name.rsplit("_", 1)[-1].isdigit() else "other")
+            roles[role] = roles.get(role, 0) + (int(fields[11]) + int(fields[12])) / tick
+        return roles if {"decode", "model"} & set(roles) else {}
 
     def pss_mb(self) -> float:
         """Proportional set size of the server and every process it started, in MB: shared pages counted once

@@ -23,16 +23,21 @@ def under_load(server: ServerProcess, levels: tuple[int, ...], seconds: float, p
                photos: list[Path] | wrk.RequestFiles = JPEGS) -> dict:
     """wrk at each concurrency, after a short warm-up; the server's memory when it was ready and after. Each
     level also gives server_core_ms: the CPU time the server's processes used during the run, per request
-    answered (what the stack and the model cost the machine, whatever the client did)."""
+    answered (what the stack and the model cost the machine, whatever the client did), and for ours how that
+    splits between the event loop, decoding, the model and the rest (server_core_ms_by_thread)."""
     settle(server.url, path, photos)  # its first call's work (graph tracing, lazy imports) is not timed
     wrk.drive(server.url, photos, 4, 1, path)
     settle(server.url, path, photos)  # wrk stops sending, not the server computing: let the backlog drain
     runs = {}
     for concurrency in levels:
-        cpu = server.cpu_seconds()
+        cpu, by_thread = server.cpu_seconds(), server.cpu_seconds_by_thread()
         run = wrk.drive(server.url, photos, concurrency, seconds, path)
-        used = server.cpu_seconds() - cpu
-        runs[f"c{concurrency}"] = {**run, "server_core_ms": round(1000 * used / max(run["requests"], 1), 2)}
+        used, requests = server.cpu_seconds() - cpu, max(run["requests"], 1)
+        runs[f"c{concurrency}"] = {**run, "server_core_ms": round(1000 * used / requests, 2)}
+        if by_thread:  # ours: where that core time went, by thread (ServerProcess.cpu_seconds_by_thread)
+            runs[f"c{concurrency}"]["server_core_ms_by_thread"] = {
+                role: round(1000 * (seconds_now - by_thread.get(role, 0)) / requests, 2)
+                for role, seconds_now in server.cpu_seconds_by_thread().items()}
     return {**runs, "ready_s": round(server.ready_s, 1), "ready_rss_mb": round(server.ready_rss_mb),
             "ready_pss_mb": round(server.ready_pss_mb), "rss_mb": round(server.rss_mb()[0]),
             "pss_mb": round(server.pss_mb())}

@@ -111,3 +111,26 @@ def test_another_batching_plugs_in_through_the_seam(default_model, photo_bytes):
     assert [r[0][0] for r in results] == [default_model.execute([item], 1)[0][0][0] for item in items]
     assert sum(forming.calls) == 4 and max(forming.calls) == 2 and list(batcher.batch_sizes) == forming.calls
     assert batcher.pending == 0
+
+
+def test_the_decode_and_model_threads_carry_their_names_in_the_os(default_model, photo_bytes):
+    """top -H, perf and the benchmark's split of the server's core time tell them apart by these names."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("prctl names threads on Linux only")
+    seen = set()
+
+    async def classify_and_look() -> None:
+        batcher = Batcher(default_model)
+        try:
+            await batcher.classify(photo_bytes["cat.jpeg"])
+            seen.update((task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
+        finally:
+            await batcher.close()
+
+    run(classify_and_look())
+    assert {"decode_0", "model_0"} <= seen, seen

@@ -59,6 +59,13 @@ def test_quick_benchmark_runs(tmp_path):
     floor = result["floor"]  # the stack's own cost: a model that costs nothing, on an 8×8 JPEG
     assert floor["photo_bytes"] < 1000 and floor["c16"]["non_2xx"] == 0 and floor["c16"]["requests"] > 0
     assert all(floor[level]["server_core_ms"] > 0 for level in ("c1", "c16"))
+    # Ours split by thread (their names in the OS): the split adds up to the process's core time a request, give
+    # or take the threads that ended and the main process's children; the peers have no such split.
+    for runs in (floor, result["service"]):
+        split = runs["c16"]["server_core_ms_by_thread"]
+        assert {"event loop", "decode", "model"} <= set(split) and all(ms >= 0 for ms in split.values()), split
+        assert sum(split.values()) <= runs["c16"]["server_core_ms"] * 1.05 + 0.05, (split, runs["c16"])
+    assert "server_core_ms_by_thread" not in result["litserve"]["c16"]
     shares = result["limit"]  # each served precision's share of what decoding plus the model allow
     precision = result["service_reduced"]["precision"]
     assert {label.split(" (")[0] for label in shares} == {"default", f"openvino {precision}"}

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..os_threads import name_this_thread
 from ..runtime import Runtime
 from ..quiet import import_tensorflow, native_stderr_filtered
 from . import cache
@@ -105,7 +106,8 @@ class LiteRTPredictor:
         singles = (threads - 1 if lean else threads) if self.per_core else 0  # beside the lone image's lane
         for order in range(1, singles + 1):
             self._batch.put((order, None))
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="litert") if self.per_core else None
+        self._pool = (ThreadPoolExecutor(threads, thread_name_prefix="litert", initializer=name_this_thread)
+                      if self.per_core else None)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = self._as_input(batch)

@@ -16,6 +16,7 @@ from ..conf import BatchingConf
 from ..contract import ServableModel, servable
 from ..images import ImageError, decode, limits_of
 from ..model import uai_request
+from ..os_threads import name_this_thread
 from ..results import Classified, plain
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,12 @@ class Batcher:
         self.conf, self.name = conf, name
         self.model = servable(model)  # a user's UAI class is wrapped once (contract.UaiClass)
         self._pipeline = pipeline_steps(self.model)
-        self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode")
+        self._decoder = ThreadPoolExecutor(decode_threads or os.cpu_count() or 2, thread_name_prefix="decode",
+                                           initializer=name_this_thread)
         # Two batches in flight: while one finishes (its last images, the results), the next one starts. With one,
         # a profile under load showed the engine's threads idle ~17 % of the time at batch boundaries.
-        self._model_threads = ThreadPoolExecutor(MODEL_CALLS_IN_FLIGHT, thread_name_prefix="model")
+        self._model_threads = ThreadPoolExecutor(MODEL_CALLS_IN_FLIGHT, thread_name_prefix="model",
+                                                 initializer=name_this_thread)
         self.decoding = 0  # admitted requests being decoded (more work is on its way while there are any)
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes (/metrics has the histogram)
         self.forming = forming or OwnQueue()
