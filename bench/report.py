@@ -12,7 +12,7 @@ def row(*cells) -> str:
 
 def load_rows(r: dict) -> list[str]:
     rows = [row("server", "path", "concurrency", "images/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
-                "client CPU"), row(*["---"] * 9)]
+                "client CPU", "server core ms/req"), row(*["---"] * 10)]
     reduced = r.get("service_reduced", {})
     forced = [(f"ours, {name} forced", "POST /service", runs) for name, runs in r.get("service_engines", {}).items()]
     others = [(f"ours, precision {precision}", "POST /service", runs)
@@ -28,23 +28,25 @@ def load_rows(r: dict) -> list[str]:
         for level, s in runs.items():
             if level.startswith("c"):
                 rows.append(row(name, path, s["concurrency"], s["img_s"], s["p50_ms"], s["p90_ms"], s["p99_ms"],
-                                s["non_2xx"] + s["socket_errors"], f"{s['client_cpu_share']:.0%}"))
+                                s["non_2xx"] + s["socket_errors"], f"{s['client_cpu_share']:.0%}",
+                                s.get("server_core_ms", "—")))
     v2 = r.get("kserve", {})
     for name, key in (("ours, default", "ours"), ("KServe ModelServer (2 workers), same engine", "kserve")):
         for s in v2.get(key, {}).values():  # the Open Inference REST protocol, a base64 JPEG in JSON
             if isinstance(s, dict) and "concurrency" in s:
                 rows.append(row(name, "POST /v2/…/infer (JSON)", s["concurrency"], s["img_s"], s["p50_ms"],
                                 s["p90_ms"], s["p99_ms"], s["non_2xx"] + s["socket_errors"],
-                                f"{s['client_cpu_share']:.0%}"))
+                                f"{s['client_cpu_share']:.0%}", s["server_core_ms"]))
     methods = {"kserve": "gRPC KServe v2 ModelInfer", "tf_serving": "gRPC TF Serving Predict"}
     for protocol, runs in r.get("grpc", {}).items():  # bench/grpc_load.py: its failed calls in the non-2xx column
         for s in runs.values():
             rows.append(row("ours, default", methods[protocol], s["concurrency"], s["img_s"], s["p50_ms"],
-                            s["p90_ms"], s["p99_ms"], s["failed"], f"{s['client_cpu_share']:.0%}"))
+                            s["p90_ms"], s["p99_ms"], s["failed"], f"{s['client_cpu_share']:.0%}",
+                            s.get("server_core_ms", "—")))
     for name, runs in (("ours", r["gradio"]), ("Gradio's floor (a fixed answer)", r["gradio_floor"])):
         for level, s in runs.items():
             rows.append(row(name, "Gradio API (gradio_client)", s["concurrency"], s["img_s"], s["p50_ms"],
-                            s["p90_ms"], s["p99_ms"], 0, "—"))
+                            s["p90_ms"], s["p99_ms"], 0, "—", "—"))
     return rows
 
 

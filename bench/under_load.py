@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from bench import wrk
 from bench.server import JPEGS, ServerProcess
@@ -28,16 +29,21 @@ def under_load(server: ServerProcess, levels: tuple[int, ...], seconds: float, p
     settle(server.url, path, photos)  # its first call's work (graph tracing, lazy imports) is not timed
     wrk.drive(server.url, photos, 4, 1, path)
     settle(server.url, path, photos)  # wrk stops sending, not the server computing: let the backlog drain
-    runs = {}
-    for concurrency in levels:
-        cpu, by_thread = server.cpu_seconds(), server.cpu_seconds_by_thread()
-        run = wrk.drive(server.url, photos, concurrency, seconds, path)
-        used, requests = server.cpu_seconds() - cpu, max(run["requests"], 1)
-        runs[f"c{concurrency}"] = {**run, "server_core_ms": round(1000 * used / requests, 2)}
-        if by_thread:  # ours: where that core time went, by thread (ServerProcess.cpu_seconds_by_thread)
-            runs[f"c{concurrency}"]["server_core_ms_by_thread"] = {
-                role: round(1000 * (seconds_now - by_thread.get(role, 0)) / requests, 2)
-                for role, seconds_now in server.cpu_seconds_by_thread().items()}
+    runs = {f"c{concurrency}": costed(server, lambda: wrk.drive(server.url, photos, concurrency, seconds, path))
+            for concurrency in levels}
     return {**runs, "ready_s": round(server.ready_s, 1), "ready_rss_mb": round(server.ready_rss_mb),
             "ready_pss_mb": round(server.ready_pss_mb), "rss_mb": round(server.rss_mb()[0]),
             "pss_mb": round(server.pss_mb())}
+
+
+def costed(server: ServerProcess, run: Callable[[], dict]) -> dict:
+    """A load run's figures (wrk's or the gRPC client's) with the server's core time per request answered during
+    it (server_core_ms), and for ours how that splits between its threads (server_core_ms_by_thread)."""
+    cpu, by_thread = server.cpu_seconds(), server.cpu_seconds_by_thread()
+    figures = run()
+    used, requests = server.cpu_seconds() - cpu, max(figures["requests"], 1)
+    figures["server_core_ms"] = round(1000 * used / requests, 2)
+    if by_thread:
+        figures["server_core_ms_by_thread"] = {role: round(1000 * (seconds - by_thread.get(role, 0)) / requests, 2)
+                                               for role, seconds in server.cpu_seconds_by_thread().items()}
+    return figures

@@ -31,7 +31,9 @@ def test_quick_benchmark_runs(tmp_path):
         for level in ("c1", "c16"):
             run_ = result["grpc"][protocol][level]
             assert run_["requests"] > 0 and run_["failed"] == 0 and 0 < run_["client_cpu_share"] < 0.5, run_
+            assert run_["server_core_ms"] > 0 and {"event loop", "model"} <= set(run_["server_core_ms_by_thread"])
     assert "| gRPC KServe v2 ModelInfer | 16 |" in run.stdout and "grpc_kserve_c16_over_rest_c16" in result["targets"]
+    assert "grpc_kserve_c16_core_ms_over_rest" in result["targets"]
     # Each engine forced beside auto (a smoke run skips the one auto chose: the default's server is it).
     chosen = next(name for name, e in engines.items() if e["engine"] == result["ceiling"]["default_engine"])
     assert chosen not in result["service_engines"]
