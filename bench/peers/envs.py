@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -30,14 +31,19 @@ def python_for(peer: str) -> Path:
     python = venv / "bin" / "python"
     if python.exists():
         return python
-    partial = venv.with_name(venv.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for step in (["venv", "-q", "--python", sys.executable, str(partial)],
-                 ["pip", "install", "-q", "--python", str(partial / "bin" / "python"), "-r", str(lock)]):
-        run = subprocess.run([sys.executable, "-m", "uv", *step], capture_output=True, text=True)
-        if run.returncode != 0:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise RuntimeError(f"{peer}'s environment could not be made: {run.stderr.strip()[-500:]}")
-    # uv writes the venv's absolute path into its scripts; renamed, only `bin/python -m …` is used, which works.
-    partial.rename(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{venv.name}.", dir=venv.parent))  # a run's own: two runs never share
+    try:
+        for step in (["venv", "-q", "--allow-existing", "--python", sys.executable, str(partial)],
+                     ["pip", "install", "-q", "--python", str(partial / "bin" / "python"), "-r", str(lock)]):
+            run = subprocess.run([sys.executable, "-m", "uv", *step], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{peer}'s environment could not be made: {run.stderr.strip()[-500:]}")
+        # uv writes the venv's path into its activation scripts; renamed, only `bin/python …` is used, which works.
+        partial.rename(venv)
+    except OSError:  # another run made it first
+        if not python.exists():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return python
