@@ -3,7 +3,8 @@
 python bench/peers/bentoml_service.py --host 127.0.0.1 --port 8001 (in the venv bench/peers/envs.py makes from
 bentoml.txt) runs `bentoml serve` on this file's Classifier; POST /classify with a multipart form, the JPEG as
 the file `images` (bench/wrk.py's multipart_requests), as BentoML's clients send files. The answer: the top 5 as
-[label, probability] pairs, the content of our /service's answer.
+[label, probability] pairs, the content of our /service's answer. $CLASSIFIER_CONF names another conf.json than the
+checkout's (bentoml serve takes no flags of ours).
 
 Laid out as BentoML's documentation shows an image classifier: a @bentoml.service class that loads its model
 once, a batchable @bentoml.api taking a list of files, adaptive batching on (max_batch_size 16, as ours and the
