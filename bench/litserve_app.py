@@ -24,18 +24,9 @@ class ClassifierAPI(ls.LitAPI):
         self.conf = conf
 
     def setup(self, device):
-        import classifier
-        from classifier.engines.litert import LiteRTPredictor
-        from classifier.engines.openvino import OpenVINOPredictor
+        from bench.peers.engine import single_threaded
 
-        self.model = classifier.load(self.conf)  # a warm cache: the engine the server chose, no TensorFlow
-        engine = self.model.runtime.predict
-        if isinstance(engine, LiteRTPredictor):
-            self.engine = LiteRTPredictor(engine.path, 1)
-        elif isinstance(engine, OpenVINOPredictor):
-            self.engine = OpenVINOPredictor(engine.path, engine.precision, 1)
-        else:
-            self.engine = engine
+        self.model, self.engine = single_threaded(self.conf)
 
     def decode_request(self, request: Annotated[bytes, Body(media_type="application/octet-stream")]):
         return self.model.preprocess(request)

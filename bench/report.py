@@ -24,19 +24,16 @@ def load_rows(r: dict) -> list[str]:
             ("LitServe, same engine, its batching", "POST /predict", r["litserve"]),
             ("BentoML (2 workers), same engine, its batching", "POST /classify (multipart)",
              r.get("bentoml", {}).get("bentoml", {})),
-            ("naive demo (Keras model.predict per request)", "POST /service", r["naive"])):
+            ("naive demo (Keras model.predict per request)", "POST /service", r["naive"]),
+            # The Open Inference REST protocol, a base64 JPEG in JSON: ours beside KServe's on the same requests.
+            ("ours, default", "POST /v2/…/infer (JSON)", r.get("kserve", {}).get("ours", {})),
+            ("KServe ModelServer (2 workers), same engine", "POST /v2/…/infer (JSON)",
+             r.get("kserve", {}).get("kserve", {}))):
         for level, s in runs.items():
             if level.startswith("c"):
                 rows.append(row(name, path, s["concurrency"], s["img_s"], s["p50_ms"], s["p90_ms"], s["p99_ms"],
                                 s["non_2xx"] + s["socket_errors"], f"{s['client_cpu_share']:.0%}",
                                 s.get("server_core_ms", "—")))
-    v2 = r.get("kserve", {})
-    for name, key in (("ours, default", "ours"), ("KServe ModelServer (2 workers), same engine", "kserve")):
-        for s in v2.get(key, {}).values():  # the Open Inference REST protocol, a base64 JPEG in JSON
-            if isinstance(s, dict) and "concurrency" in s:
-                rows.append(row(name, "POST /v2/…/infer (JSON)", s["concurrency"], s["img_s"], s["p50_ms"],
-                                s["p90_ms"], s["p99_ms"], s["non_2xx"] + s["socket_errors"],
-                                f"{s['client_cpu_share']:.0%}", s["server_core_ms"]))
     methods = {"kserve": "gRPC KServe v2 ModelInfer", "tf_serving": "gRPC TF Serving Predict"}
     for protocol, runs in r.get("grpc", {}).items():  # bench/grpc_load.py: its failed calls in the non-2xx column
         for s in runs.values():
@@ -70,11 +67,12 @@ def decode_rows(r: dict) -> list[str]:
 def memory_rows(r: dict) -> list[str]:
     rows = [row("server", "start to ready s", "RSS MB at ready", "PSS MB at ready", "RSS MB after its load runs",
                 "PSS MB after"), row(*["---"] * 6)]
-    for name, key in (("ours, default", "service"), ("ours, reduced precision", "service_reduced"),
-                      ("LitServe (2 workers; PSS counts all its processes)", "litserve"),
-                      ("KServe ModelServer (2 workers; PSS counts all its processes)", "kserve"),
-                      ("BentoML (2 workers; PSS counts all its processes)", "bentoml"), ("naive demo", "naive")):
-        s = r.get(key, {}).get(key) if key in ("kserve", "bentoml") else r.get(key)
+    peers = {name: r.get(name, {}).get(name) for name in ("kserve", "bentoml")}  # beside ours in bench/peers/
+    for name, s in (("ours, default", r.get("service")), ("ours, reduced precision", r.get("service_reduced")),
+                    ("LitServe (2 workers; PSS counts all its processes)", r.get("litserve")),
+                    ("KServe ModelServer (2 workers; PSS counts all its processes)", peers["kserve"]),
+                    ("BentoML (2 workers; PSS counts all its processes)", peers["bentoml"]),
+                    ("naive demo", r.get("naive"))):
         if s:
             rows.append(row(name, s["ready_s"], s["ready_rss_mb"], s["ready_pss_mb"], s["rss_mb"], s["pss_mb"]))
     return rows

@@ -1,7 +1,7 @@
--- wrk's request script for ready request bodies: POSTs the files bench/wrk.py wrote (v2_requests: Open Inference
--- JSON; multipart_requests: a form with the JPEG as a file), cycling through them, with the content type given
--- first, as jpeg_bodies.lua does for raw JPEGs.
---   wrk -s bench/request_files.lua http://127.0.0.1:PORT/PATH -- 'application/json' a.json b.json …
+-- wrk's request script: POSTs files as request bodies, cycling through them, with the content type given first
+-- (bench/wrk.py: the example JPEGs as raw bodies, or request files made from them for the peers' protocols).
+--   wrk -s bench/request_files.lua http://127.0.0.1:PORT/service -- application/octet-stream a.jpeg b.jpeg …
+-- Each wrk thread reads the files once (init); a request is then a table lookup, so wrk costs little CPU.
 local bodies = {}
 local next_body = 0
 

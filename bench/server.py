@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 JPEGS = sorted((ROOT / "examples").glob("*.jp*g"))  # real photos, 35–112 KB, 451×300 to 741×497
 THREAD_ROLES = {"decode": "decode", "model": "model", "litert": "model"}  # our pools' thread name prefixes
+
+
+def cpu_of(task: Path) -> float:
+    """CPU seconds (user + system) of a process or thread so far, from its /proc folder's stat; 0 once it ended."""
+    try:
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15 of proc(5)
 
 
 def cpu_name() -> str:
@@ -126,21 +136,14 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server and every process it started have used so far, from /proc."""
-        tick, total = os.sysconf("SC_CLK_TCK"), 0
-        for pid in self.processes():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # the process ended meanwhile
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-        return total / tick
+        return sum(cpu_of(Path(f"/proc/{pid}")) for pid in self.processes())
 
     def cpu_seconds_by_thread(self) -> dict[str, float]:
         """The server process's CPU time so far by what its threads do, told apart by their names in the OS
         (classifier/os_threads.py): "event loop" (the main thread: HTTP, routing, batching, JSON), "decode",
         "model" (the model calls, and LiteRT's lanes), "other" (the engine's own thread pools, gRPC's, asyncio's
         to_thread pool …). Living threads only; {} for a server whose threads carry no such names (the peers)."""
-        tick, roles = os.sysconf("SC_CLK_TCK"), {}
+        roles: dict[str, float] = {}
         try:
             tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
         except OSError:
@@ -148,12 +151,11 @@ class ServerProcess:
         for task in tasks:
             try:
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:  # the thread ended meanwhile
                 continue
-            role = ("event loop" if task.name == str(self.pid) else
-                    THREAD_ROLES.get(name.rsplit("_", 1)[0], "other") if name.rsplit("_", 1)[-1].isdigit() else "other")
-            roles[role] = roles.get(role, 0) + (int(fields[11]) + int(fields[12])) / tick
+            pool = re.fullmatch(r"(\w+?)_\d+", name)  # a pool's thread: <prefix>_<number>
+            role = "event loop" if task.name == str(self.pid) else THREAD_ROLES.get(pool and pool[1], "other")
+            roles[role] = roles.get(role, 0) + cpu_of(task)
         return roles if {"decode", "model"} & set(roles) else {}
 
     def pss_mb(self) -> float:

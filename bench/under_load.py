@@ -13,9 +13,9 @@ def settle(url: str, path: str, photos: list[Path] | wrk.RequestFiles = JPEGS) -
     """One POST of the first real JPEG (or request file), waited for. Behind requests already queued, it returns
     when the server is idle; without it a slow server's warm-up backlog (the naive demo's: seconds a request) ate
     the first timed run."""
-    kind, first = ((photos.content_type, photos.paths[0]) if isinstance(photos, wrk.RequestFiles)
-                   else ("application/octet-stream", photos[0]))
-    request = urllib.request.Request(url.rstrip("/") + path, data=first.read_bytes(), headers={"Content-Type": kind})
+    files = wrk.as_files(photos)
+    request = urllib.request.Request(url.rstrip("/") + path, data=files.paths[0].read_bytes(),
+                                     headers={"Content-Type": files.content_type})
     with urllib.request.urlopen(request, timeout=120) as response:
         response.read()
 

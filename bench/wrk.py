@@ -1,4 +1,4 @@
-"""The HTTP load generator: Debian's wrk, cycling real JPEG bodies (jpeg_bodies.lua) or request files made from them
+"""The HTTP load generator: Debian's wrk, cycling real JPEG bodies or request files made from them
 (request_files.lua), and its own CPU share."""
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-LUA = Path(__file__).with_name("jpeg_bodies.lua")  # raw JPEG bodies: POST /service, LitServe's
-FILES_LUA = Path(__file__).with_name("request_files.lua")  # RequestFiles
+LUA = Path(__file__).with_name("request_files.lua")
 BOUNDARY = "classifier-bench-boundary"
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
@@ -24,10 +23,15 @@ def available() -> bool:
 
 
 class RequestFiles(NamedTuple):
-    """Ready request bodies, one file each, and their content type (v2_requests, multipart_requests)."""
+    """Ready request bodies, one file each, and their content type (raw photos, v2_requests, multipart_requests)."""
 
     content_type: str
     paths: list[Path]
+
+
+def as_files(photos: list[Path] | RequestFiles) -> RequestFiles:
+    """Request files as they are; photos as raw bodies."""
+    return photos if isinstance(photos, RequestFiles) else RequestFiles("application/octet-stream", list(photos))
 
 
 def drive(url: str, photos: list[Path] | RequestFiles, concurrency: int, seconds: float,
@@ -36,12 +40,11 @@ def drive(url: str, photos: list[Path] | RequestFiles, concurrency: int, seconds
     or request files as they are. Returns images/s, the latency percentiles wrk measured, the non-2xx and
     socket-error counts, and the share of the machine's CPU that wrk itself used (so a reader can tell the server
     was measured, not its client)."""
-    script, given = ((FILES_LUA, [photos.content_type, *photos.paths]) if isinstance(photos, RequestFiles)
-                     else (LUA, photos))
+    files = as_files(photos)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     run = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "30s", "--latency",
-                          "-s", str(script), url.rstrip("/") + path, "--", *map(str, given)],
+                          "-s", str(LUA), url.rstrip("/") + path, "--", files.content_type, *map(str, files.paths)],
                          capture_output=True, text=True, timeout=seconds + 60, check=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from classifier.serving.batching import Batcher, BatchingConf, Overloaded
 from classifier.images import ImageError
@@ -115,11 +118,6 @@ def test_another_batching_plugs_in_through_the_seam(default_model, photo_bytes):
 
 def test_the_decode_and_model_threads_carry_their_names_in_the_os(default_model, photo_bytes):
     """top -H, perf and the benchmark's split of the server's core time tell them apart by these names."""
-    import sys
-    from pathlib import Path
-
-    import pytest
-
     if not sys.platform.startswith("linux"):
         pytest.skip("prctl names threads on Linux only")
     seen = set()

@@ -45,11 +45,9 @@ def v2_top5(url: str, body: Path) -> list[str]:
     return [entry.split(":", 2)[2] for entry in post(url, body.read_bytes(), "application/json")["outputs"][0]["data"]]
 
 
-def top5(url: str, body: bytes, content_type: str) -> list:
-    """The labels of an answer of [label, probability] pairs (our /service's; BentoML's, one list per image)."""
-    answer = post(url, body, content_type)
-    return [[label for label, _ in image] for image in answer] if isinstance(answer[0][0], list) else [
-        label for label, _ in answer]
+def labels(pairs: list) -> list[str]:
+    """The labels of an answer's [label, probability] pairs."""
+    return [label for label, _ in pairs]
 
 
 def post(url: str, body: bytes, content_type: str):
@@ -71,8 +69,8 @@ def bentoml_beside(ours: ServerProcess, levels: tuple[int, ...], seconds: float,
     peer = ServerProcess(script=HERE / "bentoml_service.py", python=python, ready_path="/readyz",
                          env={"BENTOML_HOME": str(Path(folder) / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "True"})
     try:
-        same = all(top5(peer.url + "/classify", form.read_bytes(), forms.content_type)[0]
-                   == top5(ours.url + "/service", photo.read_bytes(), "application/octet-stream")
+        same = all(labels(post(peer.url + "/classify", form.read_bytes(), forms.content_type)[0])  # one per image
+                   == labels(post(ours.url + "/service", photo.read_bytes(), "application/octet-stream"))
                    for form, photo in zip(forms.paths, JPEGS))
         return {"bentoml": under_load(peer, levels, seconds, "/classify", forms), "same_top5": same}
     finally:

@@ -20,18 +20,15 @@ from pathlib import Path
 import bentoml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # classifier (and its engine), from this checkout: BentoML's workers import it too
+sys.path.insert(0, str(ROOT))  # classifier and bench.peers.engine, from this checkout (its workers too)
 
 
 @bentoml.service(workers=2)
 class Classifier:
     def __init__(self) -> None:
-        import classifier
-        from classifier.engines.litert import LiteRTPredictor
+        from bench.peers.engine import single_threaded
 
-        self.model = classifier.load(os.environ.get("CLASSIFIER_CONF", ROOT / "conf.json"))  # a warm engine cache
-        engine = self.model.runtime.predict
-        self.engine = LiteRTPredictor(engine.path, 1) if isinstance(engine, LiteRTPredictor) else engine
+        self.model, self.engine = single_threaded(Path(os.environ.get("CLASSIFIER_CONF", ROOT / "conf.json")))
 
     @bentoml.api(batchable=True, max_batch_size=16)
     def classify(self, images: list[Path]) -> list[list]:

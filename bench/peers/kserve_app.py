@@ -21,7 +21,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # classifier (and its engine), from this checkout
+sys.path.insert(0, str(ROOT))  # classifier and bench.peers.engine, from this checkout
 
 CONF = ROOT / "conf.json"
 
@@ -41,12 +41,9 @@ class Classifier(kserve.Model):
         self.load()
 
     def load(self) -> bool:
-        import classifier
-        from classifier.engines.litert import LiteRTPredictor
+        from bench.peers.engine import single_threaded
 
-        self.model = classifier.load(self.conf)  # a warm engine cache: the engine the server chose, no TensorFlow
-        engine = self.model.runtime.predict
-        self.engine = LiteRTPredictor(engine.path, 1) if isinstance(engine, LiteRTPredictor) else engine
+        self.model, self.engine = single_threaded(self.conf)
         self.ready = True
         return self.ready
 
