@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from . import metrics, open_inference, service, tf_serving
+from . import inference_lane, metrics, open_inference, service, tf_serving
 from .explanations import create_router as explain_router
 from .guard import Guard, GuardConf
 from .repository import Repository
@@ -33,12 +34,25 @@ def create_app(models: Repository, guard: GuardConf | None = None,
     app.include_router(open_inference.create_router(models))
     app.include_router(tf_serving.create_router(models))
     app.include_router(explain_router(models))
-    app.add_middleware(CORSMiddleware, allow_origins=cors_origins or [], allow_credentials=bool(cors_origins),
-                       allow_methods=["*"], allow_headers=["*"])
-    if guard is not None:
-        app.add_middleware(Guard, conf=guard)
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False)
-    app.add_middleware(metrics.MetricsMiddleware, model_of=lambda path: metrics.model_in(
-        path, models.names, models.served_name(models.entry())))
+    ours = layers(models, guard, allowed_hosts, cors_origins)
+    for layer in reversed(ours):  # each added goes outside the ones before
+        app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
+    # The inference routes' shorter way, behind the same layers; inference_lane.first(app) puts it in front.
+    routes = [*service.lane_routes(models), *open_inference.lane_routes(models)]
+    app.state.inference_routes, app.state.inference_lane = routes, inference_lane.lane(routes, ours)
     return app
+
+
+def layers(models: Repository, guard: GuardConf | None, allowed_hosts: list[str] | None,
+           cors_origins: list[str] | None) -> list[Middleware]:
+    """Our middleware, outermost first: the metrics (which count what the others refuse), the allowed hosts, the
+    guard, CORS."""
+    chosen = [Middleware(metrics.MetricsMiddleware, model_of=lambda path: metrics.model_in(
+        path, models.names, models.served_name(models.entry())))]
+    if allowed_hosts is not None:
+        chosen.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts, www_redirect=False))
+    if guard is not None:
+        chosen.append(Middleware(Guard, conf=guard))
+    chosen.append(Middleware(CORSMiddleware, allow_origins=cors_origins or [], allow_credentials=bool(cors_origins),
+                             allow_methods=["*"], allow_headers=["*"]))
+    return chosen

@@ -5,11 +5,12 @@ import asyncio
 import json
 import logging
 import struct
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ..labels import best
 from .guard import byte_count
@@ -25,11 +26,39 @@ EXTENSIONS = ["binary_tensor_data", "classification"]  # Triton's names for the 
 PLATFORMS = {"frozen graph": "tensorflow_graphdef", "SavedModel": "tensorflow_savedmodel", "Keras": "keras"}
 
 
+PREFIX = "/v2"
+INFER_PATHS = (f"{PREFIX}/models/{{name}}/infer", f"{PREFIX}/models/{{name}}/versions/{{version}}/infer")
+
+
+def infer_route(models: Catalog) -> Callable[..., Awaitable[Response]]:
+    """POST /v2/models/{name}[/versions/{version}]/infer's handler, for FastAPI's routes and the inference lane's
+    (inference_lane.py)."""
+
+    @rest.protocol_route
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        """One input, `image` (BYTES: encoded images, base64 in JSON, length-prefixed in binary) or `pixels`
+        (FP32 [N, H, W, 3]); outputs `probabilities` (optionally as Triton's classification strings) and
+        `labels`."""
+        return await _infer(await rest.check(models, request, name, version), request)
+
+    return infer
+
+
+def lane_routes(models: Catalog) -> list[Route]:
+    """The infer routes as the inference lane serves them: the same handler as create_router's."""
+    infer = infer_route(models)
+
+    async def endpoint(request: Request) -> Response:
+        return await infer(request, **request.path_params)
+
+    return [Route(path, endpoint, methods=["POST"]) for path in INFER_PATHS]
+
+
 def create_router(models: Catalog) -> APIRouter:
     """The KServe v2 routes, each model by name. Health needs no login (like /healthz); model metadata, infer and the
     repository index need a login or key (models.access); loading and unloading change what every client is
     served, so they are admin actions (the login, an admin key, or --open-admin)."""
-    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
+    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe v2)"])
 
     @router.get("")
     async def server_metadata() -> dict:
@@ -55,14 +84,9 @@ def create_router(models: Catalog) -> APIRouter:
     async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
         return JSONResponse(metadata(await rest.check(models, request, name, version)))
 
-    @router.post("/models/{name}/infer")
-    @router.post("/models/{name}/versions/{version}/infer")
-    @rest.protocol_route
-    async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        """One input, `image` (BYTES: encoded images, base64 in JSON, length-prefixed in binary) or `pixels`
-        (FP32 [N, H, W, 3]); outputs `probabilities` (optionally as Triton's classification strings) and
-        `labels`."""
-        return await _infer(await rest.check(models, request, name, version), request)
+    infer = infer_route(models)
+    for path in INFER_PATHS:
+        router.add_api_route(path.removeprefix(PREFIX), infer, methods=["POST"])
 
     @router.post("/repository/index")
     @rest.protocol_route

@@ -35,6 +35,7 @@ from .. import describe
 from ..conf import ConfError
 from ..explain import LabelError
 from ..images import ImageError, limits_of
+from . import inference_lane
 from .api import create_app
 from .batching import MODEL_CALLS_IN_FLIGHT, Batcher, Overloaded
 from ..from_path import discover
@@ -160,7 +161,7 @@ class Classifier:
         app = create_app(self.models, reloading=False, title="Image classifier (Ray Serve)")
         if self.page:  # a browser that asks for / is sent to the page's application
             app.add_api_route("/", lambda: RedirectResponse(self.page.strip("/") + "/"), include_in_schema=False)
-        return ReplicaHeaders(app, serve.get_replica_context().replica_id.unique_id,
+        return ReplicaHeaders(inference_lane.first(app), serve.get_replica_context().replica_id.unique_id,
                               ray.get_runtime_context().get_node_id())
 
     async def reconfigure(self, user_config: dict) -> None:

@@ -34,7 +34,7 @@ from .connections import with_read_timeout
 from .core import Core, load_core
 from .repository import Repository, warm_up as warm
 from .grpc_server import GrpcServer
-from . import gradio_internals
+from . import gradio_internals, inference_lane
 from .guard import GuardConf, UploadBudget
 from .bodies import request_limit
 from . import logs
@@ -196,7 +196,7 @@ class Server:
         gradio_internals.mark_launched(self.demo)  # Gradio's own check of uploaded files waits for it
         if settings.mcp:
             gradio_internals.offer_only(self.demo, TOOL)
-        return app
+        return inference_lane.first(app)
 
     @asynccontextmanager
     async def _lifespan(self, _app: Any) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
+from starlette.routing import Route
 
 from .. import describe
 from ..images import Limits
@@ -89,12 +90,15 @@ def protocol_error(exc: ProtocolError) -> JSONResponse:
     return error(exc.status, str(exc), **headers)
 
 
-def service_router(models: Any) -> APIRouter:
-    """POST|PUT /service: UAI's contract, on the default model; /service/{name}: the same, on a model by name."""
-    router = APIRouter()
+SERVICE_PATH, SERVICE_BY_NAME_PATH = "/service", "/service/{name}"  # the default model; a model by name
 
-    async def classify_request(request: Request, name: str | None) -> Any:
-        """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
+
+def classify_route(models: Any) -> Callable[[Request, str | None], Awaitable[Response]]:
+    """POST|PUT /service[/{name}]'s handler: a raw image body → [[label, p], …]; multipart/form-data with files →
+    a list of those, in order; name: the model's (None: the default). The same for FastAPI's routes and the
+    inference lane's (inference_lane.py)."""
+
+    async def classify_request(request: Request, name: str | None = None) -> Response:
         if refused := unauthorised(request, models.access):
             return refused
         try:
@@ -114,30 +118,48 @@ def service_router(models: Any) -> APIRouter:
         except Exception as exc:
             return error_for(exc)
 
+    return classify_request
+
+
+def lane_routes(models: Any) -> list[Route]:
+    """POST|PUT /service[/{name}] as the inference lane serves them: the same handler as service_router's."""
+    classify_request = classify_route(models)
+
+    async def endpoint(request: Request) -> Response:
+        return await classify_request(request, request.path_params.get("name"))
+
+    return [Route(path, endpoint, methods=["POST", "PUT"]) for path in (SERVICE_PATH, SERVICE_BY_NAME_PATH)]
+
+
+def service_router(models: Any) -> APIRouter:
+    """POST|PUT /service: UAI's contract, on the default model; /service/{name}: the same, on a model by name."""
+    router = APIRouter()
+    classify_request = classify_route(models)
+
     # One route per method: FastAPI names an operation by its route's first method, so a route of both would give
     # POST and PUT one operationId in /openapi.json (clients generated from it clash).
-    @router.post("/service")
+    @router.post(SERVICE_PATH)
     async def service(request: Request) -> Any:
         """A raw image body → [[label, p], …]; multipart/form-data with files → a list of those, in order."""
         return await classify_request(request, None)
 
-    @router.put("/service")
+    @router.put(SERVICE_PATH)
     async def service_put(request: Request) -> Any:
         """As POST /service."""
         return await classify_request(request, None)
 
-    @router.post("/service/{name}")
+    @router.post(SERVICE_BY_NAME_PATH)
     async def service_by_name(request: Request, name: str) -> Any:
         """As POST /service, on the model of that name (404 with the names served for another)."""
         return await classify_request(request, name)
 
-    @router.put("/service/{name}")
+    @router.put(SERVICE_BY_NAME_PATH)
     async def service_by_name_put(request: Request, name: str) -> Any:
         """As POST /service/{name}."""
         return await classify_request(request, name)
 
-    @router.api_route("/service", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"], include_in_schema=False)
-    @router.api_route("/service/{name}", methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"],
+    @router.api_route(SERVICE_PATH, methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"], include_in_schema=False)
+    @router.api_route(SERVICE_BY_NAME_PATH, methods=["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"],
                       include_in_schema=False)
     async def wrong_method(request: Request) -> JSONResponse:
         return error(405, f"{request.method} is not allowed: send the image with POST or PUT",
