@@ -57,21 +57,33 @@ def timed_rate(run, images_per_call: int, seconds: float) -> float:
     return count / (time.perf_counter() - started)
 
 
-def ceiling(folder: Path, seconds: float) -> dict:
-    """Images/s of each engine and precision on already-preprocessed tensors, and which ones the guard allowed."""
+def ceiling(folder: Path, seconds: float, rounds: int) -> dict:
+    """Images/s of each engine and precision on already-preprocessed tensors, and which ones the guard allowed.
+
+    Each figure is the best of `rounds` runs of `seconds`, the engines in turn in each round: this VM's noise only
+    ever slows a run down (int8 at batch 1: 278 img/s in one 1 s run, 347 in a loop of 300 calls minutes before),
+    and these figures make the limit each served precision is judged against (bench/limit.py): a slow run must
+    not lower the bar."""
     import classifier
 
     default = classifier.load(ROOT / "conf.json")
     tensor = default.preprocess(JPEGS[0])
     results = {"default_engine": default.runtime.engine, "engines": {}}
+    models = {}
     for name, keys in ENGINES.items():
         (folder / name.replace(" ", "_")).mkdir()
         model = classifier.load(conf_variant(folder / name.replace(" ", "_"), tensorflow=keys))
         precision = keys.get("precision", "fp32")
         allowed = precision in model.runtime.engine or precision == "fp32"  # refused: fp32 serves instead
-        rates = {f"b{size}": round(timed_rate(lambda: model.forward(np.stack([tensor] * size)), size, seconds), 1)
-                 for size in (1, 8, 16)} if allowed else {}
-        results["engines"][name] = {"engine": model.runtime.engine, "allowed": allowed, **rates}
+        results["engines"][name] = {"engine": model.runtime.engine, "allowed": allowed}
+        if allowed:
+            models[name] = model
+    for _ in range(rounds):
+        for name, model in models.items():
+            for size in (1, 8, 16):
+                rate = round(timed_rate(lambda: model.forward(np.stack([tensor] * size)), size, seconds), 1)
+                figures = results["engines"][name]
+                figures[f"b{size}"] = max(rate, figures.get(f"b{size}", 0))
     best = {name: max(r["b1"], r["b8"], r["b16"]) for name, r in results["engines"].items() if r["allowed"]}
     results["default_img_s"] = next(best[name] for name, r in results["engines"].items()
                                     if r["engine"] == default.runtime.engine)
@@ -132,7 +144,7 @@ def main() -> int:
     folder = tempfile.TemporaryDirectory()
     work = Path(folder.name)
     print("a. ceiling …", file=sys.stderr)
-    report["ceiling"] = ceiling(work, 0.2 if args.smoke else 1.0 if quick else 4.0)
+    report["ceiling"] = ceiling(work, 0.2 if args.smoke else 1.0 if quick else 4.0, 1 if args.smoke else 3)
     print("b. decode …", file=sys.stderr)
     import classifier
 
