@@ -1,5 +1,6 @@
-"""The inference routes' own lane (classifier/serving/inference_lane.py): taken by POST|PUT /service and v2 infer
-only, behind the same layers as every other route, a JSON 500 for what nothing answered."""
+"""The inference routes' own lane (classifier/serving/inference_lane.py): taken by POST|PUT /service, v2 infer and
+TF Serving's :predict and :classify only, behind the same layers as every other route; a JSON 500 for what
+nothing answered."""
 from __future__ import annotations
 
 import base64
@@ -49,6 +50,10 @@ def test_inference_requests_take_the_lane_and_every_other_request_the_app(tiny_s
         assert client.put(f"/service/{name}", content=red).json()[0][0] == "red"
         v2 = client.post(f"/v2/models/{name}/infer", json=infer)
         assert v2.status_code == 200 and v2.json()["outputs"][0]["name"] == "probabilities"
+        b64 = {"b64": base64.b64encode(red).decode()}
+        classified = client.post(f"/v1/models/{name}:classify", json={"examples": [{"image": b64}]})
+        assert classified.status_code == 200 and classified.json()["results"][0][0][0] == "red"
+        assert client.post(f"/v1/models/{name}:explode", json={}).status_code == 404  # the handler's own 404
         assert behind.paths == []  # none of those reached the app
         wrong = client.get("/service")  # other methods, other routes: the app, as before
         assert wrong.status_code == 405 and wrong.headers["allow"] == "POST, PUT" and "error" in wrong.json()

@@ -38,7 +38,7 @@ def create_app(models: Repository, guard: GuardConf | None = None,
     for layer in reversed(ours):  # each added goes outside the ones before
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
     # The inference routes' shorter way, behind the same layers; inference_lane.first(app) puts it in front.
-    routes = [*service.lane_routes(models), *open_inference.lane_routes(models)]
+    routes = [*service.lane_routes(models), *open_inference.lane_routes(models), *tf_serving.lane_routes(models)]
     app.state.inference_routes, app.state.inference_lane = routes, inference_lane.lane(routes, ours)
     return app
 

@@ -1,8 +1,9 @@
 """The inference routes' own lane: past the web frameworks' layers, through ours, to the same handlers.
 
-Through FastAPI, a request to POST|PUT /service[/{name}] or POST /v2/models/…/infer passes the frameworks' own
-layers around ours (the server-error and exception middlewares, FastAPI's telemetry and body-limit layers, the
-exit stack, the router's walk past every route, FastAPI's request handler) before its handler runs. None of them
+Through FastAPI, a request to POST|PUT /service[/{name}], POST /v2/models/…/infer or POST /v1/models/…:predict
+(:classify) passes the frameworks' own layers around ours (the server-error and exception middlewares, FastAPI's
+telemetry and body-limit layers, the exit stack, the router's walk past every route, FastAPI's request handler)
+before its handler runs. None of them
 does anything for these routes: the handlers answer every error themselves, as JSON. On the null-model floor
 (bench/floor.py) the event loop spent 0.48–0.56 ms a request that way and 0.33–0.36 this way, and the floor
 served 1,368–1,601 req/s at c16 against 1,948–2,156 (three interleaved rounds, docs/performance.md).

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from ..labels import top_k
 from . import rest_protocols as rest
@@ -19,10 +20,48 @@ PREDICT_SIGNATURE, CLASSIFY_SIGNATURE = "serving_default", "classification"
 _TARGET = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?:(?P<verb>\w+)")
 
 
+PREFIX = "/v1/models"
+RUN_PATH = f"{PREFIX}/{{target:path}}"  # POST /v1/models/{name}[/versions/{v}]:predict or :classify
+
+
+def run_route(models: Catalog) -> Callable[[Request, str], Awaitable[JSONResponse]]:
+    """POST /v1/models/…:predict and :classify's handler, for FastAPI's route and the inference lane's
+    (inference_lane.py)."""
+
+    @rest.protocol_route
+    async def run(request: Request, target: str) -> JSONResponse:
+        """`:predict` → the probabilities of each instance; `:classify` → each example's top-k [label, score]."""
+        match = _TARGET.fullmatch(target)
+        if not match or match["verb"] not in ("predict", "classify"):
+            raise ProtocolError(404, f"no such method: POST /v1/models/{target}; use "
+                                     "/v1/models/{name}[/versions/{v}]:predict or :classify")
+        served = await rest.check(models, request, match["name"], match["version"])
+        # Off the event loop: a large body takes a while to parse and convert, and every request would wait.
+        read = _predict_items if match["verb"] == "predict" else _classify_items
+        key, items = await asyncio.to_thread(read, served, await rest.body(served, request))
+        probabilities, model = await served.class_probabilities(items, "the request's")
+        if match["verb"] == "predict":  # the one output, given bare (TF Serving names outputs only when several)
+            return JSONResponse({key: probabilities.tolist()})
+        k = model.top_k
+        return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
+
+    return run
+
+
+def lane_routes(models: Catalog) -> list[Route]:
+    """:predict and :classify as the inference lane serves them: the same handler as create_router's."""
+    run = run_route(models)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        return await run(request, request.path_params["target"])
+
+    return [Route(RUN_PATH, endpoint, methods=["POST"])]
+
+
 def create_router(models: Catalog) -> APIRouter:
     """The TF Serving REST routes, each model by name; all need --auth's login when it is set (TF Serving has no
     health probe)."""
-    router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST API"])
+    router = APIRouter(prefix=PREFIX, tags=["TensorFlow Serving REST API"])
 
     @router.get("/{name}")
     @router.get("/{name}/versions/{version}")
@@ -42,24 +81,7 @@ def create_router(models: Catalog) -> APIRouter:
         return JSONResponse({"model_spec": {"name": served.name, "signature_name": "", "version": served.version},
                              "metadata": {"signature_def": {"signature_def": signatures(served)}}})
 
-    @router.post("/{target:path}")
-    @rest.protocol_route
-    async def run(request: Request, target: str) -> JSONResponse:
-        """`:predict` → the probabilities of each instance; `:classify` → each example's top-k [label, score]."""
-        match = _TARGET.fullmatch(target)
-        if not match or match["verb"] not in ("predict", "classify"):
-            raise ProtocolError(404, f"no such method: POST /v1/models/{target}; use "
-                                     "/v1/models/{name}[/versions/{v}]:predict or :classify")
-        served = await rest.check(models, request, match["name"], match["version"])
-        # Off the event loop: a large body takes a while to parse and convert, and every request would wait.
-        read = _predict_items if match["verb"] == "predict" else _classify_items
-        key, items = await asyncio.to_thread(read, served, await rest.body(served, request))
-        probabilities, model = await served.class_probabilities(items, "the request's")
-        if match["verb"] == "predict":  # the one output, given bare (TF Serving names outputs only when several)
-            return JSONResponse({key: probabilities.tolist()})
-        k = model.top_k
-        return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
-
+    router.add_api_route(RUN_PATH.removeprefix(PREFIX), run_route(models), methods=["POST"])
     return router
 
 
