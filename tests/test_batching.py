@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +53,41 @@ def test_a_lone_request_runs_at_once(default_model, photo_bytes):
     [result] = run(classify_all(batcher, [photo_bytes["cat.jpeg"]]))
     assert time.monotonic() - started < 30  # it did not sit out the 60 s window: nothing else was coming
     assert list(batcher.batch_sizes) == [1] and result[0][0] == "Egyptian cat"
+
+
+def test_results_are_finished_in_the_model_threads_and_a_failed_one_fails_alone(default_model, photo_bytes):
+    """The top-k and plain data are worked out beside the model call, not on the event loop; a postprocess that
+    fails for one image fails that request only; the probability rows still come whole."""
+    threads = []
+    postprocess = default_model.postprocess
+
+    def watched(row, top_k=None):
+        threads.append(threading.current_thread().name)
+        if row.argmax() == default_model.labels.index("espresso"):
+            raise ValueError("a postprocess that fails on espresso")
+        return postprocess(row, top_k)
+
+    async def classify_them() -> list:
+        batcher = Batcher(default_model, BatchingConf(max_batch_size=8, max_batch_wait_ms=50))
+        try:
+            items = [photo_bytes[n] for n in ("cat.jpeg", "coffee.jpeg", "rocket.jpg")]
+            answers = await asyncio.gather(*(batcher.classify(item) for item in items), return_exceptions=True)
+            scores = await batcher.classify(photo_bytes["coffee.jpeg"], probabilities=True)
+            return [*answers, scores]
+        finally:
+            await batcher.close()
+
+    default_model.postprocess = watched
+    try:
+        cat, coffee, rocket, scores = run(classify_them())
+    finally:
+        del default_model.postprocess
+    assert threads and all(name.startswith("model") for name in threads), threads
+    rocket_alone = default_model.execute([photo_bytes["rocket.jpg"]], 1)[0]
+    assert cat[0][0] == "Egyptian cat" and rocket[0][0] == rocket_alone[0][0]
+    assert isinstance(coffee, ValueError) and "espresso" in str(coffee)
+    assert scores.row.shape == (len(default_model.labels),) and scores.row.argmax() == default_model.labels.index(
+        "espresso")
 
 
 def test_past_the_queue_bound_requests_are_refused(default_model, photo_bytes):

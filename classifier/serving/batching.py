@@ -52,6 +52,15 @@ class Scores(NamedTuple):
         return self.model.is_none_of_these(self.row) if self.model.none_of_these_above is not None else None
 
 
+class Answer(NamedTuple):
+    """One item's model output, and the result the pipeline's finish step made of it (or the exception it raised),
+    both worked out in the model's thread: the top-k and the plain data are not the event loop's work, which every
+    request shares (a fifth of the loop's time a request on the null-model floor, docs/performance.md)."""
+
+    output: Any
+    result: Any
+
+
 class Pipeline(NamedTuple):
     """How the serving model answers: prepare one request (in a decode thread), run a batch of prepared requests
     in one model call (one output each), finish one output into the request's result (plain data)."""
@@ -66,8 +75,8 @@ class Pipeline(NamedTuple):
 class BatchForming(Protocol):
     """How a batcher's prepared requests are grouped into model calls (the batcher's seam for another batching).
 
-    submit() takes one prepared item of `pipeline` and returns its model output (or raises the item's error),
-    having run it in some batch through `batcher.run_batch(pipeline, items)`; `waiting` counts the items
+    submit() takes one prepared item of `pipeline` and returns its Answer (or raises the item's error), having run
+    it in some batch through `batcher.run_batch(pipeline, items)`; `waiting` counts the items
     submitted and not yet answered (they count against the batcher's max_queue). A batch waits for more items
     only while `batcher.decoding` says more are on their way."""
 
@@ -215,22 +224,22 @@ class Batcher:
             needs_probabilities(pipeline)
         if not prepared:
             item = await self._prepare(pipeline, item)
-        output = await self.forming.submit(self, pipeline, item)
-        try:
-            return Scores(output, pipeline.model) if probabilities else pipeline.finish(output)
-        except Exception:  # a postprocess that fails fails its own request only
-            log.exception("finishing a result failed")
-            raise
+        answer = await self.forming.submit(self, pipeline, item)
+        if probabilities:
+            return Scores(answer.output, pipeline.model)
+        if isinstance(answer.result, Exception):  # a postprocess that failed fails its own request only
+            raise answer.result
+        return answer.result
 
     async def run_batch(self, pipeline: Pipeline, items: list) -> list:
-        """One model call for prepared items of one pipeline, on the model threads: an output per item, or the
+        """One model call for prepared items of one pipeline, on the model threads: an Answer per item, or the
         exception for that item. A call that fails is retried item by item, so one bad input fails alone. What
         every BatchForming calls; each call is counted in batch_sizes and /metrics."""
         loop = asyncio.get_running_loop()
         self.batch_sizes.append(len(items))
         metrics.BATCH_SIZE.labels(self.name).observe(len(items))
         try:
-            return await loop.run_in_executor(self._model_threads, pipeline.run, items)
+            return await loop.run_in_executor(self._model_threads, answered, pipeline, items)
         except Exception as exc:
             if len(items) == 1:
                 log.exception("model call failed")
@@ -238,7 +247,7 @@ class Batcher:
         outputs = []
         for item in items:  # one bad input must not spoil its batch: each alone
             try:
-                outputs += await loop.run_in_executor(self._model_threads, pipeline.run, [item])
+                outputs += await loop.run_in_executor(self._model_threads, answered, pipeline, [item])
             except Exception as exc:
                 log.exception("model call failed")
                 outputs.append(exc)
@@ -274,6 +283,23 @@ class Batcher:
         await self.forming.close()
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self._model_threads.shutdown(wait=False, cancel_futures=True)
+
+
+def answered(pipeline: Pipeline, items: list) -> list:
+    """pipeline.run on the items, then each output finished (an item's error stays as it is). Finishing is done for
+    every item, also for the callers that want the probability row (the protocols, the explanations): a top-k of
+    a row costs tens of microseconds, and the items carry no mark of who wants what."""
+    answers: list = []
+    for output in pipeline.run(items):
+        if isinstance(output, Exception):
+            answers.append(output)
+            continue
+        try:
+            answers.append(Answer(output, pipeline.finish(output)))
+        except Exception as exc:
+            log.exception("finishing a result failed")
+            answers.append(Answer(output, exc))
+    return answers
 
 
 def needs_probabilities(pipeline: Pipeline) -> None:
