@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from dataclasses import replace
 
 import pytest
 from starlette.middleware import Middleware
@@ -65,8 +66,6 @@ def test_the_lane_passes_the_same_layers(tiny_settings, tmp_path):
     """The allowed hosts, the login, the body limit, CORS and the metrics hold on the lane as on the app."""
     keys = tmp_path / "keys"
     keys.write_text("a-key-of-sufficient-length-0123456789\n")
-    from dataclasses import replace
-
     server = build_server(replace(tiny_settings, api_keys=keys))
     red = encode(solid("red"))
     key = {"Authorization": "Bearer a-key-of-sufficient-length-0123456789"}

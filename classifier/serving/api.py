@@ -38,7 +38,10 @@ def create_app(models: Repository, guard: GuardConf | None = None,
     for layer in reversed(ours):  # each added goes outside the ones before
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
     # The inference routes' shorter way, behind the same layers; inference_lane.first(app) puts it in front.
-    routes = [*service.lane_routes(models), *open_inference.lane_routes(models), *tf_serving.lane_routes(models)]
+    service_paths = (service.SERVICE_PATH, service.SERVICE_BY_NAME_PATH)
+    routes = [*inference_lane.routes(service.classify_route(models), service_paths, ["POST", "PUT"]),
+              *inference_lane.routes(open_inference.infer_route(models), open_inference.INFER_PATHS, ["POST"]),
+              *inference_lane.routes(tf_serving.run_route(models), (tf_serving.RUN_PATH,), ["POST"])]
     app.state.inference_routes, app.state.inference_lane = routes, inference_lane.lane(routes, ours)
     return app
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import Match, Route, Router
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,14 @@ class InferenceFirst:
             await self.lane(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def routes(handler: Callable[..., Awaitable[Any]], paths: Iterable[str], methods: list[str]) -> list[Route]:
+    """A FastAPI route's handler (request, then its path parameters by name) as the lane's routes of these paths."""
+    async def endpoint(request: Request) -> Any:
+        return await handler(request, **request.path_params)
+
+    return [Route(path, endpoint, methods=methods) for path in paths]
 
 
 def lane(routes: list[Route], layers: list[Middleware]) -> Callable:

@@ -10,7 +10,6 @@ from typing import Any, Awaitable, Callable, Iterator
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..labels import best
 from .guard import byte_count
@@ -42,16 +41,6 @@ def infer_route(models: Catalog) -> Callable[..., Awaitable[Response]]:
         return await _infer(await rest.check(models, request, name, version), request)
 
     return infer
-
-
-def lane_routes(models: Catalog) -> list[Route]:
-    """The infer routes as the inference lane serves them: the same handler as create_router's."""
-    infer = infer_route(models)
-
-    async def endpoint(request: Request) -> Response:
-        return await infer(request, **request.path_params)
-
-    return [Route(path, endpoint, methods=["POST"]) for path in INFER_PATHS]
 
 
 def create_router(models: Catalog) -> APIRouter:

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
-from starlette.routing import Route
 
 from .. import describe
 from ..images import Limits
@@ -119,16 +118,6 @@ def classify_route(models: Any) -> Callable[[Request, str | None], Awaitable[Res
             return error_for(exc)
 
     return classify_request
-
-
-def lane_routes(models: Any) -> list[Route]:
-    """POST|PUT /service[/{name}] as the inference lane serves them: the same handler as service_router's."""
-    classify_request = classify_route(models)
-
-    async def endpoint(request: Request) -> Response:
-        return await classify_request(request, request.path_params.get("name"))
-
-    return [Route(path, endpoint, methods=["POST", "PUT"]) for path in (SERVICE_PATH, SERVICE_BY_NAME_PATH)]
 
 
 def service_router(models: Any) -> APIRouter:

@@ -8,7 +8,6 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.routing import Route
 
 from ..labels import top_k
 from . import rest_protocols as rest
@@ -46,16 +45,6 @@ def run_route(models: Catalog) -> Callable[[Request, str], Awaitable[JSONRespons
         return JSONResponse({"results": [top_k(row, model.labels, k) for row in probabilities]})
 
     return run
-
-
-def lane_routes(models: Catalog) -> list[Route]:
-    """:predict and :classify as the inference lane serves them: the same handler as create_router's."""
-    run = run_route(models)
-
-    async def endpoint(request: Request) -> JSONResponse:
-        return await run(request, request.path_params["target"])
-
-    return [Route(RUN_PATH, endpoint, methods=["POST"])]
 
 
 def create_router(models: Catalog) -> APIRouter:
