@@ -80,7 +80,7 @@ def ceiling(folder: Path, seconds: float, rounds: int) -> dict:
             models[name] = model
     for _ in range(rounds):
         for name, model in models.items():
-            for size in (1, 8, 16):
+            for size in (1, 2, 4, 8, 16):  # 2 and 4: what the batcher forms at c16 (limit.py)
                 rate = round(timed_rate(lambda: model.forward(np.stack([tensor] * size)), size, seconds), 1)
                 figures = results["engines"][name]
                 figures[f"b{size}"] = max(rate, figures.get(f"b{size}", 0))

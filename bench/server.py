@@ -158,6 +158,19 @@ class ServerProcess:
             roles[role] = roles.get(role, 0) + cpu_of(task)
         return roles if {"decode", "model"} & set(roles) else {}
 
+    def batches(self) -> tuple[float, float] | None:
+        """Images and model calls so far, from the classifier_batch_size histogram on the server's /metrics (summed
+        over its models); None for a server without it (the peers)."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        found = re.findall(r"^classifier_batch_size_(sum|count)(?:\{[^}]*\})? ([-+.\deE]+)$", text, re.M)
+        if not found:
+            return None
+        return tuple(sum(float(value) for kind, value in found if kind == wanted) for wanted in ("sum", "count"))
+
     def pss_mb(self) -> float:
         """Proportional set size of the server and every process it started, in MB: shared pages counted once
         across them, so a multi-process server (LitServe's workers) is not counted twice for its libraries."""

@@ -38,7 +38,9 @@ def under_load(server: ServerProcess, levels: tuple[int, ...], seconds: float, p
 
 def costed(server: ServerProcess, run: Callable[[], dict]) -> dict:
     """A load run's figures (wrk's or the gRPC client's) with the server's core time per request answered during
-    it (server_core_ms), and for ours how that splits between its threads (server_core_ms_by_thread)."""
+    it (server_core_ms), and for ours how that splits between its threads (server_core_ms_by_thread) and the
+    images per model call its batcher formed (mean_batch, from its /metrics)."""
+    batches = server.batches()
     cpu, by_thread = server.cpu_seconds(), server.cpu_seconds_by_thread()
     figures = run()
     used, requests = server.cpu_seconds() - cpu, max(figures["requests"], 1)
@@ -46,4 +48,7 @@ def costed(server: ServerProcess, run: Callable[[], dict]) -> dict:
     if by_thread:
         figures["server_core_ms_by_thread"] = {role: round(1000 * (seconds - by_thread.get(role, 0)) / requests, 2)
                                                for role, seconds in server.cpu_seconds_by_thread().items()}
+    after = batches and server.batches()  # read last: its own request is not in the figures above
+    if after and after[1] > batches[1]:
+        figures["mean_batch"] = round((after[0] - batches[0]) / (after[1] - batches[1]), 2)
     return figures

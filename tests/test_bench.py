@@ -68,12 +68,16 @@ def test_quick_benchmark_runs(tmp_path):
         assert {"event loop", "decode", "model"} <= set(split) and all(ms >= 0 for ms in split.values()), split
         assert sum(split.values()) <= runs["c16"]["server_core_ms"] * 1.05 + 0.05, (split, runs["c16"])
     assert "server_core_ms_by_thread" not in result["litserve"]["c16"]
+    # The images per model call our batcher formed, from its /metrics; at least one, at most the batch limit.
+    assert 1 <= result["service"]["c16"]["mean_batch"] <= 16 and "mean_batch" not in result["litserve"]["c16"]
+    assert {f"b{size}" for size in (1, 2, 4, 8, 16)} <= set(engines["litert fp32"])
     shares = result["limit"]  # each served precision's share of what decoding plus the model allow
     precision = result["service_reduced"]["precision"]
     assert {label.split(" (")[0] for label in shares} == {"default", f"openvino {precision}"}
     for share in shares.values():  # the limit: the cores spent on nothing but the model and decoding
         limit = result["machine"]["cpus"] * 1000 / (share["model_core_ms"] + share["decode_ms"])
         assert 0 < share["share"] and share["decode_ms"] > 0 and abs(share["limit_img_s"] - limit) <= 0.1 * limit
+        assert share["model_core_ms_at_c16_batch"] > 0 and 1 <= share["c16_mean_batch"] <= 16, share
     assert "| floor: null model" in run.stdout and "default_c16_share_of_limit" in result["targets"]
     many = result["many_models"]  # three models by name on one server; figures, not thresholds (a second's runs)
     assert set(many["three"]["by_model"]) == {"a", "b", "c"} and many["non_2xx"] == 0 and many["load_seconds"] > 0
