@@ -83,3 +83,12 @@ def test_quick_benchmark_runs(tmp_path):
     assert set(many["three"]["by_model"]) == {"a", "b", "c"} and many["non_2xx"] == 0 and many["load_seconds"] > 0
     assert isinstance(many["rss_per_added_model_mb"], int) and "three_models_c16_over_one_c16" in result["targets"]
     assert "| /service c16 over three models by name |" in run.stdout
+
+
+def test_the_model_cost_at_the_served_batch_is_read_between_the_ceiling_s_batch_sizes():
+    from bench.limit import core_ms_at
+
+    ceiling = {"engine": "x", "b1": 500.0, "b2": 1000.0, "b8": 2000.0}  # images/s → 4, 2 and 1 ms on 2 cores
+    assert core_ms_at(ceiling, 2, 1) == 4.0 and core_ms_at(ceiling, 2, 1.5) == 3.0
+    assert core_ms_at(ceiling, 2, 5) == 1.5 and core_ms_at(ceiling, 2, 8) == 1.0
+    assert core_ms_at(ceiling, 2, 0.5) == 4.0 and core_ms_at(ceiling, 2, 16) == 1.0  # held at the ends
