@@ -1,8 +1,8 @@
 """README's Performance tables, written from one benchmark run's results (bench/results/latest.json)."""
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -113,5 +113,10 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":  # python -m bench.report [results.json]: the tables again, from a saved run
-    print(markdown(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else
-                                   Path(__file__).with_name("results") / "latest.json").read_text())))
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).with_name("results") / "latest.json",
+                        help="a run's JSON (default: bench/results/latest.json; --quick runs: results/quick.json)")
+    args = parser.parse_args()
+    if not args.results.is_file():
+        parser.error(f"{args.results}: no such file (python -m bench writes it)")
+    print(markdown(json.loads(args.results.read_text())))
