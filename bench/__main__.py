@@ -1,6 +1,6 @@
 """python -m bench [--quick | --smoke]: measures, in one run on this machine, the numbers README's Performance table shows.
 
-a. the model-only ceiling of every engine and precision, on preprocessed tensors, at batch 1, 8 and 16;
+a. the model-only ceiling of every engine and precision, on preprocessed tensors, at batch 1, 2, 4, 8 and 16;
 b. JPEG decoding: Pillow draft mode against simplejpeg, small photos and camera-sized ones (bench/decode.py);
 c. POST /service end to end on a real server (loopback) under wrk (bench/wrk.py: real JPEG bodies, one client
    thread whose CPU share is reported): c1, c16, c64 with the default config and with the fastest precision the
@@ -46,6 +46,7 @@ PHOTOS = ROOT / "tests" / "photos"
 ENGINES = {"tensorflow fp32": {"runtime": "tensorflow"}, "litert fp32": {"runtime": "litert"},
            "openvino fp32": {"runtime": "openvino"}, "openvino bf16": {"precision": "bf16"},
            "openvino int8": {"precision": "int8"}}
+CEILING_BATCHES = (1, 2, 4, 8, 16)  # 2 and 4: what the batcher forms at c16 (bench/limit.py reads the model there)
 
 
 def timed_rate(run, images_per_call: int, seconds: float) -> float:
@@ -80,11 +81,12 @@ def ceiling(folder: Path, seconds: float, rounds: int) -> dict:
             models[name] = model
     for _ in range(rounds):
         for name, model in models.items():
-            for size in (1, 2, 4, 8, 16):  # 2 and 4: what the batcher forms at c16 (limit.py)
+            for size in CEILING_BATCHES:
                 rate = round(timed_rate(lambda: model.forward(np.stack([tensor] * size)), size, seconds), 1)
                 figures = results["engines"][name]
                 figures[f"b{size}"] = max(rate, figures.get(f"b{size}", 0))
-    best = {name: max(r["b1"], r["b8"], r["b16"]) for name, r in results["engines"].items() if r["allowed"]}
+    best = {name: max(r[f"b{size}"] for size in CEILING_BATCHES) for name, r in results["engines"].items()
+            if r["allowed"]}
     results["default_img_s"] = next(best[name] for name, r in results["engines"].items()
                                     if r["engine"] == default.runtime.engine)
     reduced = {name: rate for name, rate in best.items() if "fp32" not in name}

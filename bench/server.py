@@ -161,15 +161,19 @@ class ServerProcess:
     def batches(self) -> tuple[float, float] | None:
         """Images and model calls so far, from the classifier_batch_size histogram on the server's /metrics (summed
         over its models); None for a server without it (the peers)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         try:
             with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
                 text = response.read().decode()
         except OSError:
             return None
-        found = re.findall(r"^classifier_batch_size_(sum|count)(?:\{[^}]*\})? ([-+.\deE]+)$", text, re.M)
-        if not found:
+        samples = [sample for family in text_string_to_metric_families(text) if family.name == "classifier_batch_size"
+                   for sample in family.samples]
+        if not samples:
             return None
-        return tuple(sum(float(value) for kind, value in found if kind == wanted) for wanted in ("sum", "count"))
+        return tuple(sum(sample.value for sample in samples if sample.name == f"classifier_batch_size_{part}")
+                     for part in ("sum", "count"))
 
     def pss_mb(self) -> float:
         """Proportional set size of the server and every process it started, in MB: shared pages counted once

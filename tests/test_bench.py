@@ -71,6 +71,7 @@ def test_quick_benchmark_runs(tmp_path):
     # The images per model call our batcher formed, from its /metrics; at least one, at most the batch limit.
     assert 1 <= result["service"]["c16"]["mean_batch"] <= 16 and "mean_batch" not in result["litserve"]["c16"]
     assert {f"b{size}" for size in (1, 2, 4, 8, 16)} <= set(engines["litert fp32"])
+    assert result["ceiling"]["default_img_s"] == max(engines[chosen][f"b{size}"] for size in (1, 2, 4, 8, 16))
     shares = result["limit"]  # each served precision's share of what decoding plus the model allow
     precision = result["service_reduced"]["precision"]
     assert {label.split(" (")[0] for label in shares} == {"default", f"openvino {precision}"}

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from starlette.middleware import Middleware
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.testclient import TestClient
 
 from classifier.serving import inference_lane, metrics
@@ -90,10 +90,10 @@ def test_an_exception_nothing_answered_is_a_json_500_logged_and_counted(caplog):
     async def fine(request):
         return Response("ok")
 
-    lane = inference_lane.lane([Route("/service", broken, methods=["POST"]), Route("/service/ok", fine,
-                                                                                 methods=["POST"])],
-                               [Middleware(metrics.MetricsMiddleware)])
-    with TestClient(lane, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+    routes = [Route("/service", broken, methods=["POST"]), Route("/service/ok", fine, methods=["POST"])]
+    lane = inference_lane.lane([Middleware(metrics.MetricsMiddleware)])
+    served = inference_lane.InferenceFirst(Router(), lane, routes)  # the app: no routes of its own (404)
+    with TestClient(served, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
         answer = client.post("/service", content=b"x")
         assert answer.status_code == 500 and answer.json() == {
             "error": "internal error; the server log has the details"}

@@ -42,7 +42,7 @@ def create_app(models: Repository, guard: GuardConf | None = None,
     routes = [*inference_lane.routes(service.classify_route(models), service_paths, ["POST", "PUT"]),
               *inference_lane.routes(open_inference.infer_route(models), open_inference.INFER_PATHS, ["POST"]),
               *inference_lane.routes(tf_serving.run_route(models), (tf_serving.RUN_PATH,), ["POST"])]
-    app.state.inference_routes, app.state.inference_lane = routes, inference_lane.lane(routes, ours)
+    app.state.inference_routes, app.state.inference_lane = routes, inference_lane.lane(ours)
     return app
 
 

@@ -9,35 +9,43 @@ does anything for these routes: the handlers answer every error themselves, as J
 served 1,368–1,601 req/s at c16 against 1,948–2,156 (three interleaved rounds, docs/performance.md).
 
 So these requests go the short way: our layers (the metrics, the allowed hosts, the guard, CORS: the same list
-FastAPI's app is given, api.layers) around a plain Starlette router of the same handlers. Every other request,
-and every other method on these paths (GET /service's JSON 405, CORS preflights), goes to the app, which still
-has these routes too (for /openapi.json, and for anyone serving create_app's app without the lane in front).
+FastAPI's app is given, api.layers) around Starlette routes of the same handlers, each request matched once
+(InferenceFirst). Every other request, and every other method on these paths (GET /service's JSON 405, CORS
+preflights), goes to the app, which still has these routes too (for /openapi.json, and for anyone serving
+create_app's app without the lane in front).
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.routing import Match, Route, Router
+from starlette.routing import Match, Route
+
+from .service import error
 
 log = logging.getLogger(__name__)
 
 
 class InferenceFirst:
-    """Pure ASGI: an HTTP request one of `routes` takes whole (path and method) goes to `lane`; anything else to
-    `app`."""
+    """Pure ASGI: an HTTP request one of `routes` takes whole (path and method) goes to `lane` with that route in
+    its scope, as Starlette's Router leaves it (scope["route"], the path parameters); anything else to `app`. The
+    match is made here only: the lane hands the request to the route without walking the routes again."""
 
     def __init__(self, app: Callable, lane: Callable, routes: list[Route]):
         self.app, self.lane, self.routes = app, lane, routes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and any(route.matches(scope)[0] is Match.FULL for route in self.routes):
-            await self.lane(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    await self.lane(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def routes(handler: Callable[..., Awaitable[Any]], paths: Iterable[str], methods: list[str]) -> list[Route]:
@@ -48,13 +56,17 @@ def routes(handler: Callable[..., Awaitable[Any]], paths: Iterable[str], methods
     return [Route(path, endpoint, methods=methods) for path in paths]
 
 
-def lane(routes: list[Route], layers: list[Middleware]) -> Callable:
-    """The routes behind `layers` (outermost first), and outside them all, as FastAPI's own outermost layer, a JSON
-    500 for an exception nothing answered (the metrics, inside, count it as a 500)."""
-    app: Callable = Router(routes=routes)
+def lane(layers: list[Middleware]) -> Callable:
+    """The matched route (InferenceFirst) behind `layers` (outermost first), and outside them all, as FastAPI's own
+    outermost layer, a JSON 500 for an exception nothing answered (the metrics, inside, count it as a 500)."""
+    app: Callable = _matched_route
     for layer in reversed(layers):
         app = layer.cls(app, *layer.args, **layer.kwargs)
     return AnsweredErrors(app)
+
+
+async def _matched_route(scope: dict, receive: Callable, send: Callable) -> None:
+    await scope["route"].handle(scope, receive, send)
 
 
 class AnsweredErrors:
@@ -77,11 +89,7 @@ class AnsweredErrors:
         except Exception:
             log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                body = json.dumps({"error": "internal error; the server log has the details"}).encode()
-                await send({"type": "http.response.start", "status": 500,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
+                await error(500, "internal error; the server log has the details")(scope, receive, send)
 
 
 def first(app: Any) -> InferenceFirst:
